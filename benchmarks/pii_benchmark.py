@@ -1,0 +1,461 @@
+"""PII masking: ours (tasks.pii) against plain Presidio, side by side in one run.
+
+    python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--out FILE]
+
+Part 1, presidio-research's synthetic set (`--dataset`, default ../shared/datasets/pii/
+presidio_synth_dataset_v2.json, 1,500 span-labelled texts), scored token by token as
+presidio-research's Evaluator does (overall = PII vs not, per entity = right type, F2):
+
+- ours: `tasks.pii.evaluate_pii` (NER-only spaCy pipeline, batched, `--processes` workers, project
+  recognizers, keyed pseudonyms); docs/s counts analysis + anonymisation with the workers warm;
+- ours + re-scan: `tasks.pii.mask_file` on the same texts, what the pipeline stage really does
+  (mask, re-scan the output, mask what the re-scan finds, re-scan again);
+- plain Presidio: `AnalyzerEngine.analyze` + `AnonymizerEngine.anonymize` per text, same spaCy model,
+  same entity types (those plain Presidio has recognizers for), same score threshold, one process;
+- ceiling: spaCy NER alone (`nlp.pipe` over `--processes` processes, other components excluded),
+  the practical upper bound of any spaCy-based design on this machine at this moment.
+
+Part 2, simulator texts: `tasks.simulate` writes a week of production logs with ground truth of the
+PII it inserted; prompts are masked by ours (`mask_file`) and by plain Presidio, and every inserted
+structured value (emails, phones, cards, IBANs, SSNs, IPs, API keys) still present after masking is
+a leak (goal: 0). Prompts without inserted PII that were changed anyway are reported as over-masking.
+
+Every system runs in its own child process; peak RSS is sampled over the child's whole process tree
+(workers included). CPU seconds are reported beside wall seconds because this machine is shared:
+`docs_per_cpu_s` x cores is what dedicated cores would give. Prints a table, then one JSON object.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "pii" / "presidio_synth_dataset_v2.json"
+STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "API_KEY")
+KEY = b"benchmark-key-not-a-secret-0123456789"
+
+
+# ------------------------------------------------------------------------------------------ helpers
+
+
+def _settings(args: argparse.Namespace):
+    from tasks.config import PiiSettings
+
+    return PiiSettings(processes=args.processes, batch_size=args.batch_size)
+
+
+def _offline_tldextract() -> None:
+    """Plain Presidio's e-mail recognizer calls tldextract.extract, which fetches the public-suffix
+    list over the network on first use; point it at the bundled snapshot (no network here)."""
+    import tldextract
+
+    tldextract.extract = tldextract.TLDExtract(suffix_list_urls=(), cache_dir=None)
+
+
+def _plain_engines(model: str):
+    from presidio_analyzer import AnalyzerEngine
+    from presidio_analyzer.nlp_engine import NlpEngineProvider
+    from presidio_anonymizer import AnonymizerEngine
+
+    _offline_tldextract()
+    provider = NlpEngineProvider(
+        nlp_configuration={"nlp_engine_name": "spacy", "models": [{"lang_code": "en", "model_name": model}]}
+    )
+    analyzer = AnalyzerEngine(nlp_engine=provider.create_engine())
+    return analyzer, AnonymizerEngine()
+
+
+def _plain_run(texts: list[str], settings) -> dict[str, Any]:
+    """analyze + anonymize per text, as Presidio's README does it; spans and masked texts."""
+    build = time.perf_counter()
+    analyzer, anonymizer = _plain_engines(settings.spacy_model)
+    supported = set(analyzer.get_supported_entities("en"))
+    entities = [e for e in settings.entities if e in supported]
+    analyzer.analyze("warm up: ana@example.org, +1 415 867 5309", language="en", entities=entities)
+    build = time.perf_counter() - build
+    wall, cpu = time.perf_counter(), time.process_time()
+    spans, masked = [], []
+    for text in texts:
+        results = analyzer.analyze(text, language="en", entities=entities, score_threshold=settings.score_threshold)
+        masked.append(anonymizer.anonymize(text=text, analyzer_results=results).text)
+        spans.append([(r.start, r.end, r.entity_type) for r in results])
+    wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+    return {
+        "spans": spans,
+        "masked": masked,
+        "entities": entities,
+        "unsupported_entities": [e for e in settings.entities if e not in supported],
+        "build_seconds": round(build, 2),
+        "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
+        "docs_per_s": round(len(texts) / wall, 1),
+        "docs_per_cpu_s": round(len(texts) / cpu, 1),
+        "processes": 1,
+    }
+
+
+def _score(samples: list[dict], spans: list[list[tuple[int, int, str]]], scored: list[str]) -> dict[str, Any]:
+    from tasks.pii import TokenScorer, gold_spans
+
+    scorer = TokenScorer(scored)
+    for sample, predicted in zip(samples, spans):
+        scorer.add(sample["full_text"], gold_spans(sample), predicted)
+    return scorer.scores()
+
+
+# ------------------------------------------------------------------------------------------ children
+
+
+def child_synth_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.pii import evaluate_pii, mask_file, read_span_dataset
+
+    settings = _settings(args)
+    started = time.perf_counter()
+    report = evaluate_pii(Path(args.dataset), settings, limit=args.limit)
+    report["wall_with_startup_seconds"] = round(time.perf_counter() - started, 2)
+    report["docs_per_cpu_s"] = round(report["docs"] / report["cpu_seconds"], 1) if report["cpu_seconds"] else None
+
+    # The stage as it runs: mask + re-scan (+ re-mask what it finds + final re-scan).
+    samples = read_span_dataset(Path(args.dataset), args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "synth.jsonl"
+        src.write_text("".join(json.dumps({"i": i, "prompt": s["full_text"]}) + "\n" for i, s in enumerate(samples)))
+        try:
+            audit = mask_file(src, Path(tmp) / "masked.jsonl", settings, key=KEY, fields=("prompt",))
+        except Exception as err:  # a leak would raise PiiLeakError after the audit: report it, not crash
+            audit = {"error": type(err).__name__, "message": str(err)}
+    report["stage"] = {k: audit.get(k) for k in ("records", "masked_records", "dropped", "leaks", "leak_types",
+                                                  "docs_per_s", "cpu_seconds", "seconds", "error", "message")}
+    return report
+
+
+def child_synth_plain(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.pii import DATASET_ENTITY_MAP, read_span_dataset
+
+    settings = _settings(args)
+    samples = read_span_dataset(Path(args.dataset), args.limit)
+    run = _plain_run([s["full_text"] for s in samples], settings)
+    dataset_types = {DATASET_ENTITY_MAP.get(s["entity_type"]) for x in samples for s in x.get("spans", [])}
+    scored = sorted(set(settings.entities) & (dataset_types - {None}))
+    report = _score(samples, run.pop("spans"), scored)
+    run.pop("masked")
+    report.update(run, docs=len(samples), scored_types=scored)
+    return report
+
+
+def child_ceiling(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.pii import load_ner_pipeline, read_span_dataset
+
+    settings = _settings(args)
+    texts = [s["full_text"] for s in read_span_dataset(Path(args.dataset), args.limit)]
+    nlp = load_ner_pipeline(settings.spacy_model)
+    list(nlp.pipe(texts[:32]))
+    wall = time.perf_counter()
+    count = sum(1 for _ in nlp.pipe(texts, batch_size=settings.batch_size, n_process=settings.processes))
+    wall = time.perf_counter() - wall
+    single = time.process_time()
+    for _ in nlp.pipe(texts, batch_size=settings.batch_size):
+        pass
+    single = time.process_time() - single
+    return {
+        "pipeline": nlp.pipe_names,
+        "docs": count,
+        "processes": settings.processes,
+        "seconds": round(wall, 3),
+        "docs_per_s": round(count / wall, 1),
+        "docs_per_cpu_s": round(count / single, 1),
+    }
+
+
+def _leak_check(masked: list[str], truths: list[list[dict[str, str]]], raws: list[str]) -> dict[str, Any]:
+    leaks = {t: 0 for t in STRUCTURED}
+    fragments = {t: 0 for t in STRUCTURED}
+    inserted = {t: 0 for t in STRUCTURED}
+    other = {"PERSON": [0, 0], "LOCATION": [0, 0], "ORDER_ID": [0, 0]}  # [inserted, still present]
+    over_records, over_entities = 0, 0
+    clean = 0
+    for text, truth, raw in zip(masked, truths, raws):
+        if not truth:
+            clean += 1
+            if text != raw:
+                over_records += 1
+                over_entities += len(re.findall(r"<[A-Z_]+(?:_[0-9a-f]{8})?>", text))
+        for item in truth:
+            kind, value = item["type"], item["value"]
+            if kind in other:
+                other[kind][0] += 1
+                other[kind][1] += value in text
+                continue
+            if kind not in inserted:
+                continue
+            inserted[kind] += 1
+            if value in text:
+                leaks[kind] += 1
+            elif kind == "EMAIL_ADDRESS" and value.split("@")[0] in text:
+                fragments[kind] += 1
+            elif kind == "API_KEY" and value[-16:] in text:
+                fragments[kind] += 1
+            elif any(run in text for run in re.findall(r"\d{4,}", value) if kind != "IP_ADDRESS"):
+                fragments[kind] += 1
+    return {
+        "inserted": inserted,
+        "leaks": leaks,
+        "leaks_total": sum(leaks.values()),
+        "partial_leaks": fragments,
+        "partial_leaks_total": sum(fragments.values()),
+        "free_text_still_present": {k: {"inserted": v[0], "present": v[1]} for k, v in other.items()},
+        "records_without_pii": clean,
+        "over_masked_records": over_records,
+        "over_masked_share": round(over_records / clean, 4) if clean else None,
+        "over_masked_tokens": over_entities,
+    }
+
+
+def _load_sim(sim_dir: Path) -> tuple[list[dict], list[list[dict]]]:
+    truth = {}
+    with open(sim_dir / "ground_truth.jsonl", encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            truth[row["request_id"]] = row.get("pii") or []
+    records = []
+    for path in sorted((sim_dir / "logs").glob("*.jsonl")):
+        with open(path, encoding="utf-8") as handle:
+            records.extend(json.loads(line) for line in handle if line.strip())
+    return records, [truth.get(r["request_id"], []) for r in records]
+
+
+def child_sim_ours(args: argparse.Namespace) -> dict[str, Any]:
+    from tasks.pii import mask_file
+
+    settings = _settings(args)
+    records, truths = _load_sim(Path(args.sim_dir))
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "prompts.jsonl", Path(tmp) / "masked.jsonl"
+        src.write_text("".join(json.dumps({"request_id": r["request_id"], "prompt": r["prompt"]}) + "\n" for r in records))
+        started = time.perf_counter()
+        try:
+            audit = mask_file(src, out, settings, key=KEY, fields=("prompt",))
+            failure = None
+        except Exception as err:  # PiiLeakError: the stage refused; count what it would have let through
+            audit, failure = {}, f"{type(err).__name__}: {err}"
+        wall = time.perf_counter() - started
+        masked_by_id = {}
+        if out.exists():
+            for line in out.read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                masked_by_id[row["request_id"]] = row["prompt"]
+    masked = [masked_by_id.get(r["request_id"], "") for r in records]
+    report = _leak_check(masked, truths, [r["prompt"] for r in records])
+    report.update(
+        records=len(records),
+        stage={k: audit.get(k) for k in ("masked_records", "dropped", "entities", "leaks", "leak_types",
+                                          "docs_per_s", "cpu_seconds", "processes")},
+        stage_failure=failure,
+        wall_with_startup_seconds=round(wall, 2),
+    )
+    return report
+
+
+def child_sim_plain(args: argparse.Namespace) -> dict[str, Any]:
+    settings = _settings(args)
+    records, truths = _load_sim(Path(args.sim_dir))
+    prompts = [r["prompt"] for r in records]
+    run = _plain_run(prompts, settings)
+    report = _leak_check(run.pop("masked"), truths, prompts)
+    run.pop("spans")
+    report.update(run, records=len(records))
+    return report
+
+
+CHILDREN = {
+    "synth-ours": child_synth_ours,
+    "synth-plain": child_synth_plain,
+    "synth-ceiling": child_ceiling,
+    "sim-ours": child_sim_ours,
+    "sim-plain": child_sim_plain,
+}
+
+
+# ------------------------------------------------------------------------------------------ parent
+
+
+def run_child(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """Run one system in a fresh interpreter; sample its process tree's RSS every 50 ms."""
+    import psutil
+
+    out = workdir / f"{name}.json"
+    cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out), "--dataset", str(args.dataset),
+           "--processes", str(args.processes), "--batch-size", str(args.batch_size), "--sim-dir", str(args.sim_dir)]
+    if args.limit:
+        cmd += ["--limit", str(args.limit)]
+    print(f"[{time.strftime('%H:%M:%S')}] running {name} ...", file=sys.stderr, flush=True)
+    started = time.perf_counter()
+    proc = subprocess.Popen(cmd, cwd=ROOT)
+    root = psutil.Process(proc.pid)
+    peak = 0
+    while proc.poll() is None:
+        try:
+            tree = [root, *root.children(recursive=True)]
+            peak = max(peak, sum(p.memory_info().rss for p in tree if p.is_running()))
+        except psutil.Error:
+            pass
+        time.sleep(0.05)
+    if proc.returncode != 0:
+        raise SystemExit(f"{name} failed with exit code {proc.returncode}")
+    result = json.loads(out.read_text())
+    result["peak_rss_mb"] = round(peak / 2**20, 1)
+    result["child_wall_seconds"] = round(time.perf_counter() - started, 1)
+    return result
+
+
+def simulate_texts(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
+    """A week of simulator traffic with ground truth of inserted PII; a fallback if it cannot run."""
+    sim_dir = workdir / "sim"
+    try:
+        from tasks.config import SimulateSettings
+        from tasks.simulate import simulate
+
+        result = simulate(SimulateSettings(weeks=1, records_per_week=args.sim_records, seed=args.seed), sim_dir, weeks=[1])
+        source = f"tasks.simulate (seed {args.seed}, week 1, pii_rate {SimulateSettings().pii_rate})"
+        counts = getattr(result, "counts", {})
+    except Exception as err:  # the simulator is optional here: generate structured-PII texts instead
+        source = f"benchmark fallback generator (tasks.simulate unavailable: {type(err).__name__})"
+        counts = _fallback_sim(sim_dir, args.sim_records, args.seed)
+    args.sim_dir = sim_dir
+    return {"source": source, "counts": counts}
+
+
+def _fallback_sim(sim_dir: Path, n: int, seed: int) -> dict[str, int]:
+    import random
+
+    rng = random.Random(seed)
+    (sim_dir / "logs").mkdir(parents=True, exist_ok=True)
+    values = {
+        "EMAIL_ADDRESS": lambda: f"user{rng.randrange(10**4)}@example.org",
+        "PHONE_NUMBER": lambda: f"({rng.randrange(201, 989)}) {rng.randrange(201, 989)}-{rng.randrange(1000, 9999)}",
+        "CREDIT_CARD": lambda: "4111 1111 1111 1111",
+        "IBAN_CODE": lambda: "DE89 3704 0044 0532 0130 00",
+        "US_SSN": lambda: f"{rng.randrange(100, 665)}-{rng.randrange(10, 99)}-{rng.randrange(1000, 9999)}",
+        "IP_ADDRESS": lambda: f"{rng.randrange(11, 223)}.{rng.randrange(256)}.{rng.randrange(256)}.{rng.randrange(1, 255)}",
+        "API_KEY": lambda: "sk-" + "".join(rng.choice("abcdefghijkmnpqrstuvwxyzABCDEFGHJKLMNPQRSTUVWXYZ23456789") for _ in range(32)),
+    }
+    with open(sim_dir / "logs" / "fallback.jsonl", "w") as logs, open(sim_dir / "ground_truth.jsonl", "w") as truth:
+        for i in range(n):
+            pii = []
+            prompt = "What is the return policy for laptops?"
+            if rng.random() < 0.3:
+                kind = rng.choice(sorted(values))
+                value = values[kind]()
+                pii = [{"type": kind, "value": value}]
+                prompt = f"My {kind.lower().replace('_', ' ')} is {value}. {prompt}"
+            logs.write(json.dumps({"request_id": f"r{i}", "prompt": prompt}) + "\n")
+            truth.write(json.dumps({"request_id": f"r{i}", "pii": pii}) + "\n")
+    return {"records": n}
+
+
+def _row(name: str, r: dict[str, Any]) -> str:
+    return (f"{name:<22} {r.get('precision', float('nan')):>9.3f} {r.get('recall', float('nan')):>7.3f} "
+            f"{r.get('f2', float('nan')):>6.3f} {r.get('docs_per_s', float('nan')):>9.1f} "
+            f"{r.get('docs_per_cpu_s') or float('nan'):>11.1f} {r.get('processes', 1):>5} {r.get('peak_rss_mb', float('nan')):>9.1f}")
+
+
+def print_table(result: dict[str, Any]) -> None:
+    synth, sim = result["synthetic"], result["simulator"]
+    ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
+    print(f"\nPII masking on {synth['dataset']} ({ours['docs']} texts; scored types: {', '.join(ours['scored_types'])})")
+    print(f"{'system':<22} {'precision':>9} {'recall':>7} {'F2':>6} {'docs/s':>9} {'docs/cpu-s':>11} {'procs':>5} {'peak MiB':>9}")
+    print(_row("ours", ours))
+    stage = ours.get("stage") or {}
+    print(f"{'ours + re-scan (stage)':<22} {'':>9} {'':>7} {'':>6} {stage.get('docs_per_s') or float('nan'):>9.1f} "
+          f"{(ours['docs'] / stage['cpu_seconds']) if stage.get('cpu_seconds') else float('nan'):>11.1f} "
+          f"{ours.get('processes', 1):>5} {'':>9}")
+    print(_row("plain Presidio", plain))
+    print(f"{'spaCy NER only':<22} {'':>9} {'':>7} {'':>6} {ceiling['docs_per_s']:>9.1f} {ceiling['docs_per_cpu_s']:>11.1f} "
+          f"{ceiling['processes']:>5} {ceiling.get('peak_rss_mb', float('nan')):>9.1f}")
+    print(f"\n{'entity':<20} {'support':>7} | {'ours P':>7} {'R':>6} {'F2':>6} | {'plain P':>7} {'R':>6} {'F2':>6}")
+    for entity in ours["per_entity"]:
+        o, p = ours["per_entity"][entity], plain["per_entity"].get(entity, {})
+        print(f"{entity:<20} {o['support']:>7} | {o['precision']:>7.3f} {o['recall']:>6.3f} {o['f2']:>6.3f} | "
+              f"{p.get('precision', 0):>7.3f} {p.get('recall', 0):>6.3f} {p.get('f2', 0):>6.3f}")
+    r = result["ratios"]
+    print(f"\nspeed: ours/plain {r['speed_vs_plain']:.2f}x wall, {r['cpu_speed_vs_plain']:.2f}x per CPU-second; "
+          f"ours/NER-only ceiling {r['share_of_ceiling']:.0%} wall")
+    print(f"\nSimulator texts ({sim['source']}): {sim['ours']['records']} prompts")
+    print(f"{'system':<16} {'inserted':>8} {'leaks':>6} {'partial':>7} {'over-masked prompts':>20} {'docs/s':>8} {'peak MiB':>9}")
+    for name in ("ours", "plain"):
+        s = sim[name]
+        docs = s["stage"]["docs_per_s"] if name == "ours" and s.get("stage") else s.get("docs_per_s")
+        print(f"{name:<16} {sum(s['inserted'].values()):>8} {s['leaks_total']:>6} {s['partial_leaks_total']:>7} "
+              f"{s['over_masked_records']:>8} of {s['records_without_pii']:<9} {docs or float('nan'):>8.1f} {s['peak_rss_mb']:>9.1f}")
+    for kind in STRUCTURED:
+        print(f"  {kind:<16} inserted {sim['ours']['inserted'][kind]:>5}   leaks ours {sim['ours']['leaks'][kind]:>3}"
+              f"   plain {sim['plain']['leaks'][kind]:>3}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--dataset", type=Path, default=DEFAULT_DATASET)
+    parser.add_argument("--limit", type=int, default=None, help="first N texts of the dataset (default all)")
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--sim-records", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--sim-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+
+    if args.child:
+        result = CHILDREN[args.child](args)
+        args.child_out.write_text(json.dumps(result))
+        return
+
+    if not args.dataset.is_file():
+        raise SystemExit(f"--dataset {args.dataset} does not exist: pass the presidio-research JSON file")
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        sim_info = simulate_texts(args, workdir)
+        synth = {name: run_child(f"synth-{name}", args, workdir) for name in ("ours", "plain", "ceiling")}
+        sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "plain")}
+    ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
+    result = {
+        "benchmark": "pii",
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "synthetic": {"dataset": str(args.dataset), **synth},
+        "simulator": {**sim_info, **sim},
+        "ratios": {
+            "speed_vs_plain": round(ours["docs_per_s"] / plain["docs_per_s"], 2),
+            "cpu_speed_vs_plain": round(ours["docs_per_cpu_s"] / plain["docs_per_cpu_s"], 2),
+            "share_of_ceiling": round(ours["docs_per_s"] / ceiling["docs_per_s"], 3),
+            "recall_minus_plain": round(ours["recall"] - plain["recall"], 4),
+            "f2_minus_plain": round(ours["f2"] - plain["f2"], 4),
+        },
+        "goals": {
+            "recall_not_below_plain": ours["recall"] >= plain["recall"],
+            "f2_at_least_0.845": ours["f2"] >= 0.845,
+            "speed_5x_plain": ours["docs_per_s"] >= 5 * plain["docs_per_s"],
+            "within_80pct_of_ner_ceiling": ours["docs_per_s"] >= 0.8 * ceiling["docs_per_s"],
+            "zero_structured_leaks_on_simulator": sim["ours"]["leaks_total"] == 0,
+        },
+    }
+    print_table(result)
+    text = json.dumps(result)
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(text)
+
+
+if __name__ == "__main__":
+    main()

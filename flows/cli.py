@@ -1,0 +1,397 @@
+"""The `flywheel` console script: parse, load settings, call a task or a flow, print the result.
+
+Conventions (DESIGN.md section 13): every command takes --config and --workspace; with --json the
+last line of stdout is exactly one JSON object, human output goes before it or to stderr. Exit codes:
+0 done, 1 a gate or check said no, 2 bad usage or bad input (the message names the file/row/key).
+Heavy libraries (torch, prefect, presidio) are imported inside the commands that need them so that
+`flywheel --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+
+from tasks.config import ConfigError, Settings, load_settings
+
+app = typer.Typer(
+    help="llm-flywheel: monitor a self-hosted LLM, curate its failures, retrain a LoRA adapter, "
+    "and promote it through a reviewed canary.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+)
+config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
+logs_app = typer.Typer(help="Validate and summarise production logs.", no_args_is_help=True)
+annotate_app = typer.Typer(help="Label Studio round trip for failure cases.", no_args_is_help=True)
+registry_app = typer.Typer(help="The MLflow model registry: champion, canary, reviews.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+app.add_typer(logs_app, name="logs")
+app.add_typer(annotate_app, name="annotate")
+app.add_typer(registry_app, name="registry")
+
+ConfigOpt = Annotated[
+    Optional[Path],
+    typer.Option(
+        "--config",
+        "-c",
+        envvar="FLYWHEEL_CONFIG",
+        help="YAML file laid over the embedded defaults (see configs/default.yaml).",
+    ),
+]
+WorkspaceOpt = Annotated[
+    Optional[Path],
+    typer.Option("--workspace", "-w", help="Folder for all run-time output [default: ./workspace]."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
+
+
+class CheckFailed(Exception):
+    """A gate or check said no: exit code 1, after the result has been printed."""
+
+
+def settings_for(config: Path | None, workspace: Path | None, **overrides: Any) -> Settings:
+    values = {key: value for key, value in overrides.items() if value is not None}
+    if workspace is not None:
+        values["paths.workspace"] = str(workspace)
+    return load_settings(config, values)
+
+
+def emit(result: dict[str, Any], as_json: bool, human: str | None = None) -> None:
+    """Print a human summary (to stderr when --json is on) and, with --json, the JSON line."""
+    if human:
+        print(human, file=sys.stderr if as_json else sys.stdout)
+    if as_json:
+        print(json.dumps(result, default=str, ensure_ascii=False))
+    elif not human:
+        print(json.dumps(result, default=str, ensure_ascii=False, indent=2))
+
+
+def table(rows: list[tuple[str, Any]]) -> str:
+    width = max((len(name) for name, _ in rows), default=0)
+    return "\n".join(f"{name:<{width}}  {_fmt(value)}" for name, value in rows)
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, default=str, ensure_ascii=False)
+    return str(value)
+
+
+# ----------------------------------------------------------------------------------------- config
+
+
+@config_app.command("show")
+def config_show(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Print the effective configuration: embedded defaults, then --config, then flags."""
+    settings = settings_for(config, workspace)
+    if as_json:
+        emit(settings.dump(), True)
+    else:
+        import yaml
+
+        print(yaml.safe_dump(settings.dump(), sort_keys=False, allow_unicode=True), end="")
+
+
+# ------------------------------------------------------------------------------------------ logs
+
+SourcesArg = Annotated[
+    Optional[list[str]],
+    typer.Argument(help="Log files, folders or globs [default: logs.sources, else <workspace>/logs]."),
+]
+SinceOpt = Annotated[Optional[str], typer.Option(help="Start of the window, ISO date/time (inclusive).")]
+UntilOpt = Annotated[Optional[str], typer.Option(help="End of the window, ISO date/time (exclusive).")]
+
+
+@logs_app.command("validate")
+def logs_validate(
+    sources: SourcesArg = None,
+    quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go [default: logs.quarantine in the workspace].")] = None,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row was quarantined.")] = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
+    UTF-8 or are too large go to the quarantine file with their source line and reason."""
+    from tasks.logs import load_window
+
+    settings = settings_for(config, workspace)
+    result = load_window(settings, sources, quarantine=quarantine or True)
+    summary = result.summary()
+    emit(summary, as_json, table([
+        ("read", summary["read"]), ("accepted", summary["accepted"]), ("quarantined", summary["quarantined"]),
+        *[(f"  {reason}", count) for reason, count in summary["reasons"].items()],
+        ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
+    ]))
+    if strict and result.quarantined:
+        raise CheckFailed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
+
+
+@logs_app.command("stats")
+def logs_stats(
+    sources: SourcesArg = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Summarise logs: volume, users, time span, model versions, weeks, feedback."""
+    from tasks.logs import load_window, log_stats
+
+    settings = settings_for(config, workspace)
+    stats = log_stats(load_window(settings, sources, since, until))
+    emit(stats, as_json, table([(key, value) for key, value in stats.items() if key != "files"]))
+
+
+# ------------------------------------------------------------------------------------ simulator
+
+
+@app.command()
+def simulate(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for logs/ and ground truth [default: the workspace].")] = None,
+    weeks: Annotated[Optional[int], typer.Option(help="Weeks of traffic [default: simulate.weeks].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives byte-identical files.")] = None,
+    launch_week: Annotated[Optional[int], typer.Option(help="Week the v2 products launch (the drift).")] = None,
+    records_per_week: Annotated[Optional[int], typer.Option(help="Requests per simulated week.")] = None,
+    fmt: Annotated[Optional[str], typer.Option("--format", help="jsonl or parquet.")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Simulate production traffic of a support shop: knowledge base v1, new v2 products launched
+    mid-way, users who re-ask and press thumbs-down, PII in prompts; ground truth written beside."""
+    from tasks.simulate import simulate as run_simulation
+
+    settings = settings_for(
+        config, workspace,
+        **{"simulate.weeks": weeks, "simulate.seed": seed, "simulate.launch_week": launch_week,
+           "simulate.records_per_week": records_per_week, "simulate.format": fmt},
+    )
+    result = run_simulation(settings.simulate, out or settings.workspace, data_dir=settings.paths.data_dir)
+    emit(result.model_dump(), as_json, table([
+        ("records", result.records), ("weeks", len(result.weeks)), ("launch week", result.launch_week),
+        ("log files", len(result.files)), ("ground truth", result.ground_truth),
+        ("records/s", round(result.records_per_s)),
+    ]))
+
+
+# ------------------------------------------------------------------------------------- curation
+
+
+def pii_key(settings: Settings) -> bytes:
+    """The keyed-hash secret for user refs and pseudonyms; a demo config may create one."""
+    from tasks.pii import PiiKeyError, load_pii_key
+
+    try:
+        return load_pii_key(settings.pii, workspace=settings.workspace, create=not settings.pii.require_key)
+    except PiiKeyError as err:
+        raise ValueError(str(err)) from None
+
+
+@app.command()
+def extract(
+    out: Annotated[Path, typer.Option("--out", help="Cases file to write (.parquet or .jsonl).")],
+    sources: SourcesArg = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Extract failure cases (refusals, re-asks, thumbs-down) from a window of logs, with users
+    replaced by a keyed hash and duplicates removed."""
+    from tasks.extract import extract_cases
+    from tasks.logs import load_window
+
+    settings = settings_for(config, workspace)
+    result = load_window(settings, sources, since, until)
+    summary = extract_cases(result.table, settings, key=pii_key(settings), out_path=out)
+    emit(summary, as_json, table([("cases", summary["cases"]), *summary["by_kind"].items(),
+                                  ("duplicates removed", summary["duplicates_removed"]), ("written to", out)]))
+
+
+@annotate_app.command("export")
+def annotate_export(
+    cases: Annotated[Path, typer.Option("--cases", help="Cases file from `flywheel extract` / `mask`.")],
+    out: Annotated[Path, typer.Option("--out", help="Label Studio import JSON to write (label_config.xml goes beside it).")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Write cases as Label Studio tasks, with a labelling config for the closed label set."""
+    from tasks.annotate import export_tasks
+
+    settings = settings_for(config, workspace)
+    summary = export_tasks(cases, out, settings.annotation.labels)
+    emit(summary, as_json, f"{summary['tasks']} tasks -> {out} (labelling config: {summary['config']})")
+
+
+@annotate_app.command("import")
+def annotate_import(
+    files: Annotated[list[Path], typer.Argument(help="Label Studio export JSON, CSV (item,annotator,label[,corrected_response]) or JSONL files.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder for annotations.jsonl and quarantine.jsonl.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Import annotations from several annotators; bad rows are quarantined with file, row and reason."""
+    from tasks.annotate import import_annotations
+
+    settings = settings_for(config, workspace)
+    summary = import_annotations(files, out, settings.annotation.labels)
+    emit(summary, as_json, table([("annotations", summary["annotations"]), ("items", summary["items"]),
+                                  ("annotators", summary["annotators"]), ("quarantined", summary["quarantined"])]))
+
+
+@app.command()
+def agreement(
+    annotations: Annotated[Path, typer.Option("--annotations", help="Label Studio export JSON or CSV with header item,annotator,label.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Inter-annotator agreement (Krippendorff's alpha, Fleiss' and Cohen's kappa) and the gate
+    decision: pass, filter (keep unanimous items) or block. Exits 1 on block."""
+    from tasks.annotate import agreement_from_file
+
+    settings = settings_for(config, workspace)
+    result = agreement_from_file(annotations, settings.annotation)
+    alpha, ci = result["krippendorff_alpha"], result["alpha_ci"]
+    emit(result, as_json, table([
+        ("items", result["n_items"]), ("annotators", result["n_annotators"]),
+        ("Krippendorff's alpha", alpha), ("95% interval", ci),
+        ("Fleiss' kappa", result["fleiss_kappa"]), ("Cohen's kappa", result["cohen_kappa"]),
+        ("decision", result["decision"]),
+    ]))
+    if result["decision"] == "block":
+        raise CheckFailed(f"agreement alpha {alpha} is below {settings.annotation.block_alpha}: the cycle is blocked")
+
+
+# --------------------------------------------------------------------------- evaluation, registry
+
+
+@app.command()
+def evaluate(
+    candidate: Annotated[str, typer.Option("--candidate", help="Adapter folder or registry version to evaluate.")],
+    against: Annotated[str, typer.Option("--against", help="champion, a version, an adapter folder, base, or none.")] = "champion",
+    new_cases: Annotated[Optional[Path], typer.Option("--new-cases", help="Held-out curated cases (JSONL) added as the new_cases suite.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Folder for report.json/report.md [default: next to the candidate].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the regression, OOD, adversarial (and new_cases) suites on candidate and champion, and
+    check the gates. Exits 1 when a gate fails."""
+    from tasks.evaluate import evaluate_adapter
+
+    settings = settings_for(config, workspace)
+    result = evaluate_adapter(settings, candidate, against=against, out_dir=out, new_cases=new_cases)
+    rows = [
+        (f"{suite}.{metric}", f"{v['candidate']:.3f} vs {v['champion']:.3f}" if v.get("champion") is not None else f"{v['candidate']:.3f}")
+        for suite, metrics in result["suites"].items()
+        for metric, v in metrics.items()
+        if isinstance(v, dict) and v.get("candidate") is not None
+    ]
+    emit(result, as_json, table([*rows, ("gate", "passed" if result["passed"] else "FAILED")]))
+    if not result["passed"]:
+        raise CheckFailed("the candidate failed its evaluation gate (see report.md)")
+
+
+def registry_call(config: Path | None, workspace: Path | None, action: str, *args: Any, **kwargs: Any) -> dict:
+    """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash."""
+    from tasks.registry import Registry, RegistryRuleError
+
+    registry = Registry(settings_for(config, workspace))
+    try:
+        return getattr(registry, action)(*args, **kwargs)
+    except RegistryRuleError as refused:
+        raise CheckFailed(str(refused)) from None
+
+
+@registry_app.command("status")
+def registry_status(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Show the champion and canary aliases and every version's gate and review."""
+    status = registry_call(config, workspace, "status")
+    lines = [f"champion: {status['champion']}", f"canary:   {status['canary']}", ""]
+    for v in status["versions"]:
+        lines.append(
+            f"v{v['version']:<4} {','.join(v.get('aliases') or []) or '-':<18} cycle {v.get('cycle_id') or '-':<24} "
+            f"gate {v.get('gate') or '-':<7} review {(v.get('review') or {}).get('decision', '-')}"
+        )
+    emit(status, as_json, "\n".join(lines))
+
+
+def _review(version: str, decision: str, reviewer: str, comment: str, config, workspace, as_json) -> None:
+    result = registry_call(config, workspace, "review", version, decision=decision, reviewer=reviewer, comment=comment)
+    emit(result, as_json, f"version {version}: {decision} by {reviewer}")
+
+
+ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Who decides (recorded on the version).")]
+CommentOpt = Annotated[str, typer.Option("--comment", help="Why (recorded on the version).")]
+
+
+@app.command()
+def approve(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
+            workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Approve a canary for promotion (then `flywheel promote VERSION`)."""
+    _review(version, "approve", reviewer, comment, config, workspace, as_json)
+
+
+@app.command()
+def reject(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
+           workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Reject a canary: it loses the canary alias and can never be promoted."""
+    _review(version, "reject", reviewer, comment, config, workspace, as_json)
+
+
+@registry_app.command("override")
+def registry_override(version: str, reviewer: ReviewerOpt,
+                      reason: Annotated[str, typer.Option("--reason", help="Why the failed gate may be ignored.")],
+                      config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Record a reviewer's override of a failed evaluation gate (needed before promoting it)."""
+    result = registry_call(config, workspace, "override_gate", version, reviewer=reviewer, reason=reason)
+    emit(result, as_json, f"version {version}: gate overridden by {reviewer}")
+
+
+@app.command()
+def promote(version: str, config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Move the champion alias to an approved version (the previous champion is recorded)."""
+    result = registry_call(config, workspace, "promote", version)
+    emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
+
+
+@app.command()
+def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to [default: the previous champion].")] = None,
+             config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Move the champion alias back to the previous champion (or a given earlier champion)."""
+    result = registry_call(config, workspace, "rollback", to)
+    emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
+
+
+def main() -> None:
+    """Entry point. Typer handles usage errors itself (exit 2); known error kinds become one clear
+    line on stderr instead of a traceback (FLYWHEEL_DEBUG=1 shows the traceback)."""
+    try:
+        app()
+    except CheckFailed as failed:
+        print(f"check failed: {failed}", file=sys.stderr)
+        sys.exit(1)
+    except (ConfigError, ValueError, FileNotFoundError) as err:
+        if os.environ.get("FLYWHEEL_DEBUG"):
+            raise
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

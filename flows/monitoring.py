@@ -1,0 +1,147 @@
+"""Weekly monitoring: four quality signals and input drift for one ISO week, a dashboard, and the
+decision whether to start a retraining cycle.
+
+Trigger mechanism (the only one): when the decision says so, this flow emits the Prefect event
+`flywheel.retraining.requested`; the `quarterly-retraining` deployment in prefect.yaml has a trigger
+on it (concurrency limit 1, CANCEL_NEW). Without a server the decision is recorded in the workspace
+history and printed; nothing else starts.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pyarrow as pa
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import monitor
+from tasks.config import Settings, load_settings
+from tasks.drift import compute_drift, load_prompts
+from tasks.logs import iso_week_window, load_window
+from tasks.signals import compute_signals
+from tasks.tracking import experiment_id
+
+RETRAINING_EVENT = "flywheel.retraining.requested"
+
+
+@task(name="load-week-logs", cache_policy=NO_CACHE)
+def load_week_logs(settings: Settings, week: str) -> pa.Table:
+    result = load_window(settings, None, *iso_week_window(week))
+    get_run_logger().info(
+        "week %s: %d records accepted, %d quarantined (%s)",
+        week, result.table.num_rows, result.quarantined, result.reasons or "no problems",
+    )
+    return result.table
+
+
+@task(name="compute-signals", cache_policy=NO_CACHE)
+def compute_week_signals(settings: Settings, logs: pa.Table) -> dict[str, Any]:
+    return compute_signals(logs, settings.signals)
+
+
+@task(name="compute-drift", cache_policy=NO_CACHE)
+def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any]:
+    """Drift of this week's prompts against the reference; the first week seen becomes the
+    baseline reference when nothing better is configured or stored."""
+    current = logs.column("prompt").to_pylist()
+    counts = logs.column("model_version").value_counts().to_pylist()
+    serving = max(counts, key=lambda c: c["counts"])["values"] if counts else None
+    reference = monitor.reference_path(settings, serving)
+    if reference is None:
+        if len(current) < settings.drift.min_prompts:
+            return {"band": "insufficient", "alert": False, "kl": None, "n_current": len(current),
+                    "n_reference": 0, "reference": None, "note": "no reference yet and too few prompts for a baseline"}
+        reference = monitor.store_reference(settings, current)
+        get_run_logger().info("no drift reference yet: week %s becomes the baseline", week)
+    drift = compute_drift(load_prompts(reference), current, settings.drift)
+    drift["reference"] = str(reference)
+    return drift
+
+
+@task(name="log-week-to-mlflow", cache_policy=NO_CACHE)
+def log_week_to_mlflow(
+    settings: Settings, week: str, signals: dict, drift: dict, decision: dict, history: list[dict]
+) -> str:
+    """One MLflow run per week in experiment `monitoring`, metrics stepped by week, plus the
+    trend chart. A rerun of the same week replaces nothing: it adds a run tagged with the week."""
+    import mlflow
+
+    step = monitor.week_step(week)
+    chart = monitor.plot_trend(settings, history, settings.paths.under("monitoring", f"trend-{week}.png"))
+    metrics = {key: history[-1][key] for key in (*monitor.SIGNAL_KEYS, "feedback_coverage", "kl") if history}
+    metrics = {key: value for key, value in metrics.items() if value is not None}
+    with mlflow.start_run(experiment_id=experiment_id(settings, "monitoring"), run_name=week) as run:
+        mlflow.set_tags({"week": week, "drift_band": drift.get("band"), "triggered": decision["triggered"]})
+        mlflow.log_metrics(metrics | {"records": signals["records"]}, step=step)
+        mlflow.log_artifact(str(chart))
+        mlflow.log_dict({"signals": signals, "drift": drift, "decision": decision}, "monitoring.json")
+    return run.info.run_id
+
+
+@task(name="publish-dashboard", cache_policy=NO_CACHE)
+def publish_dashboard(settings: Settings, week: str, signals: dict, drift: dict, decision: dict) -> None:
+    create_markdown_artifact(
+        key="monitoring-dashboard",
+        markdown=monitor.dashboard_markdown(settings, week, signals, drift, decision),
+        description=f"Weekly signals and drift, {week}",
+    )
+    create_table_artifact(
+        key="monitoring-signals",
+        table=[
+            {"week": row["week"], "records": row["records"], **{k: row.get(k) for k in monitor.SIGNAL_KEYS},
+             "kl": row.get("kl"), "band": row.get("band"), "triggered": row.get("triggered")}
+            for row in monitor.load_history(settings)[-12:]
+        ],
+        description="The last 12 monitored weeks",
+    )
+
+
+@task(name="request-retraining", cache_policy=NO_CACHE)
+def request_retraining(week: str, decision: dict) -> bool:
+    """Emit the one event the retraining deployment's trigger listens for."""
+    from prefect.events import emit_event
+
+    event = emit_event(
+        event=RETRAINING_EVENT,
+        resource={"prefect.resource.id": f"flywheel.monitoring.{week}"},
+        payload={"week": week, "reasons": decision["reasons"]},
+    )
+    return event is not None
+
+
+@flow(name="weekly-monitoring", log_prints=True)
+def weekly_monitoring(
+    week: str | None = None,
+    config: str | None = None,
+    workspace: str | None = None,
+) -> dict[str, Any]:
+    """Compute the week's quality signals and drift, publish the dashboard, decide on retraining.
+
+    Args:
+        week: ISO week to check, e.g. "2026-W03". Empty: the last complete week.
+        config: YAML config file laid over the embedded defaults.
+        workspace: folder holding logs, history and the MLflow store (default ./workspace).
+    """
+    settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
+    week = week or monitor.previous_week()
+    monitor.week_start(week)  # validates the label before any work
+
+    logs = load_week_logs(settings, week)
+    signals = compute_week_signals(settings, logs)
+    drift = compute_week_drift(settings, week, logs)
+    decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
+    history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
+    run_id = log_week_to_mlflow(settings, week, signals, drift, decision, history)
+    publish_dashboard(settings, week, signals, drift, decision)
+    if decision["triggered"]:
+        decision["event_emitted"] = request_retraining(week, decision)
+
+    print(
+        f"{week}: refusal {signals['refusal_rate']}, re-ask {signals['reask_rate']}, drift {drift.get('band')} "
+        f"-> retraining {'TRIGGERED' if decision['triggered'] else 'not triggered'}"
+    )
+    return {"week": week, "signals": signals, "drift": drift, "triggered": decision["triggered"],
+            "decision": decision, "mlflow_run_id": run_id}
+

@@ -1,0 +1,239 @@
+"""Training-set building (DESIGN.md section 3, stage 04_dataset).
+
+Curated cases from this cycle + a configurable share of replay from the champion's training data
+(against forgetting), deduplicated, split into train / val (and a held-out slice of the new cases for
+the `new_cases` evaluation suite), stored as HF-datasets-compatible JSONL with a dataset card.
+Every choice is a pure function of the inputs and `DatasetSettings.seed`: same inputs, same bytes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import unicodedata
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+from tasks.config import DatasetSettings
+from tasks.contracts import TrainingExample, sha256_file
+
+TRAIN_FILE, VAL_FILE, HOLDOUT_FILE, CARD_FILE = "train.jsonl", "val.jsonl", "holdout.jsonl", "dataset_card.json"
+# Field names accepted for the answer in a curated row, in order of preference.
+RESPONSE_FIELDS = ("corrected_response", "response", "completion", "reference", "answer")
+
+
+class DatasetError(ValueError):
+    """Input rows that cannot become training examples; the message names the file, row and fix."""
+
+
+def normalise_text(text: str) -> str:
+    """Key for deduplication: NFKC, lowercased, punctuation-insensitive, whitespace collapsed."""
+    text = unicodedata.normalize("NFKC", text).lower()
+    text = re.sub(r"[^\w\s]", " ", text)
+    return " ".join(text.split())
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    with open(path, encoding="utf-8") as handle:
+        for line_no, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise DatasetError(f"{path}:{line_no}: not valid JSON ({err.msg})") from None
+            if not isinstance(row, dict):
+                raise DatasetError(f"{path}:{line_no}: expected a JSON object per line")
+            yield line_no, row
+
+
+def _curated_examples(path: Path, cycle_id: str) -> list[TrainingExample]:
+    examples = []
+    for line_no, row in _rows(path):
+        prompt = row.get("prompt")
+        response = next((row[f] for f in RESPONSE_FIELDS if isinstance(row.get(f), str) and row[f].strip()), None)
+        if not isinstance(prompt, str) or not prompt.strip() or response is None:
+            raise DatasetError(
+                f"{path}:{line_no}: a curated row needs a non-empty 'prompt' and one of {list(RESPONSE_FIELDS)}"
+            )
+        source = str(row.get("case_id") or row.get("source") or row.get("id") or f"curated:{line_no}")
+        examples.append(TrainingExample(prompt=prompt.strip(), response=response.strip(), source=source, cycle_id=cycle_id))
+    return examples
+
+
+def _replay_file(replay_path: Path) -> Path:
+    replay_path = Path(replay_path)
+    if replay_path.is_dir():
+        replay_path = replay_path / TRAIN_FILE
+    if not replay_path.is_file():
+        raise DatasetError(f"replay data {replay_path} not found: pass the champion's 04_dataset/ folder or its train.jsonl")
+    return replay_path
+
+
+def _bucket(seed: int, key: str) -> float:
+    """A stable uniform number in [0, 1) per (seed, key): splits do not depend on row order."""
+    digest = hashlib.sha256(f"{seed}\0{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def _write_jsonl(path: Path, examples: Iterable[TrainingExample]) -> int:
+    count = 0
+    with open(path, "w", encoding="utf-8", newline="\n") as handle:
+        for example in examples:
+            handle.write(json.dumps(example.model_dump(), ensure_ascii=False, sort_keys=True) + "\n")
+            count += 1
+    return count
+
+
+def build_dataset(
+    curated_path: Path,
+    out_dir: Path,
+    settings: DatasetSettings,
+    *,
+    cycle_id: str,
+    replay_path: Path | None = None,
+    mlflow_run_id: str | None = None,
+) -> dict:
+    """Write train.jsonl, val.jsonl, holdout.jsonl and dataset_card.json into `out_dir`.
+
+    * Curated rows: `prompt` + a response (`corrected_response` preferred), source = their case id.
+    * Deduplicated on the normalised prompt (a prompt has one target; the first curated row wins, and a
+      replay row never overrides a curated one).
+    * `new_cases_holdout` of the new cases go to holdout.jsonl (never trained on: the `new_cases` suite).
+    * Replay: `replay_share` of the final training set is drawn from the champion's training data
+      (source `replay:<sha256 of that file>`), as far as there is enough of it.
+    * `val_share` of each source goes to val.jsonl, by a hash of the prompt (stable under reordering).
+
+    Returns {train, val, holdout, replay, duplicates, sha256, card}.
+    """
+    curated_path, out_dir = Path(curated_path), Path(out_dir)
+    if not curated_path.is_file():
+        raise DatasetError(f"curated cases {curated_path} not found: run the annotation stage first")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    seed = settings.seed
+
+    seen: set[str] = set()
+    duplicates = 0
+    new: list[TrainingExample] = []
+    curated = _curated_examples(curated_path, cycle_id)
+    for example in curated:
+        key = normalise_text(example.prompt)
+        if key in seen:
+            duplicates += 1
+            continue
+        seen.add(key)
+        new.append(example)
+    if not new:
+        raise DatasetError(f"{curated_path} holds no usable curated case: nothing to train on")
+
+    holdout = [e for e in new if _bucket(seed, "holdout:" + normalise_text(e.prompt)) < settings.new_cases_holdout]
+    held = {id(e) for e in holdout}
+    new_train = [e for e in new if id(e) not in held]
+    if not new_train:
+        raise DatasetError(f"dataset.new_cases_holdout={settings.new_cases_holdout} left no curated case to train on")
+
+    replay_sources: list[dict[str, Any]] = []
+    replay: list[TrainingExample] = []
+    replay_available = 0
+    if replay_path is not None and settings.replay_share > 0:
+        replay_file = _replay_file(replay_path)
+        replay_sha = sha256_file(replay_file)
+        candidates = []
+        for line_no, row in _rows(replay_file):
+            if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
+                raise DatasetError(f"{replay_file}:{line_no}: replay rows need 'prompt' and 'response'")
+            key = normalise_text(row["prompt"])
+            if key in seen:
+                duplicates += 1
+                continue
+            seen.add(key)
+            candidates.append(TrainingExample(prompt=row["prompt"], response=row["response"],
+                                              source=f"replay:{replay_sha}", cycle_id=cycle_id))
+        replay_available = len(candidates)
+        # replay / (replay + new) == share  =>  replay = share / (1 - share) * new
+        wanted = round(settings.replay_share / (1 - settings.replay_share) * len(new_train))
+        candidates.sort(key=lambda e: _bucket(seed, "replay:" + normalise_text(e.prompt)))
+        replay = candidates[:wanted]
+        replay_sources.append({"path": str(replay_file), "sha256": replay_sha, "rows": replay_available, "used": len(replay)})
+
+    def is_val(example: TrainingExample) -> bool:
+        return _bucket(seed, "val:" + normalise_text(example.prompt)) < settings.val_share
+
+    pool = new_train + replay
+    val = [e for e in pool if is_val(e)]
+    train = [e for e in pool if not is_val(e)]
+    if not val:  # tiny inputs: keep at least one validation example for early stopping
+        val, train = train[-1:], train[:-1]
+    if not train:
+        raise DatasetError("too few examples to split into train and val: add curated cases or lower dataset.val_share")
+    # A deterministic shuffle, so replay is interleaved with new cases on disk as in training.
+    random.Random(seed).shuffle(train)
+
+    files = {}
+    for name, rows in ((TRAIN_FILE, train), (VAL_FILE, val), (HOLDOUT_FILE, holdout)):
+        count = _write_jsonl(out_dir / name, rows)
+        files[name] = {"rows": count, "sha256": sha256_file(out_dir / name)}
+    combined = hashlib.sha256((files[TRAIN_FILE]["sha256"] + files[VAL_FILE]["sha256"]).encode()).hexdigest()
+    replay_in_train = sum(e.source.startswith("replay:") for e in train)
+    card = {
+        "name": f"flywheel-{cycle_id}",
+        "cycle_id": cycle_id,
+        "format": "jsonl; fields prompt, response, source, cycle_id (datasets.load_dataset('json', ...))",
+        "sha256": combined,
+        "sources": [{"kind": "curated", "path": str(curated_path), "sha256": sha256_file(curated_path),
+                     "rows": len(curated)}] + [{"kind": "replay", **s} for s in replay_sources],
+        "counts": {
+            "curated_unique": len(new),
+            "duplicates_dropped": duplicates,
+            "holdout": len(holdout),
+            "replay_available": replay_available,
+            "replay_used": len(replay),
+            "train": len(train),
+            "val": len(val),
+            "replay_in_train": replay_in_train,
+        },
+        "replay_share": {"target": settings.replay_share,
+                         "actual": round(len(replay) / len(pool), 4) if pool else 0.0},
+        "files": files,
+        "settings": settings.model_dump(mode="json"),
+    }
+    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
+    if mlflow_run_id:
+        log_dataset_input(out_dir, mlflow_run_id, context="training")
+    return {"train": len(train), "val": len(val), "holdout": len(holdout), "replay": len(replay),
+            "duplicates": duplicates, "sha256": combined, "card": str(out_dir / CARD_FILE)}
+
+
+def read_examples(path: Path) -> list[dict[str, Any]]:
+    return [row for _, row in _rows(Path(path))]
+
+
+def log_dataset_input(dataset_dir: Path, run_id: str, *, context: str = "training") -> None:
+    """Record the dataset as an input of an MLflow run (lineage): name, digest = the card's sha256,
+    source = the folder, schema and profile from pandas. The caller sets the tracking URI."""
+    import mlflow
+    import pandas as pd
+    from mlflow.entities import DatasetInput, InputTag
+    from mlflow.tracking import MlflowClient
+
+    dataset_dir = Path(dataset_dir)
+    card = json.loads((dataset_dir / CARD_FILE).read_text(encoding="utf-8"))
+    frames = []
+    for split, name in (("train", TRAIN_FILE), ("val", VAL_FILE)):
+        frame = pd.DataFrame(read_examples(dataset_dir / name), columns=["prompt", "response", "source", "cycle_id"])
+        frame["split"] = split
+        frames.append(frame)
+    from mlflow.data.sources import LocalArtifactDatasetSource
+
+    dataset = mlflow.data.from_pandas(
+        pd.concat(frames, ignore_index=True),
+        source=LocalArtifactDatasetSource(str(dataset_dir.resolve())),
+        targets="response",
+        name=card.get("name", dataset_dir.name),
+        digest=card["sha256"][:32],
+    )
+    tags = [InputTag(key="mlflow.data.context", value=context)]
+    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])

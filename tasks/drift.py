@@ -1,0 +1,506 @@
+"""Input drift between a reference prompt set and a current window (DESIGN.md section 8).
+
+Prompts are discretised into bins: by default the reference vocabulary (its `vocab_size` most frequent
+word tokens) plus one out-of-vocabulary bucket; optionally k-means clusters of sentence embeddings
+fitted on the reference. Both histograms get `smoothing` pseudo-counts per bin, then we report
+KL(current || reference) against the bands (< same_below: "same", > drift_above: "drift", between:
+"slight"), the Jensen-Shannon distance (base 2, in [0, 1]) and the PSI.
+
+Plug-in KL is biased upward even without any drift, by about (K-1)/2 (1/n + 1/m). The null baseline
+measures that bias: `null_resamples` times, a pseudo-reference and a pseudo-current window are drawn
+from the reference BY PROMPT (with replacement, of the real sizes m and n: tokens of one prompt travel
+together, so their correlation is kept), and `null_kl` is the `null_quantile` of their KL.
+
+Current windows larger than `max_current_prompts` are binned from a seeded uniform sample of that
+many prompts (n_current still reports the whole window, n_current_binned the sample, and the null
+baseline uses the sample's size): at a million prompts the KL's sampling noise is ~1e-4, far below
+the bands, so counting more only costs time.
+
+Alert rule: alert = band in {"slight", "drift"} and kl > null_kl. Both conditions are needed: the band
+alone fires on small samples (pure bias), the null baseline alone fires on huge samples where a
+statistically real but tiny change (KL 0.01) is not worth a retraining. On a no-change week the
+null-quantile condition alone is false with probability 1 - null_quantile (1% by default) and the band
+condition removes most of the rest; benchmarks/detector_quality.py measures both the false-alarm rate
+and the detection of the simulated product launch. Fewer than `min_prompts` prompts on either side:
+band "insufficient", no alert, whatever the numbers.
+
+Explanations are PII-safe: while tokenising, e-mail addresses, URLs and any token containing a digit
+are replaced by <email>, <url> and <num>, so no address, phone, card, order or account number can
+become a term. A term is only named when it is purely alphabetic (or one of those placeholders) and
+occurs in at least `explain_min_prompts` distinct prompts of the side it is counted on (k-anonymity: a
+name or handle typed by one user does not qualify); the rest stays in the "<oov>" bucket. Example
+prompts are rendered from their tokens with every token that is not a nameable term replaced by "*".
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import scipy.sparse as sp
+
+from tasks.config import DriftSettings
+
+OOV = "<oov>"
+PLACEHOLDERS = ("<email>", "<url>", "<num>")
+_CHUNK_ROWS = 1 << 20
+_CANDIDATE_TERMS = 200  # new (out-of-vocabulary) tokens considered for naming in an explanation
+
+
+# --------------------------------------------------------------------------------------------------
+# input
+
+
+def load_prompts(path: Path) -> list[str]:
+    """Prompts from a file: JSONL with a "prompt" field per line (.jsonl/.ndjson, or any file whose
+    first non-blank character is "{"), Parquet with a "prompt" column, else plain text with one prompt
+    per line. Blank lines are skipped."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"prompt file {path} does not exist: pass a JSONL file with a 'prompt' field "
+                                "or a text file with one prompt per line")
+    if path.suffix.lower() == ".parquet":
+        import pyarrow.parquet as pq
+
+        table = pq.read_table(path)
+        if "prompt" not in table.column_names:
+            raise ValueError(f"{path}: a Parquet prompt file needs a 'prompt' column, found {table.column_names}")
+        return [p for p in table.column("prompt").to_pylist() if p]
+    text = path.read_text(encoding="utf-8")
+    stripped = text.lstrip()
+    if path.suffix.lower() in (".jsonl", ".ndjson") or stripped.startswith("{"):
+        prompts = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as err:
+                raise ValueError(f"{path}, line {number}: not valid JSON ({err.msg}); expected one object "
+                                 "with a 'prompt' field per line") from None
+            prompt = row.get("prompt") if isinstance(row, dict) else row if isinstance(row, str) else None
+            if not isinstance(prompt, str):
+                raise ValueError(f"{path}, line {number}: no 'prompt' string field; each line needs "
+                                 '{"prompt": "..."}')
+            if prompt:
+                prompts.append(prompt)
+        return prompts
+    return [line.strip() for line in text.splitlines() if line.strip()]
+
+
+def _as_prompts(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+    if isinstance(values, pa.ChunkedArray):
+        arr = values
+    elif isinstance(values, pa.Array):
+        arr = pa.chunked_array([values])
+    else:
+        arr = pa.chunked_array([pa.array(list(values), type=pa.string())])
+    if pa.types.is_dictionary(arr.type):
+        arr = arr.cast(arr.type.value_type)
+    if not pa.types.is_string(arr.type):
+        arr = arr.cast(pa.string())
+    arr = arr.filter(pc.and_(pc.is_valid(arr), pc.greater(pc.utf8_length(pc.fill_null(arr, "")), 0)))
+    return arr
+
+
+# --------------------------------------------------------------------------------------------------
+# tokens
+
+
+_TRIM = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + (
+    "\u201c\u201d\u2018\u2019\u00ab\u00bb\u00bf\u00a1\u00a0\u2026\u3000\u3001\u3002\uff0c\uff1f\uff01\uff1a"
+)
+
+
+def _raw_tokens(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Word tokens of the prompts, possibly with empty strings (punctuation-only words), and the
+    list offsets (tokens of prompt i are flat[offsets[i]:offsets[i + 1]]).
+
+    Lowercased, split on whitespace, punctuation trimmed from both ends. A chunk holding "@" becomes
+    <email>, one starting with http:// https:// www. becomes <url>, and any other token with a digit
+    becomes <num>: no address or number ever becomes a term. Arrow kernels only, no regex over all the
+    text; the placeholder checks only look at the prompts that hold a digit, "@" or a link."""
+    lowered = pc.utf8_lower(arr)
+    lists = pc.ascii_split_whitespace(lowered)
+    offsets = lists.offsets.to_numpy().astype(np.int64)
+    offsets = offsets - offsets[0]
+    raw = pc.list_flatten(lists)
+    flat = pc.utf8_trim(raw, characters=_TRIM)
+    flagged = np.flatnonzero(pc.match_substring_regex(lowered, r"[0-9@]|http|www\.|\p{N}").fill_null(False)
+                             .to_numpy(zero_copy_only=False))
+    if len(flagged):
+        positions = _ranges(offsets[flagged], offsets[flagged + 1])
+        take = pa.array(positions)
+        raw_odd, tok_odd = raw.take(take), flat.take(take)
+        is_email = pc.match_substring(raw_odd, "@")
+        is_url = pc.or_(pc.starts_with(raw_odd, "http://"),
+                        pc.or_(pc.starts_with(raw_odd, "https://"), pc.starts_with(raw_odd, "www.")))
+        has_digit = pc.match_substring_regex(tok_odd, r"[0-9]|\p{N}")
+        fixed = pc.if_else(is_email, pa.scalar("<email>"), pc.if_else(is_url, pa.scalar("<url>"),
+                           pc.if_else(has_digit, pa.scalar("<num>"), tok_odd)))
+        mask = np.zeros(len(flat), dtype=bool)
+        mask[positions] = True
+        flat = pc.replace_with_mask(flat, pa.array(mask), fixed)
+    return flat, offsets
+
+
+def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
+    """Concatenation of arange(starts[i], ends[i]) without a Python loop."""
+    lengths = ends - starts
+    total = int(lengths.sum())
+    if total == 0:
+        return np.zeros(0, dtype=np.int64)
+    shifts = np.repeat(starts - (np.cumsum(lengths) - lengths), lengths)
+    return np.arange(total, dtype=np.int64) + shifts
+
+
+def _tokens(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+    """Non-empty word tokens of the prompts and, per token, the index of its prompt within `arr`."""
+    flat, offsets = _raw_tokens(arr)
+    keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
+    parents = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
+    return flat.filter(pa.array(keep)), parents[keep]
+
+
+def _map(func, arr: pa.ChunkedArray) -> list:
+    pieces = [c.slice(s, _CHUNK_ROWS) for c in arr.chunks for s in range(0, len(c), _CHUNK_ROWS)]
+    if len(pieces) <= 1:
+        return [func(p) for p in pieces]
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return list(pool.map(func, pieces))
+
+
+def _nameable(term: str) -> bool:
+    return term in PLACEHOLDERS or (len(term) >= 2 and term.isalpha())
+
+
+# --------------------------------------------------------------------------------------------------
+# the measures
+
+
+def _smoothed(counts: np.ndarray, alpha: float) -> np.ndarray:
+    counts = np.asarray(counts, dtype=np.float64) + alpha
+    return counts / counts.sum()
+
+
+def _kl(p: np.ndarray, q: np.ndarray) -> float:
+    return float(np.sum(p * np.log(p / q)))
+
+
+def _measures(cur_counts: np.ndarray, ref_counts: np.ndarray, alpha: float) -> dict[str, Any]:
+    p = _smoothed(cur_counts, alpha)
+    q = _smoothed(ref_counts, alpha)
+    m = 0.5 * (p + q)
+    js_div = 0.5 * np.sum(p * np.log2(p / m)) + 0.5 * np.sum(q * np.log2(q / m))
+    return {
+        "p": p,
+        "q": q,
+        "kl": _kl(p, q),
+        "js": float(math.sqrt(max(js_div, 0.0))),
+        "psi": float(np.sum((p - q) * np.log(p / q))),
+    }
+
+
+def _null_baseline(matrix: sp.csr_matrix, n_current: int, settings: DriftSettings, seed: int) -> np.ndarray:
+    """KL between a pseudo-current (n_current prompts) and a pseudo-reference (m prompts), both drawn
+    by prompt with replacement from the reference: the KL of 'no drift at all' at these sample sizes.
+    Poisson bootstrap (each prompt's weight ~ Poisson(size / m)), a block of resamples per sparse
+    product, so that 200 resamples of a large reference take well under a second."""
+    m = matrix.shape[0]
+    rng = np.random.default_rng(seed)
+    transposed = matrix.T.tocsr().astype(np.int64)
+    alpha = settings.smoothing
+    out = []
+    block = max(1, min(settings.null_resamples, 20_000_000 // max(m, 1)))
+    for start in range(0, settings.null_resamples, block):
+        size = min(block, settings.null_resamples - start)
+        w_cur = rng.poisson(n_current / m, size=(m, size))
+        w_ref = rng.poisson(1.0, size=(m, size))
+        p = (transposed @ w_cur) + alpha  # bins x resamples
+        q = (transposed @ w_ref) + alpha
+        p /= p.sum(axis=0, keepdims=True)
+        q /= q.sum(axis=0, keepdims=True)
+        out.append(np.sum(p * np.log(p / q), axis=0))
+    return np.concatenate(out)
+
+
+def _band(kl: float, settings: DriftSettings) -> str:
+    if kl < settings.same_below:
+        return "same"
+    if kl > settings.drift_above:
+        return "drift"
+    return "slight"
+
+
+# --------------------------------------------------------------------------------------------------
+# token bins
+
+
+def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings) -> dict[str, Any]:
+    ref_tokens = _map(_tokens, reference)
+    # reference: one row per prompt, so that the null baseline can resample by prompt
+    flat_parts, parent_parts, base = [], [], 0
+    for (flat, parents), piece_len in zip(ref_tokens, _piece_lengths(reference)):
+        flat_parts.append(flat)
+        parent_parts.append(parents + base)
+        base += piece_len
+    ref_flat = pa.chunked_array(flat_parts, type=pa.string()) if flat_parts else pa.chunked_array([], pa.string())
+    ref_parent = np.concatenate(parent_parts) if parent_parts else np.zeros(0, np.int64)
+    counts = pc.value_counts(ref_flat)
+    values = counts.field("values").to_pylist()
+    freq = counts.field("counts").to_numpy()
+    # Tokens seen in a single reference prompt stay out of the vocabulary: they go to the OOV bin on
+    # both sides, so the reference has the share of never-seen-before tokens (typos, names, one-off
+    # words) that any new window has too (Good-Turing), and the null baseline, which can only resample
+    # reference prompts, sees that share as well.
+    token_codes = pc.index_in(ref_flat, value_set=counts.field("values")).to_numpy().astype(np.int64)
+    prompt_pairs = np.unique(ref_parent * len(values) + token_codes) if len(values) else np.zeros(0, np.int64)
+    prompts_per_token = np.bincount(prompt_pairs % max(len(values), 1), minlength=len(values))
+    eligible = [i for i in range(len(values)) if prompts_per_token[i] >= 2]
+    order = sorted(eligible, key=lambda i: (-int(freq[i]), values[i]))[: settings.vocab_size]
+    vocab = [values[i] for i in order]
+    vocab_arr = pa.array(vocab, type=pa.string())
+    k = len(vocab) + 1  # + OOV
+    ref_bin = pc.index_in(ref_flat, value_set=vocab_arr).fill_null(len(vocab)).to_numpy().astype(np.int64)
+    matrix = sp.csr_matrix(
+        (np.ones(len(ref_bin)), (ref_parent, ref_bin)), shape=(len(reference), k)
+    )
+    matrix.sum_duplicates()
+    ref_counts = np.asarray(matrix.sum(axis=0)).ravel()
+    ref_doc_freq = np.diff(matrix.tocsc().indptr)
+
+    def current_piece(arr: pa.Array) -> tuple[np.ndarray, Any, pa.Array, np.ndarray]:
+        flat, offsets = _raw_tokens(arr)
+        idx = pc.index_in(flat, value_set=vocab_arr)
+        bins = np.bincount(idx.fill_null(len(vocab)).to_numpy().astype(np.int64), minlength=k)
+        oov_positions = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
+        oov = flat.take(pa.array(oov_positions))
+        empties = pc.equal(oov, "")
+        bins[len(vocab)] -= int(pc.sum(empties).as_py() or 0)  # punctuation-only words are no tokens
+        oov = oov.filter(pc.invert(empties))
+        parents = np.searchsorted(offsets, oov_positions, side="right") - 1
+        parents = parents[~empties.to_numpy(zero_copy_only=False)]
+        return bins, pc.value_counts(oov), oov, parents
+
+    pieces = _map(current_piece, current)
+    cur_counts = np.sum([p[0] for p in pieces], axis=0) if pieces else np.zeros(k)
+    # most frequent new tokens, candidates for naming
+    oov_totals: dict[str, int] = {}
+    for _, vc, _, _ in pieces:
+        for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
+            oov_totals[value] = oov_totals.get(value, 0) + count
+    candidates = [t for t in sorted(oov_totals, key=lambda t: (-oov_totals[t], t)) if _nameable(t)][:_CANDIDATE_TERMS]
+    # distinct current prompts per candidate (k-anonymity of named terms)
+    doc_freq: dict[str, int] = {}
+    if candidates:
+        cand_arr = pa.array(candidates, type=pa.string())
+        keys = []
+        base = 0
+        for (_, _, oov, parents), piece_len in zip(pieces, _piece_lengths(current)):
+            hit = pc.index_in(oov, value_set=cand_arr)
+            mask = hit.is_valid().to_numpy(zero_copy_only=False)
+            keys.append((parents[mask] + base) * len(candidates) + hit.drop_null().to_numpy().astype(np.int64))
+            base += piece_len
+        pairs = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
+        per_term = np.bincount(pairs % len(candidates), minlength=len(candidates))
+        doc_freq = {t: int(per_term[i]) for i, t in enumerate(candidates)}
+    ref_total = dict(zip(values, (int(f) for f in freq)))
+    return {
+        "kind": "tokens",
+        "labels": vocab + [OOV],
+        "matrix": matrix,
+        "ref_counts": ref_counts,
+        "cur_counts": cur_counts,
+        "ref_doc_freq": ref_doc_freq,
+        "oov_counts": {t: oov_totals[t] for t in candidates},
+        "oov_doc_freq": doc_freq,
+        "ref_token_counts": ref_total,
+        "vocab": set(vocab),
+    }
+
+
+def _piece_lengths(arr: pa.ChunkedArray) -> list[int]:
+    return [min(_CHUNK_ROWS, len(c) - s) for c in arr.chunks for s in range(0, len(c), _CHUNK_ROWS)]
+
+
+def _embedding_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings, seed: int) -> dict:
+    from sklearn.cluster import MiniBatchKMeans
+
+    from tasks.signals import embed_texts
+
+    ref_vec = embed_texts(reference.to_pylist(), settings.embedding_model)
+    cur_vec = embed_texts(current.to_pylist(), settings.embedding_model)
+    clusters = min(settings.clusters, len(reference))
+    model = MiniBatchKMeans(n_clusters=clusters, random_state=seed, n_init=3).fit(ref_vec)
+    ref_label = model.predict(ref_vec)
+    cur_label = model.predict(cur_vec)
+    matrix = sp.csr_matrix((np.ones(len(ref_label)), (np.arange(len(ref_label)), ref_label)), shape=(len(ref_label), clusters))
+    return {
+        "kind": "embeddings",
+        "labels": [f"cluster {c}" for c in range(clusters)],
+        "matrix": matrix,
+        "ref_counts": np.bincount(ref_label, minlength=clusters).astype(np.float64),
+        "cur_counts": np.bincount(cur_label, minlength=clusters).astype(np.float64),
+        "cur_label": cur_label,
+    }
+
+
+# --------------------------------------------------------------------------------------------------
+# explanation
+
+
+def _top_terms(bins: dict[str, Any], measures: dict[str, Any], settings: DriftSettings) -> list[dict[str, Any]]:
+    p, q = measures["p"], measures["q"]
+    contribution = p * np.log(p / q)
+    labels = bins["labels"]
+    cur_total = float(bins["cur_counts"].sum()) or 1.0
+    ref_total = float(bins["ref_counts"].sum()) or 1.0
+    rows: list[dict[str, Any]] = []
+    if bins["kind"] == "tokens":
+        min_docs = settings.explain_min_prompts
+        for i, term in enumerate(labels[:-1]):
+            if not _nameable(term) or bins["ref_doc_freq"][i] < min_docs:
+                continue
+            rows.append({
+                "term": term, "contribution": float(contribution[i]), "current_share": float(bins["cur_counts"][i] / cur_total),
+                "reference_share": float(bins["ref_counts"][i] / ref_total), "in_reference_vocabulary": True,
+            })
+        oov_index = len(labels) - 1
+        oov_count = float(bins["cur_counts"][oov_index])
+        named = 0.0
+        if oov_count > 0:
+            for term, count in bins["oov_counts"].items():
+                if bins["oov_doc_freq"].get(term, 0) < min_docs:
+                    continue
+                share = count / oov_count
+                named += count
+                rows.append({
+                    "term": term, "contribution": float(contribution[oov_index] * share),
+                    "current_share": float(count / cur_total),
+                    "reference_share": float(bins["ref_token_counts"].get(term, 0) / ref_total),
+                    "in_reference_vocabulary": False,
+                })
+        rest = oov_count - named
+        if rest > 0 or oov_count == 0:
+            rows.append({
+                "term": OOV, "contribution": float(contribution[oov_index] * (rest / oov_count if oov_count else 1.0)),
+                "current_share": float(rest / cur_total), "reference_share": float(bins["ref_counts"][oov_index] / ref_total),
+                "in_reference_vocabulary": False,
+            })
+    else:
+        for i, label in enumerate(labels):
+            rows.append({
+                "term": label, "contribution": float(contribution[i]), "current_share": float(p[i]),
+                "reference_share": float(q[i]), "in_reference_vocabulary": True,
+            })
+    rows.sort(key=lambda r: (-r["contribution"], r["term"]))
+    return rows[: settings.top_terms]
+
+
+def _examples(current: pa.ChunkedArray, terms: list[str], shown: set[str], count: int) -> list[str]:
+    """A few current prompts holding the top terms, rendered with only nameable terms kept."""
+    if not terms or count <= 0:
+        return []
+    wanted = pa.array(terms, type=pa.string())
+    out: list[str] = []
+    seen: set[str] = set()
+    for piece in (c.slice(s, 50_000) for c in current.chunks for s in range(0, len(c), 50_000)):
+        flat, parents = _tokens(piece)
+        hits = pc.is_in(flat, value_set=wanted).to_numpy(zero_copy_only=False)
+        tokens = flat.to_pylist()
+        starts = np.searchsorted(parents, np.arange(len(piece) + 1))
+        for row in np.unique(parents[hits]):
+            rendered: list[str] = []
+            for t in tokens[starts[row] : starts[row + 1]]:
+                word = t if t in shown else "*"
+                if not (word == "*" and rendered and rendered[-1] == "*"):
+                    rendered.append(word)
+            text = " ".join(rendered)
+            if text not in seen:
+                seen.add(text)
+                out.append(text)
+            if len(out) >= count:
+                return out
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# public
+
+
+def compute_drift(
+    reference: Sequence[str] | pa.Array | pa.ChunkedArray,
+    current: Sequence[str] | pa.Array | pa.ChunkedArray,
+    settings: DriftSettings,
+    *,
+    seed: int = 0,
+) -> dict:
+    """Drift of `current` prompts against `reference` prompts: kl, js, psi, null_kl, band, alert,
+    n_reference, n_current, top_terms, examples (see the module docstring for the rules)."""
+    ref = _as_prompts(reference)
+    cur = _as_prompts(current)
+    n_ref, n_cur = len(ref), len(cur)
+    if settings.max_current_prompts is not None and n_cur > settings.max_current_prompts:
+        rows = np.sort(np.random.default_rng(seed).choice(n_cur, settings.max_current_prompts, replace=False))
+        cur = cur.take(pa.array(rows))
+    result: dict[str, Any] = {
+        "bins": settings.bins, "n_reference": n_ref, "n_current": n_cur, "kl": None, "js": None, "psi": None,
+        "null_kl": None, "null_kl_mean": None, "kl_excess": None, "band": "insufficient", "alert": False,
+        "thresholds": {"same_below": settings.same_below, "drift_above": settings.drift_above,
+                       "null_quantile": settings.null_quantile, "min_prompts": settings.min_prompts},
+        "top_terms": [], "examples": [], "reason": None, "n_current_binned": len(cur),
+    }
+    if n_ref == 0 or n_cur == 0:
+        result["reason"] = f"insufficient data: {n_ref} reference and {n_cur} current prompts (need {settings.min_prompts} each)"
+        return result
+    if settings.bins == "embeddings":
+        bins = _embedding_bins(ref, cur, settings, seed)
+    else:
+        bins = _token_bins(ref, cur, settings)
+    if bins["cur_counts"].sum() == 0 or bins["ref_counts"].sum() == 0:
+        result["reason"] = "insufficient data: no tokens on one side"
+        return result
+    measures = _measures(bins["cur_counts"], bins["ref_counts"], settings.smoothing)
+    null = _null_baseline(bins["matrix"], len(cur), settings, seed)
+    kl = measures["kl"]
+    null_kl = float(np.quantile(null, settings.null_quantile))
+    result.update(kl=kl, js=measures["js"], psi=measures["psi"], null_kl=null_kl,
+                  null_kl_mean=float(null.mean()), kl_excess=kl - float(null.mean()), bin_count=len(bins["labels"]))
+    top = _top_terms(bins, measures, settings)
+    result["top_terms"] = top
+    if bins["kind"] == "tokens":
+        shown = {t for t in bins["vocab"] if _nameable(t)} | {r["term"] for r in top} | set(PLACEHOLDERS)
+        shown = {t for t in shown if t != OOV}
+        idx_of = {t: i for i, t in enumerate(bins["labels"])}
+        shown = {t for t in shown if t not in idx_of or bins["ref_doc_freq"][idx_of[t]] >= settings.explain_min_prompts
+                 or t in PLACEHOLDERS or t in {r["term"] for r in top}}
+        example_terms = [r["term"] for r in top if r["term"] != OOV and r["contribution"] > 0][:3]
+        result["examples"] = _examples(cur, example_terms, shown, settings.examples)
+    else:  # clusters: counts only, no prompt text (nothing to mask it with)
+        labels = bins["cur_label"]
+        result["examples"] = [
+            f"{r['term']}: {int((labels == int(r['term'].split()[-1])).sum())} current prompts"
+            for r in top[: settings.examples]
+        ]
+    if min(n_ref, n_cur) < settings.min_prompts:
+        result["band"] = "insufficient"
+        result["reason"] = (f"insufficient data: {n_ref} reference and {n_cur} current prompts "
+                            f"(need {settings.min_prompts} each); not evidence of 'no drift'")
+        return result
+    band = _band(kl, settings)
+    result["band"] = band
+    result["alert"] = bool(band != "same" and kl > null_kl)
+    if result["alert"]:
+        result["reason"] = f"KL {kl:.3f} is in band '{band}' and above the no-drift baseline {null_kl:.3f}"
+    elif band != "same":
+        result["reason"] = f"KL {kl:.3f} is in band '{band}' but within the no-drift baseline {null_kl:.3f} (sampling noise)"
+    else:
+        result["reason"] = f"KL {kl:.3f} below {settings.same_below}"
+    return result

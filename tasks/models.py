@@ -1,0 +1,822 @@
+"""Base model and generation backends (DESIGN.md section 7).
+
+* `bootstrap_base_model` builds the embedded default base: a byte-level BPE tokenizer trained with
+  `tokenizers` on the simulator's knowledge base and a tiny Qwen2-architecture causal LM pre-trained on
+  knowledge base v1 question/answer paraphrases plus honest refusals for products it does not know.
+  It is a normal `save_pretrained` directory, so any other local model directory works in its place.
+* `LocalGenerator` (transformers + peft: batched, several adapters loaded at once, switchable without
+  reloading the base) and `OpenAICompatibleGenerator` (vLLM / TGI / llama.cpp over HTTP) implement
+  `tasks.contracts.Generator`: same calls, same outputs.
+* `format_prompt` is the one prompt template used for training and generation; `token_f1` the shared
+  answer-overlap metric.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import os
+import random
+import re
+import shutil
+import string
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
+from typing import Any, Literal
+
+from tasks.config import Settings
+
+PROMPT_TEMPLATE = "### Question:\n{question}\n### Answer:\n"
+# Text a completion never legitimately contains: where a model runs past its answer into a new turn.
+_TURN_MARKER = "\n###"
+EOS_TOKEN = "<|endoftext|>"
+PAD_TOKEN = "<|pad|>"
+MANIFEST = "flywheel_base.json"  # written beside the weights of a bootstrapped base
+
+# Bump when the bootstrap recipe changes in a way the cache key cannot see.
+BOOTSTRAP_VERSION = "1"
+
+# The two embedded sizes. "default" is what `flywheel model bootstrap` builds (2-4 minutes on 2 CPU
+# cores); "test" is the even smaller one the test-suite builds once per session (seconds).
+BOOTSTRAP_SIZES: dict[str, dict[str, Any]] = {
+    "default": {
+        "vocab_size": 1024,
+        "hidden_size": 128,
+        "intermediate_size": 384,
+        "num_hidden_layers": 3,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 4,
+        "max_position_embeddings": 256,
+        "epochs": 15,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "prompt_loss_weight": 0.1,
+        "synthetic_unknown": 30,
+        "refusal_templates": 2,
+        "cross_products": 5,
+        "question_dropout": 0.1,
+        "threads": 1,
+    },
+    "test": {
+        "vocab_size": 512,
+        "hidden_size": 64,
+        "intermediate_size": 128,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "num_key_value_heads": 2,
+        "max_position_embeddings": 256,
+        "epochs": 4,
+        "batch_size": 32,
+        "learning_rate": 3e-3,
+        "prompt_loss_weight": 0.1,
+        "synthetic_unknown": 10,
+        "refusal_templates": 1,
+        "cross_products": 2,
+        "question_dropout": 0.1,
+        "threads": 1,
+    },
+}
+HOLDOUT_SHARE = 0.2  # of each topic's questions, never seen in pre-training
+_ON_EPOCH = None  # experiments hook: called as (epoch, model) after each pre-training epoch
+
+
+class ModelError(RuntimeError):
+    """A model or endpoint that cannot be used; the message names the path or URL and the fix."""
+
+
+# --------------------------------------------------------------------------------------------------
+# Prompt template and metric
+
+
+def format_prompt(prompt: str) -> str:
+    """The single prompt template used for pre-training, LoRA training and local generation."""
+    return PROMPT_TEMPLATE.format(question=prompt.strip())
+
+
+def _clean_completion(text: str) -> str:
+    cut = text.find(_TURN_MARKER)
+    if cut >= 0:
+        text = text[:cut]
+    return text.replace(EOS_TOKEN, "").strip()
+
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCT = str.maketrans("", "", string.punctuation)
+
+
+def _normalise_answer(text: str) -> list[str]:
+    text = text.lower().translate(_PUNCT)
+    return _ARTICLES.sub(" ", text).split()
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """SQuAD-style token F1: lowercased, punctuation and articles removed, bag-of-tokens overlap."""
+    pred, ref = _normalise_answer(prediction), _normalise_answer(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
+
+
+# --------------------------------------------------------------------------------------------------
+# Knowledge base helpers (shared by the bootstrap and the learning-quality benchmark)
+
+
+def load_knowledge_base(data_dir: Path, version: str = "v1") -> dict[str, Any]:
+    path = Path(data_dir) / "knowledge_base" / f"{version}.json"
+    if not path.is_file():
+        raise ModelError(f"knowledge base {path} not found: pass --data-dir / paths.data_dir pointing at data/")
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def split_questions(topic: Mapping[str, Any], *, seed: int = 0, holdout: float = HOLDOUT_SHARE) -> tuple[list[str], list[str]]:
+    """(train, held_out) paraphrases of one topic; deterministic per (topic id, seed)."""
+    questions = list(dict.fromkeys(topic["questions"]))
+    rng = random.Random(f"{seed}:{topic['id']}")
+    order = questions[:]
+    rng.shuffle(order)
+    n_out = max(1, round(holdout * len(order))) if len(order) > 2 else 0
+    held = set(order[:n_out])
+    return [q for q in questions if q not in held], [q for q in questions if q in held]
+
+
+def _short_name(topic: Mapping[str, Any]) -> str | None:
+    """The product name as users write it: the longest leading run of the topic name's words found in
+    most of its questions ("Aurora X2 headphones" -> "Aurora X2")."""
+    words = topic["name"].split()
+    for end in range(len(words), 0, -1):
+        candidate = " ".join(words[:end])
+        hits = sum(candidate.lower() in q.lower() for q in topic["questions"])
+        if hits >= 0.6 * len(topic["questions"]):
+            return candidate
+    return None
+
+
+_SYLLABLES = [
+    "ka", "zo", "ri", "mex", "tar", "vin", "lo", "qua", "dre", "syl", "bo", "nix", "fen", "gor", "pel",
+    "tru", "va", "cor", "dex", "ly", "mo", "ran", "sa", "tek", "ul", "vo", "wyn", "xi", "yar", "zen",
+]
+_CATEGORIES = [
+    "speaker", "camera", "laptop", "phone", "router", "watch", "tablet", "monitor", "keyboard", "blender",
+    "headset", "charger", "printer", "drone", "projector", "earbuds", "console", "lamp", "scanner", "hub",
+]
+
+
+def _synthetic_products(count: int, seed: int, avoid: set[str]) -> list[str]:
+    rng = random.Random(f"synthetic:{seed}")
+    names: list[str] = []
+    while len(names) < count:
+        word = "".join(rng.choice(_SYLLABLES) for _ in range(rng.randint(2, 3))).capitalize()
+        code = rng.choice(["", f" {rng.choice('ABCDEFGHJKLMNPRSTVXZ')}{rng.randint(1, 99)}", f" {rng.randint(2, 12)}",
+                           " Pro", " Max", " Lite", " Air"])
+        name = f"{word}{code} {rng.choice(_CATEGORIES)}"
+        if name.lower() not in avoid and name not in names:
+            names.append(name)
+    return names
+
+
+def pretraining_examples(kb: Mapping[str, Any], *, seed: int = 0, synthetic_unknown: int = 30,
+                         refusal_templates: int = 2, cross_products: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+    """(question, answer) pairs the base is pre-trained on, and the held-out questions per topic.
+
+    Answers: the train split of every topic's paraphrases, plus (`cross_products` per product) other
+    products' train phrasings with this product's name put in. Refusals: the knowledge base's templated
+    questions about `unknown_products` plus made-up names, *and* the known products' own phrasings with
+    the name swapped for an unknown one. Both swaps teach the same thing: the product name, not the
+    phrasing, decides which answer (or a refusal) follows.
+    """
+    refusal = kb["refusals"]["en"][0]
+    rng = random.Random(f"pretrain:{seed}")
+    pairs: list[tuple[str, str]] = []
+    held_out: dict[str, list[str]] = {}
+    product_questions: list[tuple[str, str]] = []  # (question, short name) of known products
+    for topic in kb["topics"]:
+        train_q, test_q = split_questions(topic, seed=seed)
+        held_out[topic["id"]] = test_q
+        pairs.extend((q, topic["answer"]) for q in train_q)
+        short = _short_name(topic) if topic.get("kind") == "product" else None
+        if short:
+            product_questions.extend((q, short) for q in train_q if short.lower() in q.lower())
+    products = [(t, _short_name(t)) for t in kb["topics"] if t.get("kind") == "product" and _short_name(t)]
+    crossed: list[tuple[str, str]] = []
+    for topic, short in products:
+        others = [(q, s) for q, s in product_questions if s != short]
+        for question, other in rng.sample(others, k=min(cross_products, len(others))):
+            crossed.append((re.sub(re.escape(other), short, question, flags=re.IGNORECASE), topic["answer"]))
+    seen_q = {q for q, _ in pairs}
+    pairs.extend(p for p in dict.fromkeys(crossed) if p[0] not in seen_q)
+    known = {t["name"].lower() for t in kb["topics"]} | {(_short_name(t) or "").lower() for t in kb["topics"]}
+    unknown = list(kb.get("unknown_products", [])) + _synthetic_products(synthetic_unknown, seed, known)
+    templates = list(kb.get("unknown_questions") or ["Tell me about the {product}.", "How much is the {product}?"])
+    refusals: list[tuple[str, str]] = []
+    for product in unknown:
+        for template in rng.sample(templates, k=min(refusal_templates, len(templates))):
+            refusals.append((template.format(product=product), refusal))
+        for question, short in rng.sample(product_questions, k=min(refusal_templates, len(product_questions))):
+            swapped = re.sub(re.escape(short), _drop_category(product), question, flags=re.IGNORECASE)
+            refusals.append((swapped, refusal))
+    pairs.extend(dict.fromkeys(refusals))
+    return pairs, held_out
+
+
+def _drop_category(product: str) -> str:
+    words = product.split()
+    return " ".join(words[:-1]) if len(words) > 1 else product
+
+
+# --------------------------------------------------------------------------------------------------
+# Bootstrap
+
+
+@contextmanager
+def torch_threads(count: int):
+    """Run a block with `count` torch CPU threads (0: leave as is), restoring the previous count.
+
+    Pre-training uses a fixed count: float reductions depend on the thread split, so a fixed count keeps
+    "same seed, same weights" true on any machine; and on a busy or oversubscribed CPU one thread is often
+    several times faster than two spinning OpenMP threads."""
+    import torch
+
+    previous = torch.get_num_threads()
+    if count > 0:
+        torch.set_num_threads(count)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _cache_key(kb_bytes: bytes, size: str, seed: int) -> str:
+    blob = json.dumps(
+        {"kb": hashlib.sha256(kb_bytes).hexdigest(), "size": BOOTSTRAP_SIZES[size], "seed": seed,
+         "version": BOOTSTRAP_VERSION, "template": PROMPT_TEMPLATE},
+        sort_keys=True,
+    )
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def train_tokenizer(texts: Sequence[str], vocab_size: int):
+    """Byte-level BPE trained on `texts`, wrapped as a transformers fast tokenizer (left padding)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        min_frequency=2,
+        special_tokens=[EOS_TOKEN, PAD_TOKEN],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(texts, trainer)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tokenizer, eos_token=EOS_TOKEN, pad_token=PAD_TOKEN, padding_side="left",
+        model_max_length=BOOTSTRAP_SIZES["default"]["max_position_embeddings"],
+    )
+
+
+def bootstrap_base_model(
+    out_dir: Path,
+    *,
+    data_dir: Path,
+    seed: int = 0,
+    size: Literal["default", "test"] = "default",
+    progress: Callable[[str], None] | None = None,
+) -> dict:
+    """Build (or reuse) the embedded base model in `out_dir`.
+
+    Content-addressed: the cache key is the knowledge base v1 bytes + the size recipe + seed + recipe
+    version; an `out_dir` already holding that key is reused as is. Returns
+    {path, params, seconds, digest, cached, cache_key}.
+    """
+    if size not in BOOTSTRAP_SIZES:
+        raise ModelError(f"unknown bootstrap size {size!r}: use one of {sorted(BOOTSTRAP_SIZES)}")
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    say = progress or (lambda _msg: None)
+    kb_path = Path(data_dir) / "knowledge_base" / "v1.json"
+    if not kb_path.is_file():
+        raise ModelError(f"knowledge base {kb_path} not found: the base model is pre-trained on it; "
+                         "point paths.data_dir at the shipped data/ folder")
+    kb_bytes = kb_path.read_bytes()
+    key = _cache_key(kb_bytes, size, seed)
+    manifest_path = out_dir / MANIFEST
+    if manifest_path.is_file():
+        manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        if manifest.get("cache_key") == key and (out_dir / "config.json").is_file():
+            say(f"base model in {out_dir} is up to date (cache key {key[:12]})")
+            return {"path": str(out_dir), "params": manifest["params"], "seconds": round(time.perf_counter() - start, 3),
+                    "digest": model_digest(out_dir), "cached": True, "cache_key": key}
+
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    recipe = BOOTSTRAP_SIZES[size]
+    kb = json.loads(kb_bytes)
+    pairs, held_out = pretraining_examples(kb, seed=seed, synthetic_unknown=recipe["synthetic_unknown"],
+                                           refusal_templates=recipe["refusal_templates"],
+                                           cross_products=recipe["cross_products"])
+    # The tokenizer sees exactly what the model is trained on: a token the model never saw would keep a
+    # random embedding that a later LoRA adapter (which does not train embeddings) could not use.
+    say(f"training tokenizer on {len(pairs)} question/answer pairs")
+    texts = [format_prompt(q) + a for q, a in pairs] + list(kb["refusals"].get("en", []))
+    tokenizer = train_tokenizer(texts, recipe["vocab_size"])
+
+    torch.manual_seed(seed)
+    config = Qwen2Config(
+        vocab_size=len(tokenizer),
+        hidden_size=recipe["hidden_size"],
+        intermediate_size=recipe["intermediate_size"],
+        num_hidden_layers=recipe["num_hidden_layers"],
+        num_attention_heads=recipe["num_attention_heads"],
+        num_key_value_heads=recipe["num_key_value_heads"],
+        max_position_embeddings=recipe["max_position_embeddings"],
+        tie_word_embeddings=True,
+        rope_theta=10_000.0,
+        bos_token_id=tokenizer.eos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        use_cache=True,
+    )
+    model = Qwen2ForCausalLM(config)
+    params = sum(p.numel() for p in model.parameters())
+    say(f"pre-training a {params / 1e6:.2f}M-parameter Qwen2 model on {len(pairs)} examples")
+    with torch_threads(recipe["threads"]):
+        losses = _pretrain(model, tokenizer, pairs, recipe, seed, say, _ON_EPOCH)
+
+    # Write next to the target, then swap, so a crash never leaves a half-written base behind.
+    tmp_dir = out_dir.with_name(out_dir.name + ".tmp")
+    shutil.rmtree(tmp_dir, ignore_errors=True)
+    tmp_dir.mkdir(parents=True)
+    model.generation_config.pad_token_id = tokenizer.pad_token_id
+    model.generation_config.eos_token_id = tokenizer.eos_token_id
+    model.save_pretrained(tmp_dir)
+    tokenizer.save_pretrained(tmp_dir)
+    seconds = time.perf_counter() - start
+    manifest = {
+        "cache_key": key,
+        "size": size,
+        "seed": seed,
+        "params": params,
+        "recipe": recipe,
+        "knowledge_base": {"path": str(kb_path), "sha256": hashlib.sha256(kb_bytes).hexdigest()},
+        "examples": len(pairs),
+        "held_out": held_out,
+        "final_loss": losses[-1] if losses else None,
+        "seconds": round(seconds, 2),
+        "prompt_template": PROMPT_TEMPLATE,
+    }
+    (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp_dir.rename(out_dir)
+    say(f"base model written to {out_dir} in {seconds:.0f}s")
+    return {"path": str(out_dir), "params": params, "seconds": round(seconds, 2), "digest": model_digest(out_dir),
+            "cached": False, "cache_key": key}
+
+
+def encode_example(tokenizer, question: str, answer: str, max_length: int) -> tuple[list[int], int]:
+    """Token ids of prompt + answer + eos, and where the answer starts. The prompt is tokenised on its
+    own exactly as at generation time, so training and generation see the same prompt tokens."""
+    prompt_ids = tokenizer(format_prompt(question), add_special_tokens=False)["input_ids"]
+    answer_ids = tokenizer(answer, add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+    ids = (prompt_ids + answer_ids)[:max_length]
+    return ids, min(len(prompt_ids), len(ids))
+
+
+def _pretrain(model, tokenizer, pairs, recipe, seed, say, on_epoch=None) -> list[float]:
+    """Plain AdamW loop (cosine schedule with warm-up), length-bucketed batches; loss on the answer with a
+    small weight on the question too (it is a language model: it should know the words it is asked in).
+    Question dropout removes a share of the question's tokens afresh each epoch, so the answer has to hang
+    on several cues (the name, the keywords) and held-out paraphrases still find it."""
+    import torch
+    import torch.nn.functional as F
+
+    max_len = recipe["max_position_embeddings"]
+    prefix = tokenizer(PROMPT_TEMPLATE.split("{question}")[0], add_special_tokens=False)["input_ids"]
+    suffix = tokenizer(PROMPT_TEMPLATE.split("{question}")[1], add_special_tokens=False)["input_ids"]
+    encoded = []
+    for q, a in pairs:
+        ids, answer_start = encode_example(tokenizer, q, a, max_len)
+        q_start, q_end = len(prefix), answer_start - len(suffix)
+        framed = ids[:q_start] == prefix and ids[q_end:answer_start] == suffix and q_end - q_start > 1
+        encoded.append((ids, answer_start, (q_start, q_end) if framed else None))
+    batch_size = recipe["batch_size"]
+    steps_per_epoch = math.ceil(len(encoded) / batch_size)
+    total = steps_per_epoch * recipe["epochs"]
+    warmup = max(1, total // 20)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=recipe["learning_rate"], betas=(0.9, 0.98), weight_decay=0.01)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimizer,
+        lambda s: (s + 1) / warmup if s < warmup else 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * (s - warmup) / max(1, total - warmup))),
+    )
+    generator = torch.Generator().manual_seed(seed)
+    drop_rng = random.Random(f"dropout:{seed}")
+    pad = tokenizer.pad_token_id
+    w_prompt = recipe["prompt_loss_weight"]
+    p_drop = recipe.get("question_dropout", 0.0)
+    model.train()
+    losses: list[float] = []
+    step = 0
+    started = time.perf_counter()
+    for epoch in range(recipe["epochs"]):
+        examples = []
+        for ids, answer_start, span in encoded:
+            if span and p_drop > 0:
+                q_start, q_end = span
+                kept = [t for t in ids[q_start:q_end] if drop_rng.random() >= p_drop] or ids[q_start:q_start + 1]
+                cut = (q_end - q_start) - len(kept)
+                ids = ids[:q_start] + kept + ids[q_end:]
+                answer_start -= cut
+            examples.append((ids, answer_start))
+        # Similar lengths share a batch (less padding); batch order is shuffled again.
+        order = torch.randperm(len(examples), generator=generator).tolist()
+        window = batch_size * 8
+        batches = []
+        for w in range(0, len(order), window):
+            chunk = sorted(order[w:w + window], key=lambda i: len(examples[i][0]))
+            batches.extend(chunk[b:b + batch_size] for b in range(0, len(chunk), batch_size))
+        batches = [batches[i] for i in torch.randperm(len(batches), generator=generator).tolist()]
+        epoch_losses = []
+        for batch_ids in batches:
+            batch = [examples[i] for i in batch_ids]
+            width = max(len(ids) for ids, _ in batch)
+            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)
+            weights = torch.zeros((len(batch), width))
+            mask = torch.zeros((len(batch), width), dtype=torch.long)
+            for row, (ids, answer_start) in enumerate(batch):
+                input_ids[row, : len(ids)] = torch.tensor(ids)
+                mask[row, : len(ids)] = 1
+                weights[row, 1:answer_start] = w_prompt
+                weights[row, answer_start: len(ids)] = 1.0
+            logits = model(input_ids=input_ids, attention_mask=mask).logits[:, :-1]
+            target_w = weights[:, 1:]
+            token_loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), input_ids[:, 1:].reshape(-1), reduction="none")
+            loss = (token_loss * target_w.reshape(-1)).sum() / target_w.sum()
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            schedule.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+            epoch_losses.append(losses[-1])
+            step += 1
+        say(f"epoch {epoch + 1}/{recipe['epochs']}  step {step}/{total}  loss {sum(epoch_losses) / len(epoch_losses):.4f}  "
+            f"{time.perf_counter() - started:.0f}s")
+        if on_epoch is not None:
+            on_epoch(epoch + 1, model, tokenizer)
+    model.eval()
+    return losses
+
+
+def model_digest(path: Path) -> str:
+    """sha256 over the files that define a model directory (weights, config, tokenizer), by name."""
+    path = Path(path)
+    if not path.is_dir():
+        raise ModelError(f"model directory {path} does not exist")
+    digest = hashlib.sha256()
+    for file in sorted(p for p in path.rglob("*") if p.is_file()):
+        rel = file.relative_to(path).as_posix()
+        if rel == MANIFEST or rel.startswith(".") or "/." in rel or rel.endswith(".md"):
+            continue
+        digest.update(rel.encode() + b"\0")
+        with open(file, "rb") as handle:
+            while chunk := handle.read(1 << 20):
+                digest.update(chunk)
+        digest.update(b"\0")
+    return digest.hexdigest()
+
+
+def resolve_base_model(settings: Settings) -> Path:
+    """`model.base` when set (a local model directory), else the bootstrapped `<workspace>/models/base`."""
+    if settings.model.base:
+        path = Path(settings.model.base).expanduser()
+        if not (path / "config.json").is_file():
+            raise ModelError(
+                f"model.base={settings.model.base!r} is not a local model directory (no config.json there); nothing "
+                "is downloaded from a hub: save the model with save_pretrained / huggingface-cli download and point "
+                "model.base at that directory, or leave model.base empty to use the embedded base"
+            )
+        return path
+    path = settings.paths.under("models", "base")
+    if not (path / "config.json").is_file():
+        raise ModelError(
+            f"no base model in {path}: run `flywheel model bootstrap` to build the embedded one, "
+            "or set model.base to a local model directory"
+        )
+    return path
+
+
+# --------------------------------------------------------------------------------------------------
+# Generators
+
+
+def _pick_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelError("device 'cuda' requested but torch sees no CUDA device: use device 'auto' or 'cpu'")
+    return device
+
+
+class LocalGenerator:
+    """transformers + peft generation: batched, left-padded, greedy at temperature 0, sampling otherwise.
+
+    Any number of LoRA adapters can be loaded on the one base; `use(name)` switches between them (or
+    back to the bare base with `use(None)`) without reloading anything.
+    """
+
+    def __init__(
+        self,
+        base_path: Path,
+        adapters: Mapping[str, Path] | None = None,
+        *,
+        device: str = "auto",
+        batch_size: int = 32,
+        max_new_tokens: int = 64,
+        threads: int = 0,
+    ) -> None:
+        import torch
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        self.base_path = Path(base_path)
+        if not (self.base_path / "config.json").is_file():
+            raise ModelError(f"{self.base_path} is not a model directory (no config.json): run `flywheel model bootstrap`")
+        self.device = _pick_device(device)
+        self.batch_size = batch_size
+        self.max_new_tokens = max_new_tokens
+        self.threads = threads if self.device == "cpu" else 0  # torch CPU threads while generating; 0: as is
+        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        self.tokenizer = AutoTokenizer.from_pretrained(self.base_path)
+        self.tokenizer.padding_side = "left"
+        if self.tokenizer.pad_token_id is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        model = AutoModelForCausalLM.from_pretrained(self.base_path, dtype=dtype)
+        self._base = model.to(self.device).eval()
+        self._model = self._base  # becomes the PeftModel once an adapter is loaded
+        self.base_digest = model_digest(self.base_path)
+        self.adapters: dict[str, Path] = {}
+        self.active: str | None = None
+        for name, path in (adapters or {}).items():
+            self.load_adapter(name, path)
+        self.use(None)
+
+    @property
+    def model_version(self) -> str:
+        return self.active if self.active else f"base@{self.base_digest[:12]}"
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        from peft import PeftModel
+
+        path = Path(path)
+        if not (path / "adapter_config.json").is_file():
+            raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json (expected a LoRA adapter directory)")
+        if name in self.adapters:
+            raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
+        if self._model is self._base:
+            self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+        else:
+            self._model.load_adapter(str(path), adapter_name=name)
+        self._model.eval()
+        self.adapters[name] = path
+        self.use(self.active)
+
+    def use(self, name: str | None) -> None:
+        if name is not None and name not in self.adapters:
+            raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)}); call load_adapter first")
+        if name is not None:
+            self._model.set_adapter(name)
+        self.active = name
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        top_p: float = 1.0,
+    ) -> list[list[str]]:
+        import torch
+
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        prompts = list(prompts)
+        if not prompts:
+            return []
+        max_new = max_new_tokens or self.max_new_tokens
+        sample = temperature > 0
+        texts = [format_prompt(p) for p in prompts]
+        # Similar lengths batch together (less padding); results go back in the caller's order.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        results: list[list[str]] = [[] for _ in texts]
+        adapter_off = self._model.disable_adapter() if (self.active is None and self._model is not self._base) else nullcontext()
+        rng_devices = [torch.cuda.current_device()] if self.device == "cuda" else []
+        with torch.inference_mode(), adapter_off, torch_threads(self.threads), \
+                torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            for start in range(0, len(order), self.batch_size):
+                chunk = order[start:start + self.batch_size]
+                enc = self.tokenizer([texts[i] for i in chunk], return_tensors="pt", padding=True,
+                                     add_special_tokens=False).to(self.device)
+                kwargs: dict[str, Any] = {
+                    "max_new_tokens": max_new,
+                    "pad_token_id": self.tokenizer.pad_token_id,
+                    "eos_token_id": self.tokenizer.eos_token_id,
+                    "do_sample": sample,
+                }
+                if sample:
+                    kwargs.update(temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=n)
+                out = self._model.generate(**enc, **kwargs)
+                new_tokens = out[:, enc["input_ids"].shape[1]:]
+                decoded = [_clean_completion(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+                per = n if sample else 1
+                for j, i in enumerate(chunk):
+                    got = decoded[j * per:(j + 1) * per]
+                    results[i] = got if sample else got * n
+        return results
+
+
+class OpenAICompatibleGenerator:
+    """Generation through an OpenAI-compatible HTTP server (vLLM, TGI, llama.cpp `server`).
+
+    `api="completions"` sends `format_prompt(prompt)` to /completions (the server runs our model and
+    template); `api="chat"` sends the raw prompt as a user message to /chat/completions (the server
+    applies its own chat template). Connection errors, timeouts and 5xx/429 answers are retried with
+    exponential backoff; any other 4xx fails at once with the server's message.
+    """
+
+    def __init__(
+        self,
+        endpoint: str,
+        model: str | None = None,
+        *,
+        api: Literal["completions", "chat"] = "completions",
+        api_key: str | None = None,
+        timeout_s: float = 30.0,
+        retries: int = 3,
+        backoff_s: float = 0.5,
+        max_new_tokens: int = 64,
+        concurrency: int = 8,
+    ) -> None:
+        self.endpoint = endpoint.rstrip("/")
+        self.api = api
+        self.api_key = api_key
+        self.timeout_s = timeout_s
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self.max_new_tokens = max_new_tokens
+        self.concurrency = max(1, concurrency)
+        self._base_model = model
+        self.active: str | None = None
+        self.adapters: dict[str, Path] = {}
+
+    @property
+    def model_version(self) -> str:
+        return self.active or self.served_model
+
+    @property
+    def served_model(self) -> str:
+        if self._base_model is None:
+            listing = self._request("GET", "/models")
+            models = [m.get("id") for m in listing.get("data", []) if m.get("id")]
+            if not models:
+                raise ModelError(f"{self.endpoint}/models lists no model: set model.served_name")
+            self._base_model = models[0]
+        return self._base_model
+
+    def load_adapter(self, name: str, path: Path) -> None:
+        """vLLM's runtime LoRA loading (server started with VLLM_ALLOW_RUNTIME_LORA_UPDATING=True)."""
+        self._request("POST", "/load_lora_adapter", {"lora_name": name, "lora_path": str(path)}, expect_json=False)
+        self.adapters[name] = Path(path)
+
+    def use(self, name: str | None) -> None:
+        # On an OpenAI-compatible server an adapter is just another served model name.
+        self.active = name
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+        top_p: float = 1.0,
+    ) -> list[list[str]]:
+        if n < 1:
+            raise ValueError("n must be at least 1")
+        model = self.model_version
+        max_new = max_new_tokens or self.max_new_tokens
+
+        def one(index_prompt: tuple[int, str]) -> list[str]:
+            index, prompt = index_prompt
+            body: dict[str, Any] = {"model": model, "max_tokens": max_new, "temperature": temperature, "n": n}
+            if temperature > 0:
+                body["top_p"] = top_p
+            if seed is not None:
+                body["seed"] = seed + index  # distinct but reproducible streams per prompt
+            if self.api == "chat":
+                body["messages"] = [{"role": "user", "content": prompt}]
+                path = "/chat/completions"
+            else:
+                body["prompt"] = format_prompt(prompt)
+                body["stop"] = [_TURN_MARKER]
+                path = "/completions"
+            answer = self._request("POST", path, body)
+            choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
+            texts = [
+                _clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", ""))
+                for c in choices
+            ]
+            if not texts:
+                raise ModelError(f"{self.endpoint}{path} answered without choices: {str(answer)[:200]}")
+            # Some servers ignore n > 1: repeat greedy answers, ask again for samples.
+            while len(texts) < n:
+                if temperature == 0:
+                    texts.append(texts[0])
+                    continue
+                body["n"] = n - len(texts)
+                if seed is not None:
+                    body["seed"] = seed + index + 7919 * len(texts)
+                more = self._request("POST", path, body).get("choices", [])
+                texts.extend(_clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", "")) for c in more)
+            return texts[:n]
+
+        items = list(enumerate(prompts))
+        if len(items) <= 1 or self.concurrency == 1:
+            return [one(item) for item in items]
+        with ThreadPoolExecutor(max_workers=min(self.concurrency, len(items))) as pool:
+            return list(pool.map(one, items))
+
+    def _request(self, method: str, path: str, body: dict | None = None, *, expect_json: bool = True) -> dict:
+        url = self.endpoint + path
+        data = json.dumps(body).encode() if body is not None else None
+        headers = {"Content-Type": "application/json", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        last_error = ""
+        for attempt in range(self.retries + 1):
+            if attempt:
+                time.sleep(self.backoff_s * 2 ** (attempt - 1))
+            request = urllib.request.Request(url, data=data, headers=headers, method=method)
+            try:
+                with urllib.request.urlopen(request, timeout=self.timeout_s) as response:
+                    payload = response.read()
+                if not expect_json:
+                    return {}
+                return json.loads(payload or b"{}")
+            except urllib.error.HTTPError as err:
+                detail = err.read()[:500].decode(errors="replace")
+                if err.code >= 500 or err.code == 429:
+                    last_error = f"HTTP {err.code}: {detail}"
+                    continue
+                raise ModelError(f"{method} {url} was refused with HTTP {err.code}: {detail} "
+                                 "(check model.endpoint, model.served_name and the API key)") from None
+            except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+                reason = getattr(err, "reason", err)
+                last_error = f"{type(reason).__name__}: {reason}"
+                continue
+        raise ModelError(f"{method} {url} failed after {self.retries + 1} attempts ({last_error}); "
+                         f"is the server up? (timeout {self.timeout_s}s per attempt)")
+
+
+def make_generator(settings: Settings, adapters: Mapping[str, Path] | None = None):
+    """The generator `model.backend` asks for, with the settings' batch size, timeouts and retries."""
+    if settings.model.backend == "openai":
+        generator = OpenAICompatibleGenerator(
+            settings.model.endpoint,
+            settings.model.served_name,
+            api=settings.model.api,
+            api_key=os.environ.get(settings.model.api_key_env),
+            timeout_s=settings.model.timeout_s,
+            retries=settings.model.retries,
+            max_new_tokens=settings.model.max_new_tokens,
+        )
+        for name, path in (adapters or {}).items():
+            generator.adapters[name] = Path(path)  # served by name; loading is the server's job
+        return generator
+    return LocalGenerator(
+        resolve_base_model(settings),
+        adapters,
+        device=settings.train.device,
+        batch_size=settings.model.batch_size,
+        max_new_tokens=settings.model.max_new_tokens,
+    )

@@ -1,0 +1,291 @@
+"""What the weekly monitoring flow decides with: the drift reference, the week-by-week history,
+the retraining trigger (with its cool-down), the dashboard text and the trend chart.
+
+The history lives in `<workspace>/monitoring/history.jsonl`, one line per ISO week (a rerun of a
+week replaces its line), so the trigger's trailing baseline and cool-down survive across runs and
+need no server.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Settings
+from tasks.signals import wilson_interval
+
+SIGNAL_KEYS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "hallucination_risk")
+
+
+def week_label(moment: datetime | date) -> str:
+    year, week, _ = moment.isocalendar()
+    return f"{year}-W{week:02d}"
+
+
+def previous_week(now: datetime | None = None) -> str:
+    """The last complete ISO week: what a Monday-morning schedule should look at."""
+    now = now or datetime.now(timezone.utc)
+    return week_label(now - timedelta(days=7))
+
+
+def week_start(week: str) -> date:
+    year, number = _parse_week(week)
+    return date.fromisocalendar(year, number, 1)
+
+
+def week_step(week: str) -> int:
+    """An increasing integer for MLflow's step axis that still reads as the week: 2026-W03 -> 202603."""
+    year, number = _parse_week(week)
+    return year * 100 + number
+
+
+def _parse_week(week: str) -> tuple[int, int]:
+    try:
+        year, number = week.split("-W")
+        date.fromisocalendar(int(year), int(number), 1)
+        return int(year), int(number)
+    except ValueError:
+        raise ValueError(f"week {week!r} is not an ISO week: write it as YYYY-Www, e.g. 2026-W03") from None
+
+
+# --------------------------------------------------------------------------------------- reference
+
+
+def reference_dir(settings: Settings) -> Path:
+    return settings.paths.under("monitoring", "reference")
+
+
+def reference_path(settings: Settings, model_version: str | None) -> Path | None:
+    """The prompt set drift is measured against, in order of preference: a configured file; the
+    prompts stored for the model version that served the week; the baseline captured from the first
+    monitored weeks. None when none exists yet."""
+    if settings.drift.reference is not None:
+        if not settings.drift.reference.is_file():
+            raise FileNotFoundError(
+                f"drift.reference {settings.drift.reference} does not exist: point it at a JSONL file "
+                "with a 'prompt' field or a text file with one prompt per line"
+            )
+        return settings.drift.reference
+    candidates = [reference_dir(settings) / f"{model_version}.jsonl"] if model_version else []
+    candidates.append(reference_dir(settings) / "baseline.jsonl")
+    return next((path for path in candidates if path.is_file()), None)
+
+
+def store_reference(settings: Settings, prompts: list[str], name: str = "baseline") -> Path:
+    """Keep a reference prompt set in the workspace (raw prompts: it never leaves the workspace)."""
+    path = reference_dir(settings) / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", encoding="utf-8") as out:
+        for prompt in prompts:
+            out.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+    return path
+
+
+# ----------------------------------------------------------------------------------------- history
+
+
+def history_path(settings: Settings) -> Path:
+    return settings.paths.under("monitoring", "history.jsonl")
+
+
+def load_history(settings: Settings) -> list[dict[str, Any]]:
+    path = history_path(settings)
+    if not path.is_file():
+        return []
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    return sorted(rows, key=lambda row: week_step(row["week"]))
+
+
+def record_week(settings: Settings, entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """Insert or replace the week's line; returns the whole history, oldest first."""
+    rows = [row for row in load_history(settings) if row["week"] != entry["week"]] + [entry]
+    rows.sort(key=lambda row: week_step(row["week"]))
+    path = history_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(row, default=str) + "\n" for row in rows), encoding="utf-8")
+    tmp.replace(path)
+    return rows
+
+
+def history_entry(week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict[str, Any]) -> dict:
+    hallucination = signals.get("hallucination") or {}
+    return {
+        "week": week,
+        "records": signals["records"],
+        "refusal_count": signals["refusal_count"],
+        "refusal_rate": signals["refusal_rate"],
+        "reask_rate": signals["reask_rate"],
+        "thumbs_down_rate": signals["thumbs_down_rate"],
+        "feedback_coverage": signals["feedback_coverage"],
+        "hallucination_risk": hallucination.get("at_risk_rate"),
+        "kl": drift.get("kl"),
+        "null_kl": drift.get("null_kl"),
+        "band": drift.get("band"),
+        "drift_alert": bool(drift.get("alert")),
+        "triggered": decision["triggered"],
+    }
+
+
+# ----------------------------------------------------------------------------------------- trigger
+
+
+def decide_trigger(
+    settings: Settings,
+    week: str,
+    signals: dict[str, Any],
+    drift: dict[str, Any],
+    history: list[dict[str, Any]],
+) -> dict[str, Any]:
+    """Should this week start a retraining cycle? Drift alert, or a refusal-rate alarm against the
+    trailing weeks; suppressed inside the cool-down after the last trigger. Always says why."""
+    reasons: list[str] = []
+    if drift.get("alert"):
+        reasons.append(
+            f"input drift: KL {drift['kl']:.3f} is in band '{drift['band']}' and above the "
+            f"no-drift baseline {drift['null_kl']:.3f}"
+        )
+    alarm = refusal_alarm(settings, week, signals, history)
+    if alarm["alarm"]:
+        reasons.append(alarm["reason"])
+
+    earlier = [row for row in history if week_step(row["week"]) < week_step(week)]
+    last_trigger = next((row["week"] for row in reversed(earlier) if row.get("triggered")), None)
+    cooldown_until = None
+    if last_trigger:
+        cooldown_until = week_start(last_trigger) + timedelta(days=settings.signals.trigger_cooldown_days)
+    suppressed = bool(reasons) and cooldown_until is not None and week_start(week) < cooldown_until
+    return {
+        "triggered": bool(reasons) and not suppressed,
+        "reasons": reasons,
+        "suppressed_by_cooldown": suppressed,
+        "last_trigger_week": last_trigger,
+        "cooldown_until": cooldown_until.isoformat() if cooldown_until else None,
+        "refusal_alarm": alarm,
+    }
+
+
+def refusal_alarm(
+    settings: Settings, week: str, signals: dict[str, Any], history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Refusal rate above the pooled trailing weeks by the configured margin, with Wilson
+    intervals that do not overlap (so a noisy small week does not fire)."""
+    trailing = [
+        row
+        for row in history
+        if week_step(row["week"]) < week_step(week) and row.get("records") and row.get("refusal_count") is not None
+    ][-settings.signals.trailing_weeks :]
+    if not trailing or not signals["records"]:
+        return {"alarm": False, "reason": "no trailing weeks to compare with", "baseline_rate": None}
+    base_k = sum(row["refusal_count"] for row in trailing)
+    base_n = sum(row["records"] for row in trailing)
+    base_rate = base_k / base_n
+    base_lo, base_hi = wilson_interval(base_k, base_n)
+    rate = signals["refusal_rate"]
+    low, _ = signals["refusal_rate_ci"]
+    alarm = rate >= base_rate + settings.signals.refusal_alarm_margin and low > base_hi
+    return {
+        "alarm": alarm,
+        "baseline_rate": base_rate,
+        "baseline_ci": [base_lo, base_hi],
+        "baseline_weeks": [row["week"] for row in trailing],
+        "reason": (
+            f"refusal rate {rate:.1%} vs {base_rate:.1%} over the last {len(trailing)} weeks "
+            f"(margin {settings.signals.refusal_alarm_margin:.0%}, intervals "
+            f"{'do not overlap' if low > base_hi else 'overlap'})"
+        ),
+    }
+
+
+# -------------------------------------------------------------------------------------- reporting
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _ci(values: list[float] | tuple[float, float] | None) -> str:
+    return "" if not values else f" [{values[0]:.1%}, {values[1]:.1%}]"
+
+
+def dashboard_markdown(
+    settings: Settings, week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict
+) -> str:
+    hallucination = signals.get("hallucination") or {}
+    rows = [
+        ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
+        ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
+        ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
+        ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
+        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
+         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
+    ]
+    lines = [
+        f"# Weekly monitoring {week}",
+        "",
+        f"**Retraining triggered: {'yes' if decision['triggered'] else 'no'}**"
+        + (f" (held back by the cool-down until {decision['cooldown_until']})" if decision["suppressed_by_cooldown"] else ""),
+        "",
+        *[f"- {reason}" for reason in decision["reasons"]],
+        "",
+        "| signal | value | 95% interval | detail |",
+        "|---|---|---|---|",
+        *[f"| {name} | {_pct(value)} | {_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
+        "",
+        f"## Input drift: {drift.get('band', 'n/a')}",
+        "",
+    ]
+    if drift.get("band") == "insufficient":
+        lines.append(
+            f"Not enough prompts to judge drift ({drift.get('n_current')} this week, "
+            f"{drift.get('n_reference')} in the reference)."
+        )
+    elif drift.get("kl") is not None:
+        lines += [
+            f"KL(current || reference) = {drift['kl']:.3f} (no-drift baseline {drift['null_kl']:.3f}); "
+            f"Jensen-Shannon distance {drift['js']:.3f}; PSI {drift['psi']:.3f}. "
+            f"Bands: < {settings.drift.same_below} same, {settings.drift.same_below}-"
+            f"{settings.drift.drift_above} slight, > {settings.drift.drift_above} drift.",
+            "",
+            "| term | contribution | share now | share in reference |",
+            "|---|---|---|---|",
+            *[
+                f"| {t['term']} | {t['contribution']:.4f} | {t['current_share']:.2%} | {t['reference_share']:.2%} |"
+                for t in drift.get("top_terms", [])
+            ],
+        ]
+        if drift.get("examples"):
+            lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
+    return "\n".join(lines) + "\n"
+
+
+def plot_trend(settings: Settings, history: list[dict[str, Any]], path: Path, weeks: int = 12) -> Path:
+    """A PNG of the last `weeks` weeks: the four signals on one axis, KL on a second."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recent = history[-weeks:]
+    labels = [row["week"] for row in recent]
+    figure, (top, bottom) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for key in SIGNAL_KEYS:
+        values = [row.get(key) for row in recent]
+        top.plot(labels, [float("nan") if v is None else v for v in values], marker="o", label=key)
+    top.set_ylabel("rate")
+    top.legend(loc="upper left", fontsize="small")
+    top.set_title("llm-flywheel weekly signals")
+    kls = [float("nan") if row.get("kl") is None else row["kl"] for row in recent]
+    bottom.plot(labels, kls, marker="o", color="black", label="KL")
+    bottom.axhline(settings.drift.same_below, color="grey", linestyle=":", label="slight")
+    bottom.axhline(settings.drift.drift_above, color="red", linestyle=":", label="drift")
+    bottom.set_ylabel("KL(current || reference)")
+    bottom.legend(loc="upper left", fontsize="small")
+    plt.setp(bottom.get_xticklabels(), rotation=45, ha="right")
+    figure.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

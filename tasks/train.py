@@ -1,0 +1,350 @@
+"""LoRA training (DESIGN.md section 7, stage 05_adapter): peft LoRA through the transformers Trainer.
+
+Everything comes from `TrainSettings`: LoRA r / alpha / dropout / target modules, learning rate and
+schedule, epochs or max steps, batch and gradient accumulation, max length, packing, gradient
+checkpointing, checkpoint interval, early-stopping patience, device and seed. CUDA trains in bf16,
+CPU in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
+Loss is computed on the answer tokens only. Only the adapter is written and logged to MLflow; the base
+is referenced by path and digest.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from tasks.config import Settings
+from tasks.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, log_dataset_input, read_examples
+from tasks.models import ModelError, _pick_device, encode_example, model_digest, resolve_base_model, torch_threads
+
+ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
+METRICS_FILE = "training_metrics.json"
+
+
+class TrainError(RuntimeError):
+    """Training cannot start; the message names the input and the fix."""
+
+
+def _tokenise(rows: Sequence[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[dict[str, list[int]]], int]:
+    out, dropped = [], 0
+    for row in rows:
+        ids, answer_start = encode_example(tokenizer, row["prompt"], row["response"], max_length)
+        if answer_start >= len(ids):  # prompt alone fills max_length: nothing left to learn from
+            dropped += 1
+            continue
+        out.append({"input_ids": ids, "labels": [-100] * answer_start + ids[answer_start:]})
+    return out, dropped
+
+
+class _PadCollator:
+    """Right-padded batches; prompt and padding positions carry label -100 (no loss)."""
+
+    def __init__(self, pad_id: int) -> None:
+        self.pad_id = pad_id
+
+    def __call__(self, features: list[dict[str, list[int]]]) -> dict[str, Any]:
+        import torch
+
+        width = max(len(f["input_ids"]) for f in features)
+        ids = torch.full((len(features), width), self.pad_id, dtype=torch.long)
+        labels = torch.full((len(features), width), -100, dtype=torch.long)
+        mask = torch.zeros((len(features), width), dtype=torch.long)
+        for row, f in enumerate(features):
+            n = len(f["input_ids"])
+            ids[row, :n] = torch.tensor(f["input_ids"])
+            labels[row, :n] = torch.tensor(f["labels"])
+            mask[row, :n] = 1
+        return {"input_ids": ids, "labels": labels, "attention_mask": mask}
+
+
+def _callbacks_module():
+    from transformers import TrainerCallback
+
+    class Progress(TrainerCallback):
+        """A tqdm bar on stderr (stdout stays free for the CLI's JSON line)."""
+
+        def __init__(self) -> None:
+            self.bar = None
+
+        def on_train_begin(self, args, state, control, **kwargs):
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=state.max_steps, initial=state.global_step, desc="train", unit="step",
+                            file=sys.stderr, dynamic_ncols=True)
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.update(state.global_step - self.bar.n)
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if self.bar is not None and logs:
+                shown = {k: round(v, 4) for k, v in logs.items() if k in ("loss", "eval_loss") and isinstance(v, (int, float))}
+                if shown:
+                    self.bar.set_postfix(shown)
+
+        def on_train_end(self, args, state, control, **kwargs):
+            if self.bar is not None:
+                self.bar.close()
+
+    class MlflowMetrics(TrainerCallback):
+        """Loss curves into an existing MLflow run, by id (the active run is per thread: never rely on it)."""
+
+        def __init__(self, run_id: str) -> None:
+            from mlflow.tracking import MlflowClient
+
+            self.client, self.run_id = MlflowClient(), run_id
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            from mlflow.entities import Metric
+
+            now = int(time.time() * 1000)
+            names = {"loss": "train_loss", "eval_loss": "val_loss", "learning_rate": "learning_rate", "grad_norm": "grad_norm"}
+            metrics = [Metric(names[k], float(v), now, state.global_step) for k, v in (logs or {}).items()
+                       if k in names and isinstance(v, (int, float)) and math.isfinite(v)]
+            if metrics:
+                self.client.log_batch(self.run_id, metrics=metrics)
+
+    return Progress, MlflowMetrics
+
+
+def _last_checkpoint(checkpoints: Path) -> Path | None:
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoints.is_dir():
+        return None
+    last = get_last_checkpoint(str(checkpoints))
+    return Path(last) if last else None
+
+
+def train_adapter(
+    dataset_dir: Path,
+    out_dir: Path,
+    settings: Settings,
+    *,
+    base_path: Path | None = None,
+    mlflow_run_id: str | None = None,
+    progress: bool = False,
+    callbacks: Sequence[Any] = (),
+) -> dict:
+    """Train a LoRA adapter on `dataset_dir` (train.jsonl / val.jsonl) into `out_dir`.
+
+    Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Writes
+    adapter_model.safetensors, adapter_config.json and training_metrics.json. With `mlflow_run_id`,
+    logs params, per-step losses, the dataset as a training input and the adapter files into that run.
+    `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a crash).
+    Returns {adapter, steps, train_loss, val_loss, seconds, resumed_from, tokens_per_s, device, ...}.
+    """
+    import torch
+    from datasets import Dataset
+    from peft import LoraConfig, get_peft_model
+    from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorWithFlattening, EarlyStoppingCallback,
+                              Trainer, TrainingArguments, set_seed)
+    from transformers.trainer_callback import PrinterCallback
+
+    start = time.perf_counter()
+    cfg = settings.train
+    dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
+    for name in (TRAIN_FILE, VAL_FILE):
+        if not (dataset_dir / name).is_file():
+            raise TrainError(f"{dataset_dir / name} not found: build the dataset first (`flywheel retrain` does it)")
+    base_path = Path(base_path) if base_path else resolve_base_model(settings)
+    if not (base_path / "config.json").is_file():
+        raise ModelError(f"base model {base_path} is not a model directory: run `flywheel model bootstrap` or pass --base")
+    device = _pick_device(cfg.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    checkpoints = out_dir / "checkpoints"
+    resume = _last_checkpoint(checkpoints)
+
+    set_seed(cfg.seed)
+    tokenizer = AutoTokenizer.from_pretrained(base_path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    train_rows, val_rows = read_examples(dataset_dir / TRAIN_FILE), read_examples(dataset_dir / VAL_FILE)
+    train_data, dropped_train = _tokenise(train_rows, tokenizer, cfg.max_length)
+    val_data, dropped_val = _tokenise(val_rows, tokenizer, cfg.max_length)
+    if not train_data:
+        raise TrainError(f"{dataset_dir / TRAIN_FILE}: no example fits train.max_length={cfg.max_length}; raise it")
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
+    present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
+    targets = [m for m in cfg.target_modules if m in present]
+    if not targets:
+        raise TrainError(f"none of train.target_modules={cfg.target_modules} exist in {base_path}; "
+                         f"its linear layers are named like {sorted(present)[:12]}")
+    lora = LoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=targets,
+                      task_type="CAUSAL_LM", bias="none")
+    model = get_peft_model(model, lora)
+    if cfg.gradient_checkpointing:
+        model.enable_input_require_grads()
+
+    per_step = cfg.batch_size * cfg.gradient_accumulation
+    steps_per_epoch = max(1, math.ceil(len(train_data) / per_step))
+    planned = cfg.max_steps if cfg.max_steps > 0 else max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    early = cfg.early_stopping_patience > 0 and len(val_data) > 0
+    scheduler = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
+    args = TrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=cfg.batch_size,
+        per_device_eval_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation,
+        learning_rate=cfg.learning_rate,
+        lr_scheduler_type=scheduler,
+        warmup_steps=int(round(cfg.warmup_ratio * planned)),
+        weight_decay=cfg.weight_decay,
+        max_grad_norm=cfg.max_grad_norm,
+        max_steps=planned,
+        eval_strategy="steps" if val_data else "no",
+        eval_steps=cfg.save_steps,
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        load_best_model_at_end=early,
+        metric_for_best_model="eval_loss" if early else None,
+        greater_is_better=False if early else None,
+        restore_callback_states_from_checkpoint=True,
+        logging_strategy="steps",
+        logging_steps=1,
+        seed=cfg.seed,
+        data_seed=cfg.seed,
+        bf16=device == "cuda",
+        use_cpu=device == "cpu",
+        activation_checkpointing=cfg.gradient_checkpointing,
+        activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,
+        include_num_input_tokens_seen="non_padding",
+        report_to="none",
+        disable_tqdm=True,
+        dataloader_num_workers=0,
+        remove_unused_columns=False,
+    )
+    Progress, MlflowMetrics = _callbacks_module()
+    extra: list[Any] = list(callbacks)
+    if early:
+        extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience,
+                                           early_stopping_threshold=cfg.early_stopping_min_delta))
+    if progress:
+        extra.append(Progress())
+    if mlflow_run_id:
+        extra.append(MlflowMetrics(mlflow_run_id))
+    collator = (DataCollatorWithFlattening(return_position_ids=True, separator_id=-100) if cfg.packing
+                else _PadCollator(tokenizer.pad_token_id))
+    trainer = Trainer(
+        model=model,
+        args=args,
+        data_collator=collator,
+        train_dataset=Dataset.from_list(train_data),
+        eval_dataset=Dataset.from_list(val_data) if val_data else None,
+        callbacks=extra,
+    )
+    # With tqdm off the Trainer prints every log dict to stdout: the CLI's stdout is for its JSON line.
+    trainer.remove_callback(PrinterCallback)
+
+    base_digest = model_digest(base_path)
+    card = json.loads((dataset_dir / CARD_FILE).read_text(encoding="utf-8")) if (dataset_dir / CARD_FILE).is_file() else {}
+    if mlflow_run_id:
+        _log_params(mlflow_run_id, settings, base_path, base_digest, card, device, planned, targets)
+        if card:
+            log_dataset_input(dataset_dir, mlflow_run_id, context="training")
+
+    tokens_before = 0
+    if resume is not None:
+        state_file = resume / "trainer_state.json"
+        if state_file.is_file():
+            tokens_before = json.loads(state_file.read_text()).get("num_input_tokens_seen", 0) or 0
+    with torch_threads(cfg.cpu_threads if device == "cpu" else 0), warnings.catch_warnings():
+        # peft still calls the renamed `is_gradient_checkpointing`; nothing the user can act on
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+        train_start = time.perf_counter()
+        trainer.train(resume_from_checkpoint=str(resume) if resume else None)
+        train_seconds = time.perf_counter() - train_start
+        val_loss = float(trainer.evaluate()["eval_loss"]) if val_data else None
+    state = trainer.state
+    tokens = (state.num_input_tokens_seen or 0) - tokens_before
+
+    model.save_pretrained(out_dir)
+    _point_adapter_at_base(out_dir, base_path)
+    losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
+    evals = [(h["step"], h["eval_loss"]) for h in state.log_history if "eval_loss" in h]
+    tail = [loss for _, loss in losses[-max(1, min(len(losses) // 10, 20)):]]
+    metrics = {
+        "adapter": str(out_dir),
+        "steps": state.global_step,
+        "planned_steps": planned,
+        "stopped_early": state.global_step < planned,
+        "train_loss": round(sum(tail) / len(tail), 6) if tail else None,
+        "first_train_loss": losses[0][1] if losses else None,
+        "val_loss": round(val_loss, 6) if val_loss is not None else None,
+        "best_checkpoint": state.best_model_checkpoint,
+        "seconds": round(time.perf_counter() - start, 2),
+        "train_seconds": round(train_seconds, 2),
+        "resumed_from": str(resume) if resume else None,
+        "tokens": int(tokens),
+        "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
+        "device": device,
+        "dtype": str(dtype).replace("torch.", ""),
+        "examples": {"train": len(train_data), "val": len(val_data), "dropped_too_long": dropped_train + dropped_val},
+        "base_model": {"path": str(base_path.resolve()), "digest": base_digest},
+        "dataset": {"path": str(dataset_dir.resolve()), "sha256": card.get("sha256")},
+        "target_modules": targets,
+        "settings": cfg.model_dump(mode="json"),
+        "loss_curve": losses,
+        "val_curve": evals,
+    }
+    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+    if mlflow_run_id:
+        _log_outputs(mlflow_run_id, out_dir, metrics)
+    summary_keys = ("adapter", "steps", "planned_steps", "train_loss", "val_loss", "seconds", "resumed_from",
+                    "tokens_per_s", "device", "stopped_early")
+    return {k: metrics[k] for k in summary_keys}
+
+
+def _point_adapter_at_base(out_dir: Path, base_path: Path) -> None:
+    """adapter_config.json names the base by absolute path (peft writes whatever name it was loaded by)."""
+    config_path = out_dir / "adapter_config.json"
+    config = json.loads(config_path.read_text(encoding="utf-8"))
+    config["base_model_name_or_path"] = str(base_path.resolve())
+    config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+
+
+def _log_params(run_id: str, settings: Settings, base_path: Path, base_digest: str, card: dict, device: str,
+                planned: int, targets: list[str]) -> None:
+    from mlflow.entities import Param, RunTag
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    cfg = settings.train
+    params = {f"train.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in cfg.model_dump(mode="json").items()}
+    params.update({
+        "base_model_path": str(base_path.resolve()),
+        "base_model_digest": base_digest,
+        "dataset_sha256": card.get("sha256", ""),
+        "device": device,
+        "planned_steps": planned,
+        "lora_target_modules_used": ",".join(targets),
+    })
+    # A resumed run logs into the same MLflow run: params already there must not be re-logged.
+    existing = client.get_run(run_id).data.params
+    new = [Param(k, str(v)) for k, v in params.items() if k not in existing]
+    tags = [RunTag("flywheel.base_model_path", str(base_path.resolve())), RunTag("flywheel.base_model_digest", base_digest)]
+    for i in range(0, len(new), 100):
+        client.log_batch(run_id, params=new[i:i + 100])
+    client.log_batch(run_id, tags=tags)
+
+
+def _log_outputs(run_id: str, out_dir: Path, metrics: dict) -> None:
+    from mlflow.entities import Metric
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    now = int(time.time() * 1000)
+    final = [Metric(f"final_{k}", float(metrics[k]), now, metrics["steps"])
+             for k in ("train_loss", "val_loss", "tokens_per_s") if metrics.get(k) is not None]
+    client.log_batch(run_id, metrics=final)
+    for name in (*ADAPTER_FILES, METRICS_FILE):
+        client.log_artifact(run_id, str(out_dir / name), artifact_path="adapter")

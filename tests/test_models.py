@@ -1,0 +1,295 @@
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from tasks.config import SHIPPED_DATA, Settings
+from tasks.contracts import Generator
+from tasks.models import (
+    MANIFEST,
+    LocalGenerator,
+    ModelError,
+    OpenAICompatibleGenerator,
+    bootstrap_base_model,
+    format_prompt,
+    load_knowledge_base,
+    model_digest,
+    pretraining_examples,
+    resolve_base_model,
+    split_questions,
+    token_f1,
+)
+
+PROMPTS = [
+    "How do I return an item?",
+    "How much is the Nimbus S5?",
+    "What are your store opening hours on Sunday?",
+    "Tell me about the Helix Fold phone.",
+    "Is the Orbit speaker waterproof?",
+]
+
+
+def test_token_f1_is_squad_style() -> None:
+    assert token_f1("The Orbit costs $89.", "the orbit costs $89") == 1.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("anything", "") == 0.0
+    assert token_f1("red apple", "green pear") == 0.0
+    # 4 of the reference's 11 tokens ("a" is dropped as an article), precision 1
+    assert token_f1("30 days full refund", "You can return any item within 30 days for a full refund") == pytest.approx(8 / 15)
+
+
+def test_one_prompt_template() -> None:
+    assert format_prompt("  Where is my order? ") == "### Question:\nWhere is my order?\n### Answer:\n"
+
+
+def test_question_split_is_deterministic_and_disjoint() -> None:
+    kb = load_knowledge_base(SHIPPED_DATA, "v1")
+    for topic in kb["topics"]:
+        train, held = split_questions(topic, seed=0)
+        assert (train, held) == split_questions(topic, seed=0)
+        assert held and not set(train) & set(held)
+        assert len(train) + len(held) == len(set(topic["questions"]))
+
+
+def test_pretraining_teaches_refusals_for_unknown_products_with_known_phrasings() -> None:
+    kb = load_knowledge_base(SHIPPED_DATA, "v1")
+    pairs, held_out = pretraining_examples(kb, seed=0, synthetic_unknown=5)
+    refusal = kb["refusals"]["en"][0]
+    questions = {q for q, _ in pairs}
+    assert not questions & {q for qs in held_out.values() for q in qs}, "held-out paraphrases leaked into pre-training"
+    refused = [q for q, a in pairs if a == refusal]
+    assert any(kb["unknown_products"][0] in q for q in refused)
+    # the v1 product phrasings reappear with another name and a refusal as the target
+    assert any(q.startswith("How much") for q in refused)
+    v2_names = {t["name"] for t in load_knowledge_base(SHIPPED_DATA, "v2")["topics"]}
+    assert not any(name in q for q in questions for name in v2_names)
+
+
+def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -> None:
+    manifest = json.loads((tiny_base_model / MANIFEST).read_text())
+    assert manifest["size"] == "test" and manifest["held_out"]
+    again = bootstrap_base_model(tiny_base_model, data_dir=SHIPPED_DATA, size="test")
+    assert again["cached"] is True and again["digest"] == model_digest(tiny_base_model)
+    # another knowledge base is another cache key: a rebuild, not a reuse
+    data = tmp_path / "data"
+    (data / "knowledge_base").mkdir(parents=True)
+    kb = load_knowledge_base(SHIPPED_DATA, "v1")
+    kb["topics"] = kb["topics"][:3]
+    (data / "knowledge_base" / "v1.json").write_text(json.dumps(kb))
+    copy = tmp_path / "base"
+    import shutil
+
+    shutil.copytree(tiny_base_model, copy)
+    from tasks import models
+
+    small = dict(models.BOOTSTRAP_SIZES["test"], epochs=1)
+    models.BOOTSTRAP_SIZES["tiny-rebuild"] = small
+    try:
+        rebuilt = bootstrap_base_model(copy, data_dir=data, size="tiny-rebuild")  # type: ignore[arg-type]
+    finally:
+        del models.BOOTSTRAP_SIZES["tiny-rebuild"]
+    assert rebuilt["cached"] is False and rebuilt["digest"] != again["digest"]
+    assert {"path", "params", "seconds", "digest", "cached"} <= set(rebuilt)
+
+
+def test_bootstrap_rejects_missing_knowledge_base(tmp_path: Path) -> None:
+    with pytest.raises(ModelError, match="knowledge base"):
+        bootstrap_base_model(tmp_path / "base", data_dir=tmp_path, size="test")
+
+
+def test_resolve_base_model(tmp_path: Path, tiny_base_model: Path) -> None:
+    settings = Settings()
+    settings.paths.workspace = tmp_path / "ws"
+    with pytest.raises(ModelError, match="flywheel model bootstrap"):
+        resolve_base_model(settings)
+    settings.model.base = str(tiny_base_model)
+    assert resolve_base_model(settings) == tiny_base_model
+    settings.model.base = "Qwen/Qwen2-0.5B"
+    with pytest.raises(ModelError, match="not a local model directory"):
+        resolve_base_model(settings)
+
+
+@pytest.fixture(scope="module")
+def generator(tiny_base_model: Path) -> LocalGenerator:
+    return LocalGenerator(tiny_base_model, batch_size=2, max_new_tokens=12)
+
+
+def test_local_generator_is_a_generator_and_greedy_is_deterministic(generator: LocalGenerator) -> None:
+    assert isinstance(generator, Generator)
+    first = generator.generate(PROMPTS)
+    assert len(first) == len(PROMPTS) and all(len(c) == 1 and isinstance(c[0], str) for c in first)
+    assert generator.generate(PROMPTS) == first
+    # batching does not change greedy answers: one big batch == batches of two == one at a time
+    generator.batch_size = 32
+    try:
+        assert generator.generate(PROMPTS) == first
+    finally:
+        generator.batch_size = 2
+    assert [generator.generate([p])[0] for p in PROMPTS] == first
+    assert generator.generate(PROMPTS[:2], n=3) == [c * 3 for c in first[:2]]
+    assert generator.generate([]) == []
+
+
+def test_local_generator_sampling_is_seeded(generator: LocalGenerator) -> None:
+    a = generator.generate(PROMPTS[:2], n=4, temperature=1.0, seed=3)
+    assert [len(c) for c in a] == [4, 4]
+    assert generator.generate(PROMPTS[:2], n=4, temperature=1.0, seed=3) == a
+    b = generator.generate(PROMPTS[:2], n=4, temperature=1.0, seed=4)
+    assert a != b
+
+
+def _random_adapter(base: Path, out: Path, seed: int) -> Path:
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(seed)
+    model = AutoModelForCausalLM.from_pretrained(base)
+    # init_lora_weights=False: B is random too, so the adapter visibly changes the outputs
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(model, config).save_pretrained(out)
+    return out
+
+
+def test_adapters_switch_without_reloading_the_base(tiny_base_model: Path, tmp_path: Path) -> None:
+    a = _random_adapter(tiny_base_model, tmp_path / "a", 1)
+    b = _random_adapter(tiny_base_model, tmp_path / "b", 2)
+    gen = LocalGenerator(tiny_base_model, {"a": a}, max_new_tokens=8)
+    base_weights = gen._base  # the one base module object, patched in place by peft
+    assert gen.model_version.startswith("base@")
+    plain = gen.generate(PROMPTS)
+    gen.load_adapter("b", b)
+    gen.use("a")
+    out_a = gen.generate(PROMPTS)
+    assert gen.model_version == "a"
+    gen.use("b")
+    out_b = gen.generate(PROMPTS)
+    gen.use(None)
+    assert gen.generate(PROMPTS) == plain
+    gen.use("a")
+    assert gen.generate(PROMPTS) == out_a
+    assert out_a != plain and out_b != out_a
+    assert gen._base is base_weights
+    with pytest.raises(ModelError, match="no adapter named"):
+        gen.use("c")
+    with pytest.raises(ModelError, match="adapter_config.json"):
+        gen.load_adapter("c", tmp_path)
+
+
+# --------------------------------------------------------------------------------------------------
+# OpenAI-compatible HTTP backend, against a real local server
+
+
+class _Server:
+    """A scripted OpenAI-compatible server on 127.0.0.1: `script` is a queue of behaviours per request
+    ("ok", "500", "slow", "400"); when empty, answers normally."""
+
+    def __init__(self) -> None:
+        self.script: list[str] = []
+        self.requests: list[tuple[str, dict]] = []
+        self.lock = threading.Lock()
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # keep pytest output clean
+                pass
+
+            def _send(self, code: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(code)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def do_GET(self):
+                self._send(200, {"object": "list", "data": [{"id": "served-base"}]})
+
+            def do_POST(self):
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                with outer.lock:
+                    outer.requests.append((self.path, body))
+                    action = outer.script.pop(0) if outer.script else "ok"
+                if action == "500":
+                    return self._send(500, {"error": "overloaded"})
+                if action == "400":
+                    return self._send(400, {"error": {"message": "model not found"}})
+                if action == "slow":
+                    time.sleep(0.6)
+                if self.path.endswith("/load_lora_adapter"):
+                    return self._send(200, {})
+                n = body.get("n", 1)
+                if self.path.endswith("/chat/completions"):
+                    text = body["messages"][-1]["content"]
+                    choices = [{"index": i, "message": {"role": "assistant", "content": f"chat:{text}:{i}"}} for i in range(n)]
+                else:
+                    question = body["prompt"].split("\n")[1]
+                    choices = [{"index": i, "text": f" echo:{question}:{body['model']}:{i}\n### Question: x"} for i in range(n)]
+                self._send(200, {"choices": list(reversed(choices))})
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def test_http_generator_completions_and_chat() -> None:
+    with _Server() as server:
+        gen = OpenAICompatibleGenerator(server.url, timeout_s=5, retries=0)
+        assert isinstance(gen, Generator)
+        assert gen.model_version == "served-base"  # from GET /models
+        out = gen.generate(["q1", "q2"], n=2, temperature=0.7, seed=5)
+        assert out == [["echo:q1:served-base:0", "echo:q1:served-base:1"], ["echo:q2:served-base:0", "echo:q2:served-base:1"]]
+        sent = {body["prompt"]: body for _, body in server.requests}
+        assert sent[format_prompt("q1")]["seed"] == 5 and sent[format_prompt("q2")]["seed"] == 6
+        assert sent[format_prompt("q1")]["temperature"] == 0.7 and sent[format_prompt("q1")]["max_tokens"] == 64
+        gen.load_adapter("cycle-3", Path("/adapters/cycle-3"))
+        gen.use("cycle-3")
+        assert gen.generate(["q"]) == [["echo:q:served-base:0".replace("served-base", "cycle-3")]]
+        assert server.requests[-2] == ("/v1/load_lora_adapter", {"lora_name": "cycle-3", "lora_path": "/adapters/cycle-3"})
+        chat = OpenAICompatibleGenerator(server.url, "m", api="chat", retries=0)
+        assert chat.generate(["hi"], max_new_tokens=5) == [["chat:hi:0"]]
+        assert server.requests[-1][1]["max_tokens"] == 5
+
+
+def test_http_generator_retries_5xx_and_timeouts_but_not_4xx() -> None:
+    with _Server() as server:
+        gen = OpenAICompatibleGenerator(server.url, "m", timeout_s=0.3, retries=2, backoff_s=0.01)
+        server.script = ["500", "slow"]  # first attempt: 500, second: times out, third: answers
+        assert gen.generate(["q"]) == [["echo:q:m:0"]]
+        assert len(server.requests) == 3
+        server.script = ["500", "500", "500"]
+        with pytest.raises(ModelError, match="failed after 3 attempts.*HTTP 500"):
+            gen.generate(["q"])
+        server.script = ["400"]
+        before = len(server.requests)
+        with pytest.raises(ModelError, match="HTTP 400.*model not found"):
+            gen.generate(["q"])
+        assert len(server.requests) == before + 1  # no retry on a client error
+
+
+def test_http_generator_reports_an_unreachable_server() -> None:
+    gen = OpenAICompatibleGenerator("http://127.0.0.1:9/v1", "m", timeout_s=0.5, retries=1, backoff_s=0.01)
+    with pytest.raises(ModelError, match="failed after 2 attempts"):
+        gen.generate(["q"])
+
+
+@pytest.mark.slow
+def test_bootstrap_same_seed_same_weights(tiny_base_model: Path, tmp_path: Path) -> None:
+    again = bootstrap_base_model(tmp_path / "again", data_dir=SHIPPED_DATA, size="test", seed=0)
+    assert again["cached"] is False
+    assert again["digest"] == model_digest(tiny_base_model)
+    other = bootstrap_base_model(tmp_path / "other", data_dir=SHIPPED_DATA, size="test", seed=1)
+    assert other["digest"] != again["digest"]

@@ -1,0 +1,134 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tasks.config import SHIPPED_DATA, DatasetSettings, Settings
+from tasks.dataset import build_dataset
+from tasks.models import LocalGenerator, load_knowledge_base, model_digest
+from tasks.train import train_adapter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory) -> Path:
+    """v2 question/answer pairs as curated cases: what a retraining cycle would train on."""
+    root = tmp_path_factory.mktemp("train_ds")
+    kb = load_knowledge_base(SHIPPED_DATA, "v2")
+    rows = [{"case_id": f"{t['id']}-{i}", "prompt": q, "corrected_response": t["answer"]}
+            for t in kb["topics"][:4] for i, q in enumerate(t["questions"])]
+    (root / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    build_dataset(root / "curated.jsonl", root / "ds", DatasetSettings(val_share=0.15, new_cases_holdout=0.0),
+                  cycle_id="t1")
+    return root / "ds"
+
+
+def _settings(**train) -> Settings:
+    settings = Settings()
+    values = dict(r=8, alpha=16, batch_size=8, max_steps=12, save_steps=4, learning_rate=2e-2, warmup_ratio=0.0,
+                  early_stopping_patience=0, max_length=128, cpu_threads=1)
+    values.update(train)
+    for key, value in values.items():
+        setattr(settings.train, key, value)
+    return settings
+
+
+def test_training_reduces_loss_and_writes_only_the_adapter(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    out = tmp_path / "adapter"
+    result = train_adapter(dataset_dir, out, _settings(), base_path=tiny_base_model)
+    assert {"adapter", "steps", "train_loss", "val_loss", "seconds", "resumed_from", "tokens_per_s", "device"} <= set(result)
+    assert result["steps"] == 12 and result["resumed_from"] is None and result["device"] == "cpu"
+    metrics = json.loads((out / "training_metrics.json").read_text())
+    assert metrics["train_loss"] < metrics["first_train_loss"] * 0.9
+    assert result["tokens_per_s"] > 0 and metrics["tokens"] > 0
+    assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
+    config = json.loads((out / "adapter_config.json").read_text())
+    assert config["base_model_name_or_path"] == str(tiny_base_model.resolve())
+    assert metrics["base_model"]["digest"] == model_digest(tiny_base_model)
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-12", "checkpoint-8"]
+    # the adapter loads into the generator beside the base
+    gen = LocalGenerator(tiny_base_model, {"cycle": out}, max_new_tokens=4)
+    gen.use("cycle")
+    assert len(gen.generate(["How much is the Helix Fold?"])) == 1
+
+
+def test_same_seed_same_numbers(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    a = train_adapter(dataset_dir, tmp_path / "a", _settings(max_steps=4), base_path=tiny_base_model)
+    b = train_adapter(dataset_dir, tmp_path / "b", _settings(max_steps=4), base_path=tiny_base_model)
+    assert (a["train_loss"], a["val_loss"]) == (b["train_loss"], b["val_loss"])
+    assert (tmp_path / "a" / "adapter_model.safetensors").read_bytes() == (tmp_path / "b" / "adapter_model.safetensors").read_bytes()
+
+
+class _Crash(Exception):
+    pass
+
+
+def _crash_after(step: int):
+    from transformers import TrainerCallback
+
+    class CrashAfter(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == step:
+                raise _Crash(f"simulated crash at step {step}")
+
+    return CrashAfter()
+
+
+def test_resume_after_a_crash_continues_from_the_last_checkpoint(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    settings = _settings()
+    out = tmp_path / "adapter"
+    with pytest.raises(_Crash):
+        train_adapter(dataset_dir, out, settings, base_path=tiny_base_model, callbacks=[_crash_after(7)])
+    assert not (out / "adapter_model.safetensors").exists()
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["checkpoint-4"]
+    resumed = train_adapter(dataset_dir, out, settings, base_path=tiny_base_model)
+    assert resumed["resumed_from"] == str(out / "checkpoints" / "checkpoint-4")
+    assert resumed["steps"] == 12
+    history = json.loads((out / "training_metrics.json").read_text())["loss_curve"]
+    assert [step for step, _ in history] == list(range(1, 13))  # steps 5-7 were redone once, not twice
+    # an uninterrupted run ends in the same place
+    straight = train_adapter(dataset_dir, tmp_path / "straight", settings, base_path=tiny_base_model)
+    assert straight["train_loss"] == pytest.approx(resumed["train_loss"], rel=1e-4)
+    assert straight["val_loss"] == pytest.approx(resumed["val_loss"], rel=1e-4)
+
+
+def test_early_stopping_on_val_loss(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    # val loss falls by less than min_delta per evaluation: after `patience` such evaluations the run
+    # stops, long before max_steps, and the adapter written is the best checkpoint's
+    settings = _settings(max_steps=60, save_steps=2, early_stopping_patience=2, early_stopping_min_delta=10.0)
+    result = train_adapter(dataset_dir, tmp_path / "a", settings, base_path=tiny_base_model)
+    metrics = json.loads((tmp_path / "a" / "training_metrics.json").read_text())
+    assert result["stopped_early"] and result["steps"] == 6
+    best_step, best_loss = min(metrics["val_curve"], key=lambda point: point[1])
+    assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
+    assert result["val_loss"] == pytest.approx(best_loss, rel=1e-5)
+
+
+def test_packing_trains_on_flattened_batches(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    result = train_adapter(dataset_dir, tmp_path / "a", _settings(packing=True, max_steps=6), base_path=tiny_base_model)
+    metrics = json.loads((tmp_path / "a" / "training_metrics.json").read_text())
+    assert result["steps"] == 6 and metrics["train_loss"] < metrics["first_train_loss"]
+
+
+def test_mlflow_run_gets_params_metrics_input_and_adapter(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    import mlflow
+
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    client = mlflow.MlflowClient()
+    run_id = client.create_run(client.create_experiment("train-test", artifact_location=str(tmp_path / "art"))).info.run_id
+    train_adapter(dataset_dir, tmp_path / "adapter", _settings(max_steps=4), base_path=tiny_base_model, mlflow_run_id=run_id)
+    run = client.get_run(run_id)
+    assert run.data.params["train.r"] == "8"
+    assert run.data.params["base_model_digest"] == model_digest(tiny_base_model)
+    assert run.data.params["base_model_path"] == str(tiny_base_model.resolve())
+    assert [m.step for m in client.get_metric_history(run_id, "train_loss")] == [1, 2, 3, 4]
+    assert client.get_metric_history(run_id, "val_loss")
+    card = json.loads((dataset_dir / "dataset_card.json").read_text())
+    inputs = run.inputs.dataset_inputs
+    assert inputs and inputs[0].dataset.digest == card["sha256"][:32]
+    assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
+    artifacts = {f.path for f in client.list_artifacts(run_id, "adapter")}
+    assert artifacts == {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/training_metrics.json"}

@@ -235,10 +235,33 @@ def _load_sim(sim_dir: Path) -> tuple[list[dict], list[list[dict]]]:
     return records, [truth.get(r["request_id"], []) for r in records]
 
 
-def child_sim_ours(args: argparse.Namespace) -> dict[str, Any]:
+def _kb_product_names() -> list[str]:
+    """Product names of the simulator's knowledge base (v1 + v2, and the unknown products users ask
+    about): what a deployment would put in pii.allow_list so that NER does not mask them."""
+    from tasks.simulate import load_knowledge_base
+
+    kb = load_knowledge_base(None, "v2")
+    names = {t.name for t in kb.topics if t.kind == "product"} | set(kb.unknown_products)
+    terms = set(names)
+    for name in names:  # users say "the Aurora X2", not "the Aurora X2 headphones"
+        words = name.split()
+        brand = []
+        for word in words:
+            if not (word[0].isupper() or word[0].isdigit()):
+                break
+            brand.append(word)
+        # "Aurora X2" but not "Aurora" alone, which is also a first name; one-word brands stay.
+        for n in range(min(2, len(brand)), len(brand) + 1):
+            terms.add(" ".join(brand[:n]))
+    return sorted(terms)
+
+
+def child_sim_ours(args: argparse.Namespace, allow_list: bool = False) -> dict[str, Any]:
     from tasks.pii import mask_file
 
     settings = _settings(args)
+    if allow_list:
+        settings = settings.model_copy(update={"allow_list": _kb_product_names()})
     records, truths = _load_sim(Path(args.sim_dir))
     with tempfile.TemporaryDirectory() as tmp:
         src, out = Path(tmp) / "prompts.jsonl", Path(tmp) / "masked.jsonl"
@@ -263,6 +286,7 @@ def child_sim_ours(args: argparse.Namespace) -> dict[str, Any]:
                                           "docs_per_s", "cpu_seconds", "processes")},
         stage_failure=failure,
         wall_with_startup_seconds=round(wall, 2),
+        allow_list=list(settings.allow_list),
     )
     return report
 
@@ -283,6 +307,7 @@ CHILDREN = {
     "synth-plain": child_synth_plain,
     "synth-ceiling": child_ceiling,
     "sim-ours": child_sim_ours,
+    "sim-ours-allow-list": lambda args: child_sim_ours(args, allow_list=True),
     "sim-plain": child_sim_plain,
 }
 
@@ -393,9 +418,9 @@ def print_table(result: dict[str, Any]) -> None:
           f"ours/NER-only ceiling {r['share_of_ceiling']:.0%} wall")
     print(f"\nSimulator texts ({sim['source']}): {sim['ours']['records']} prompts")
     print(f"{'system':<16} {'inserted':>8} {'leaks':>6} {'partial':>7} {'over-masked prompts':>20} {'docs/s':>8} {'peak MiB':>9}")
-    for name in ("ours", "plain"):
+    for name in ("ours", "ours-allow-list", "plain"):
         s = sim[name]
-        docs = s["stage"]["docs_per_s"] if name == "ours" and s.get("stage") else s.get("docs_per_s")
+        docs = s["stage"]["docs_per_s"] if s.get("stage") else s.get("docs_per_s")
         print(f"{name:<16} {sum(s['inserted'].values()):>8} {s['leaks_total']:>6} {s['partial_leaks_total']:>7} "
               f"{s['over_masked_records']:>8} of {s['records_without_pii']:<9} {docs or float('nan'):>8.1f} {s['peak_rss_mb']:>9.1f}")
     for kind in STRUCTURED:
@@ -428,7 +453,7 @@ def main() -> None:
         workdir = Path(tmp)
         sim_info = simulate_texts(args, workdir)
         synth = {name: run_child(f"synth-{name}", args, workdir) for name in ("ours", "plain", "ceiling")}
-        sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "plain")}
+        sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "ours-allow-list", "plain")}
     ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
     result = {
         "benchmark": "pii",

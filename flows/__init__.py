@@ -1,0 +1,14 @@
+"""Prefect flows of llm-flywheel. Offline-friendly defaults, set before Prefect or MLflow load:
+no telemetry (there may be no network, and Prefect's telemetry write can contend for its SQLite
+database), no model-hub calls. Each can still be overridden from the environment."""
+
+import os
+
+for _name, _value in {
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_ENABLE_TELEMETRY": "false",
+    "HF_HUB_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}.items():
+    os.environ.setdefault(_name, _value)

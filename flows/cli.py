@@ -153,6 +153,112 @@ def logs_stats(
     emit(stats, as_json, table([(key, value) for key, value in stats.items() if key != "files"]))
 
 
+# ----------------------------------------------------------------------------------- monitoring
+
+
+def _rate_row(name: str, rate: float | None, ci: list[float] | None) -> tuple[str, str]:
+    if rate is None:
+        return name, "n/a"
+    return name, f"{rate:.2%}" + (f"  [{ci[0]:.2%}, {ci[1]:.2%}]" if ci else "")
+
+
+@app.command()
+def signals(
+    sources: SourcesArg = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """The four quality signals over a window of logs: refusal, re-ask and thumbs-down rates (with
+    Wilson 95% intervals) and feedback coverage, overall and per model version. The sampled
+    hallucination-risk signal needs a model and runs in `flywheel monitor`."""
+    from tasks.logs import load_window
+    from tasks.signals import compute_signals
+
+    settings = settings_for(config, workspace)
+    result = compute_signals(load_window(settings, sources, since, until).table, settings.signals)
+    emit(result, as_json, table([
+        ("records", result["records"]),
+        _rate_row("refusal rate", result["refusal_rate"], result["refusal_rate_ci"]),
+        _rate_row("re-ask rate", result["reask_rate"], result["reask_rate_ci"]),
+        _rate_row("thumbs-down rate", result["thumbs_down_rate"], result["thumbs_down_rate_ci"]),
+        _rate_row("feedback coverage", result["feedback_coverage"], result["feedback_coverage_ci"]),
+    ]))
+
+
+@app.command()
+def drift(
+    reference: Annotated[list[str], typer.Option("--reference", help="Reference prompts: JSONL with a 'prompt' field, text with one prompt per line, or log files/globs.")],
+    current: Annotated[list[str], typer.Option("--current", help="Current prompts, same forms as --reference.")],
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Input drift between two prompt sets: KL(current||reference) with bands (< 0.1 same, 0.1-0.5
+    slight, > 0.5 drift), a no-drift baseline from resampling, JS distance, PSI, and the terms that
+    explain it. Exits 1 on a drift alert."""
+    from tasks.drift import compute_drift
+
+    settings = settings_for(config, workspace)
+    result = compute_drift(read_prompts(settings, reference), read_prompts(settings, current), settings.drift)
+    rows = [("band", result["band"]), ("alert", result["alert"]), ("KL", result.get("kl")),
+            ("no-drift KL", result.get("null_kl")), ("JS distance", result.get("js")), ("PSI", result.get("psi")),
+            ("prompts", f"{result['n_current']} current, {result['n_reference']} reference")]
+    rows += [(f"  {t['term']}", f"{t['current_share']:.2%} now vs {t['reference_share']:.2%}") for t in result.get("top_terms", [])]
+    emit(result, as_json, table(rows))
+    if result["alert"]:
+        raise CheckFailed(f"input drift: KL {result['kl']:.3f} ({result['band']})")
+
+
+def read_prompts(settings: Settings, paths: list[str]) -> list[str]:
+    """Prompts from prompt files (JSONL with 'prompt' / one per line) or, for anything else, logs."""
+    from tasks.drift import load_prompts
+    from tasks.logs import load_window
+
+    prompt_files = [p for p in paths if Path(p).is_file() and Path(p).suffix in (".txt", ".jsonl") and not _is_log_file(Path(p))]
+    prompts = [prompt for path in prompt_files for prompt in load_prompts(Path(path))]
+    log_sources = [p for p in paths if p not in prompt_files]
+    if log_sources:
+        prompts += load_window(settings, log_sources, quarantine=False).table.column("prompt").to_pylist()
+    return prompts
+
+
+def _is_log_file(path: Path) -> bool:
+    """A JSONL file whose first row looks like a log record (not a bare prompt list)."""
+    if path.suffix != ".jsonl":
+        return False
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        first = handle.readline()
+    return '"request_id"' in first and '"response"' in first
+
+
+@app.command()
+def monitor(
+    week: Annotated[Optional[str], typer.Option(help="ISO week, e.g. 2026-W03 [default: the last complete week].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the weekly monitoring flow: signals, drift, MLflow run, Prefect dashboard artifact, and
+    the retraining decision. Without a Prefect server a temporary one is started for the run."""
+    from flows.monitoring import weekly_monitoring
+
+    result = weekly_monitoring(week=week, config=str(config) if config else None,
+                               workspace=str(workspace) if workspace else None)
+    signals_, drift_ = result["signals"], result["drift"]
+    emit(result, as_json, table([
+        ("week", result["week"]),
+        _rate_row("refusal rate", signals_["refusal_rate"], signals_["refusal_rate_ci"]),
+        _rate_row("re-ask rate", signals_["reask_rate"], signals_["reask_rate_ci"]),
+        _rate_row("thumbs-down rate", signals_["thumbs_down_rate"], signals_["thumbs_down_rate_ci"]),
+        ("drift", f"{drift_.get('band')} (KL {drift_.get('kl')})"),
+        ("retraining triggered", result["triggered"]),
+        *[("  because", reason) for reason in result["decision"]["reasons"]],
+    ]))
+
+
 # ------------------------------------------------------------------------------------ simulator
 
 
@@ -376,6 +482,26 @@ def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to 
     """Move the champion alias back to the previous champion (or a given earlier champion)."""
     result = registry_call(config, workspace, "rollback", to)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
+
+
+# ----------------------------------------------------------------------------------------- cost
+
+
+@app.command()
+def cost(
+    logs: Annotated[Optional[list[str]], typer.Option("--logs", help="Measure the token volume from these logs.")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Monthly cost of self-hosting vs an API alternative, yearly savings and 1-year ROI. Token
+    volume: measured from --logs (or the workspace logs), else cost.tokens_per_month."""
+    from tasks.cost import cost_from_logs, cost_markdown
+
+    report = cost_from_logs(settings_for(config, workspace), sources=logs or None, since=since, until=until)
+    emit(report, as_json, cost_markdown(report))
 
 
 def main() -> None:

@@ -9,6 +9,7 @@ history and printed; nothing else starts.
 
 from __future__ import annotations
 
+from datetime import timedelta
 from typing import Any
 
 import pyarrow as pa
@@ -38,23 +39,37 @@ def load_week_logs(settings: Settings, week: str) -> pa.Table:
 
 @task(name="compute-signals", cache_policy=NO_CACHE)
 def compute_week_signals(settings: Settings, logs: pa.Table) -> dict[str, Any]:
-    return compute_signals(logs, settings.signals)
+    """Refusal, re-ask and thumbs over all rows; hallucination risk by sampling the model on a
+    seeded sample of prompts (user corrections serve as references where present)."""
+    generator, which = monitor.consistency_generator(settings)
+    signals = compute_signals(
+        logs, settings.signals, generator=generator, references=monitor.correction_references(logs)
+    )
+    signals["hallucination_model"] = which
+    get_run_logger().info("hallucination risk: %s", which)
+    return signals
 
 
 @task(name="compute-drift", cache_policy=NO_CACHE)
 def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any]:
-    """Drift of this week's prompts against the reference; the first week seen becomes the
-    baseline reference when nothing better is configured or stored."""
-    current = logs.column("prompt").to_pylist()
+    """Drift of this week's prompts against the reference. With no reference configured or stored
+    yet, the weeks before this one become the baseline; with none of those either, this week does
+    (and drift is reported as insufficient rather than a meaningless zero)."""
+    current = logs.column("prompt")
     counts = logs.column("model_version").value_counts().to_pylist()
     serving = max(counts, key=lambda c: c["counts"])["values"] if counts else None
     reference = monitor.reference_path(settings, serving)
     if reference is None:
-        if len(current) < settings.drift.min_prompts:
+        start, _ = iso_week_window(week)
+        earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
+                              quarantine=False).table.column("prompt")
+        baseline = earlier if len(earlier) >= settings.drift.min_prompts else current
+        reference = monitor.store_reference(settings, baseline.to_pylist())
+        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", len(baseline))
+        if baseline is current:
             return {"band": "insufficient", "alert": False, "kl": None, "n_current": len(current),
-                    "n_reference": 0, "reference": None, "note": "no reference yet and too few prompts for a baseline"}
-        reference = monitor.store_reference(settings, current)
-        get_run_logger().info("no drift reference yet: week %s becomes the baseline", week)
+                    "n_reference": 0, "reference": str(reference),
+                    "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
     drift = compute_drift(load_prompts(reference), current, settings.drift)
     drift["reference"] = str(reference)
     return drift

@@ -111,6 +111,9 @@ class SignalsSettings(Section):
     consistency_prompts: int = Field(50, ge=0)
     consistency_temperature: float = Field(0.8, gt=0)
     consistency_threshold: float = Field(0.5, ge=0, le=1)  # below: at risk of hallucination
+    # Whose answers are sampled: "served" (model.backend: the registry champion on the base model, or
+    # the OpenAI-compatible endpoint) or "scripted" (the simulator's policy, for demos and tests).
+    consistency_model: Literal["served", "scripted"] = "served"
     # Retraining trigger from signals: refusal rate above its trailing baseline by this margin
     # with non-overlapping Wilson intervals.
     refusal_alarm_margin: float = Field(0.05, ge=0)
@@ -309,14 +312,21 @@ class ReviewSettings(Section):
 
 
 class CostSettings(Section):
+    # Dollars. Retraining and labelling happen once per quarterly cycle; tasks/cost.py spreads them
+    # over the cycle's three months. The defaults are the worked example of configs/cost_example.yaml.
     gpu_monthly: float = Field(200.0, ge=0)
     retraining_per_quarter: float = Field(50.0, ge=0)
-    labelling_monthly: float = Field(50.0, ge=0)
+    labelling_per_item: float = Field(0.5, ge=0)
+    labelled_items_per_quarter: int = Field(300, ge=0)
     licence_monthly: float = Field(0.0, ge=0)
     monitoring_monthly: float = Field(50.0, ge=0)
     setup_one_time: float = Field(0.0, ge=0)
-    api_price_per_1k_tokens: float = Field(0.002, ge=0)
-    tokens_per_month: int | None = None  # empty: measured from the logs
+    # The API alternative: list prices per 1,000 tokens (input = prompt, output = completion).
+    api_price_per_1k_input_tokens: float = Field(0.002, ge=0)
+    api_price_per_1k_output_tokens: float = Field(0.002, ge=0)
+    tokens_per_month: int | None = Field(None, ge=0)  # empty: measured from the logs
+    # Share of a configured tokens_per_month that is output; measured volumes carry their own split.
+    completion_share: float = Field(0.25, ge=0, le=1)
 
 
 class RunnerSettings(Section):

@@ -83,6 +83,43 @@ def store_reference(settings: Settings, prompts: list[str], name: str = "baselin
     return path
 
 
+# ------------------------------------------------------------------------------ hallucination risk
+
+
+def consistency_generator(settings: Settings) -> tuple[Any, str]:
+    """The model whose sampled answers give the hallucination-risk signal, and a note saying which
+    (or why none: the signal is then reported as not sampled, never as zero risk)."""
+    if settings.signals.consistency_prompts == 0:
+        return None, "not sampled: signals.consistency_prompts is 0"
+    if settings.signals.consistency_model == "scripted":
+        from tasks.simulate import default_model
+
+        return default_model(settings.simulate, settings.paths.data_dir), "the simulator's scripted model"
+    from tasks.models import ModelError, make_generator
+
+    adapters = {}
+    if settings.model.backend == "local":
+        from tasks.registry import Registry
+
+        registry = Registry(settings)
+        champion = registry.status().get("champion")
+        if champion:
+            adapters["champion"] = registry.adapter_path(champion)
+    try:
+        generator = make_generator(settings, adapters)
+    except ModelError as err:
+        return None, f"not sampled: {err}"
+    if adapters and hasattr(generator, "use"):
+        generator.use("champion")
+    return generator, f"{settings.model.backend} model" + (" + champion adapter" if adapters else "")
+
+
+def correction_references(table: Any) -> dict[str, str]:
+    """Answers users supplied with their thumbs-down: the known-good reference for those prompts."""
+    prompts, corrections = table.column("prompt").to_pylist(), table.column("correction").to_pylist()
+    return {prompt: fix for prompt, fix in zip(prompts, corrections) if fix}
+
+
 # ----------------------------------------------------------------------------------------- history
 
 

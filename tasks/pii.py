@@ -1,19 +1,27 @@
 """PII masking with Presidio: offline, fail-closed, keyed consistent pseudonyms (DESIGN.md section 8).
 
-    texts --(spaCy NER-only nlp.pipe, batched)--> Presidio recognizers --> keyed pseudonyms
-          --> re-scan of the output --> masked records + an audit of counts (never text)
+    texts --spaCy NER-only nlp.pipe, batched--> Presidio recognizers + project recognizers
+          --> keyed pseudonyms (Presidio AnonymizerEngine, custom operator)
+          --> re-scan of the outputs --> masked records + an audit of counts (never text)
 
 - **Offline.** The spaCy model is configuration (`pii.spacy_model`) and is never downloaded; the
   e-mail recognizer validates domains against tldextract's bundled public-suffix snapshot.
+- **Entities.** `pii.entities` from Presidio's recognizers, spaCy NER (PERSON, LOCATION, ...) and
+  this project's: ORDER_ID, ACCOUNT_NUMBER, API_KEY, street addresses (as LOCATION), names next to a
+  cue (PERSON), phone and card numbers by context. A requested type nobody recognizes is an error.
 - **Fail closed.** A record whose analysis or anonymisation raises is dropped and counted; it never
-  reaches the output. After masking, the output is analysed again: any detection left is a leak and
-  fails the stage (`PiiLeakError`) after the audit is written, and the output file is removed.
+  reaches the output. Outputs with detections are analysed again; what that finds is masked too and
+  analysed once more, and any detection left is a leak: `mask_file` writes the audit, removes the
+  output and raises PiiLeakError.
 - **Keyed, consistent pseudonyms.** `<PERSON_1a2b3c4d>`: the first 8 hex digits of
-  HMAC-SHA256(key, type + normalised value), so a value maps to the same token in every record of a
+  HMAC-SHA256(key, type + normalised value): a value maps to the same token in every record of a
   cycle without a lookup table, and nobody without the key can test a guess.
-- **Fast.** spaCy runs only the components NER needs; texts go through `nlp.pipe` in batches; records
-  are cut into shards (plain lists of strings) handled by `settings.processes` spawned workers that
-  each build their engines once. `mask_shard` is the unit a Dask/Ray task runner can map later.
+- **Fast.** spaCy runs NER only (no tagger, parser, lemmatizer); texts go through `nlp.pipe` in
+  batches; recognizers that need a digit or an "@" skip texts without one; the analysis loop is a
+  lean version of AnalyzerEngine.analyze (same recognizers, context rule and threshold, without its
+  per-call deep copies). Records are cut into shards, plain lists of strings, handled by
+  `pii.processes` spawned workers that build their engines once; `mask_shard` is the unit a
+  Dask/Ray task runner can map later.
 - **Quiet.** Logs, exceptions and the audit carry counts and type names only, never text.
 """
 
@@ -311,6 +319,10 @@ _NOT_A_NAME = (
     r"|Today|Tomorrow|Yesterday|Monday|Tuesday|Wednesday|Thursday|Friday|Saturday|Sunday|English|Step|Example"
     r"|Input|Output|Response|Prompt|Answer|Reply|Update|Re|Fwd|Cc|Bcc|To|Cost|Price|Total|Status|Result|Results)\b)"
 )
+_COMPANY_WORDS = (
+    r"Inc|Ltd|LLC|Corp|Group|Services|Systems|Markets|Company|Bank|University|Foundation|Solutions"
+    r"|Technologies|Partners|Associates|Holdings|Agency|Consulting|Labs|Media|Software|Network|Networks"
+)
 _PERSON_CUES: list[tuple[str, str, float]] = [
     ("title", r"\b(?:Mr|Mrs|Ms|Miss|Mx|Dr|Prof|Sir|Madam|Mme|Mlle|Herr|Frau)\.?[ \t]+\K" + _NOT_A_NAME + _NAME, 0.6),
     ("name field",
@@ -322,6 +334,10 @@ _PERSON_CUES: list[tuple[str, str, float]] = [
      r"|sincerely,?|directed by:?|written by:?|assistant to|married to|daughter of|son of|wife of|husband of"
      r"|spoke (?:to|with)|talked to|shouted at|says|said|asked|told|thank)[ \t]+)\K" + _NOT_A_NAME + _NAME, 0.5),
     ("speaker label", r"(?m:^[>\s]*)\K" + _NOT_A_NAME + r"\p{Lu}\p{Ll}{2,}(?=[ \t]*:[ \t]*[\"“]?\p{Lu})", 0.45),
+    # A text that opens with a line holding only a name: a signature block, a letter head, a CV.
+    ("name line at the top",
+     r"\A[\s>?•*·-]*\K" + _NOT_A_NAME + r"\p{Lu}\p{Ll}+(?:[ \t]+(?:\p{Lu}\.?|(?:van|von|de|der|den|da|di|del|le|la)[ \t]+)?"
+     r"\p{Lu}[\p{Ll}'’-]+){1,2}(?<!" + _COMPANY_WORDS + r")(?=[ \t]*\n)", 0.45),
     ("subject of a personal verb", _NOT_A_NAME + _NAME
      + r"(?=[ \t]+(?:lives|lived|had given|is from|grew up|was born|spent a year|began writing|shouted|moved to))", 0.45),
 ]
@@ -369,14 +385,16 @@ def _recognizer_classes() -> Any:
         GATE = regex.compile(r"\d(?:[\s().\-/]{0,3}\d){6,}")
         MARGIN = 4  # keeps a leading "+" or "(" and the characters the matcher checks around a number
 
-        # Spans other recognizers already found (cards, IBANs, phone patterns), set by the Masker
-        # before each call: a digit run inside one needs no phone parsing.
-        covered: list[tuple[int, int]] = []
+        SKIPS_COVERED = True  # the Masker runs it last and passes what the others found
 
-        def analyze(self, text: str, entities: list[str], nlp_artifacts: Any = None) -> list[Any]:
+        def analyze(
+            self, text: str, entities: list[str], nlp_artifacts: Any = None, covered: Sequence[tuple[int, int]] = ()
+        ) -> list[Any]:
+            """`covered`: spans other recognizers found (cards, IBANs, phone patterns); a digit run
+            inside one needs no phone parsing."""
             windows: list[list[int]] = []
             for match in self.GATE.finditer(text):
-                if any(a <= match.start() and match.end() <= b for a, b in self.covered):
+                if any(a <= match.start() and match.end() <= b for a, b in covered):
                     continue
                 start, end = max(0, match.start() - self.MARGIN), min(len(text), match.end() + self.MARGIN)
                 if windows and start <= windows[-1][1]:
@@ -700,6 +718,7 @@ def allow_pattern(terms: Iterable[str]) -> re.Pattern[str] | None:
 
 
 
+_ENGINE_LOCK = threading.RLock()  # spaCy and the recognizers are shared by every masker of a process
 _DIGIT = re.compile(r"\d")
 # What a text must contain for a recognizer to find anything in it (every pattern it has needs it).
 _GATES = {
@@ -751,7 +770,7 @@ class Masker:
         for recognizer in recognizers:
             recognizer.load()
         # Recognizers that skip what others found run last.
-        self.recognizers = sorted(recognizers, key=lambda r: hasattr(r, "covered"))
+        self.recognizers = sorted(recognizers, key=lambda r: getattr(r, "SKIPS_COVERED", False))
         self.nlp_engine.keep_words = frozenset(w.lower() for r in recognizers for w in (r.context or []))
         self._analyze_entities = sorted(set(self.entities) | {e for r in extra_recognizers for e in r.supported_entities})
         self.anonymizer = AnonymizerEngine()
@@ -794,6 +813,10 @@ class Masker:
 
     def analyze_texts(self, texts: Sequence[str]) -> list[list[Any] | BaseException]:
         """Presidio results per text, or the exception that text raised."""
+        with _ENGINE_LOCK:  # engines are shared by every masker of this process; threads take turns
+            return self._analyze_texts(texts)
+
+    def _analyze_texts(self, texts: Sequence[str]) -> list[list[Any] | BaseException]:
         out: list[list[Any] | BaseException] = []
         for text, doc in zip(texts, self._docs(texts)):
             if isinstance(doc, BaseException):
@@ -822,9 +845,11 @@ class Masker:
                     has[needs] = _GATES[needs].search(text) is not None
                 if not has[needs]:
                     continue
-            if hasattr(recognizer, "covered"):
-                recognizer.covered = [(r.start, r.end) for r in results if r.score >= self.settings.score_threshold]
-            found = recognizer.analyze(text=text, entities=self._analyze_entities, nlp_artifacts=artifacts)
+            if getattr(recognizer, "SKIPS_COVERED", False):
+                covered = [(r.start, r.end) for r in results if r.score >= self.settings.score_threshold]
+                found = recognizer.analyze(text, self._analyze_entities, artifacts, covered=covered)
+            else:
+                found = recognizer.analyze(text=text, entities=self._analyze_entities, nlp_artifacts=artifacts)
             if not found:
                 continue
             for result in found:
@@ -906,7 +931,7 @@ class Masker:
         ]
 
     def mask_verified(self, texts: Sequence[str], *, remask: bool = True) -> list[tuple[MaskOutcome, list[str]]]:
-        """Mask, re-scan the changed outputs, and return each outcome with the entity types still found.
+        """Mask, re-scan the outputs, and return each outcome with the entity types still found.
 
         Masking changes a text's context, and NER sometimes finds a name only next to a pseudonym
         ("said <PERSON_..> to Maurice"). With `remask`, what the first re-scan finds is masked too
@@ -914,9 +939,10 @@ class Masker:
         whose re-scan raises is dropped (fail closed)."""
         outcomes = self.mask_texts(texts)
         leaks: dict[int, list[str]] = {}
-        # A text the first pass left unchanged had no detection, and analysing it again would
-        # repeat the very same computation: only changed texts need the re-scan.
-        live = [i for i, o in enumerate(outcomes) if o.text is not None and o.text != texts[i]]
+        # A text in which the first pass detected nothing was not changed, and analysing it again
+        # would repeat the very same computation: only texts with detections are re-scanned
+        # (whether or not the anonymizer really changed them).
+        live = [i for i, o in enumerate(outcomes) if o.text is not None and (o.entities or o.text != texts[i])]
         for final in ((False, True) if remask else (True,)):
             if not live:
                 break
@@ -1080,8 +1106,11 @@ def analyze_shard(texts: list[str], settings_json: str, key: bytes) -> list[dict
     return out
 
 
-def _warm(settings_json: str, key: bytes) -> int:
+def _warm(settings_json: str, key: bytes) -> None:
     _cached_masker(settings_json, key)
+
+
+def _pid(_: int) -> int:
     return os.getpid()
 
 
@@ -1108,11 +1137,15 @@ class ShardPool:
 
     def __enter__(self) -> ShardPool:
         if self.processes > 1:
+            # Spawned, not forked: the caller may hold threads (Prefect) and locks. Every worker
+            # builds its engines once, in its initializer; the first tasks wait for that.
             self._pool = ProcessPoolExecutor(
-                max_workers=self.processes, mp_context=multiprocessing.get_context("spawn")
+                max_workers=self.processes,
+                mp_context=multiprocessing.get_context("spawn"),
+                initializer=_warm,
+                initargs=(self.settings_json, self.key),
             )
-            # Build every worker's engines up front, in parallel (one task per worker).
-            pids = list(self._pool.map(_warm, [self.settings_json] * self.processes, [self.key] * self.processes))
+            pids = list(self._pool.map(_pid, range(self.processes)))
             log.debug("PII workers ready: %d", len(set(pids)))
         else:
             _cached_masker(self.settings_json, self.key)
@@ -1209,31 +1242,38 @@ def mask_file(
 
         schema = pq.read_schema(in_path)
 
-    # Flatten (record, field) cells holding non-empty text.
+    # Flatten (record, field) cells holding non-empty text. A field that holds something else than
+    # text or null (a list, an object) cannot be masked: its record is dropped.
     cells: list[tuple[int, str]] = []
     texts: list[str] = []
+    failed: set[int] = set()
+    errors: Counter[str] = Counter()
     for i, record in enumerate(records):
         for name in fields:
             value = record.get(name)
-            if isinstance(value, str) and value.strip():
-                cells.append((i, name))
-                texts.append(value)
+            if isinstance(value, str):
+                if value.strip():
+                    cells.append((i, name))
+                    texts.append(value)
+            elif value is not None and i not in failed:
+                failed.add(i)
+                errors["NonTextField"] += 1
 
     with ShardPool(settings, key, size=len(texts)) as pool:
         ready = time.perf_counter()
         masked = pool.map(mask_shard, texts, True)
         work_seconds = time.perf_counter() - ready
 
-    failed: set[int] = set()
-    errors: Counter[str] = Counter()
     entities: Counter[str] = Counter()
     leak_types: Counter[str] = Counter()
     leaked_records: set[int] = set()
+    for (i, _), item in zip(cells, masked):
+        if item["text"] is None and i not in failed:
+            errors[item["error"] or "Exception"] += 1
+            failed.add(i)
     out_records = [dict(r) for r in records]
     for (i, name), item in zip(cells, masked):
-        if item["text"] is None:
-            failed.add(i)
-            errors[item["error"] or "Exception"] += 1
+        if i in failed:  # dropped whole: none of its fields is written, masked or not
             continue
         out_records[i][name] = item["text"]
         entities.update(item["entities"])

@@ -190,7 +190,8 @@ def detect_refusals(
     responses: Sequence[str] | pa.Array | pa.ChunkedArray, settings: SignalsSettings
 ) -> np.ndarray:
     """True per response that refuses: any `refusal_patterns` match (case-insensitive, word-boundary
-    aware with Unicode semantics) or, when configured, the classifier says so. Null responses: False."""
+    aware: Python's Unicode `\\b`, evaluated by RE2 over Arrow where it can be, see `_re2_boundaries`)
+    or, when configured, the classifier (run once per distinct response) says so. Null: False."""
     arr = _as_string_array(responses)
     n = len(arr)
     result = np.zeros(n, dtype=bool)
@@ -219,9 +220,9 @@ def detect_refusals(
                 f"signals.refusal_classifier {settings.refusal_classifier!r} returned {len(verdicts)} "
                 f"verdicts for {len(uniques)} responses"
             )
-        codes = encoded.indices.to_numpy(zero_copy_only=False)
+        codes = encoded.indices.fill_null(0).to_numpy(zero_copy_only=False).astype(np.int64)
         valid = ~np.asarray(encoded.indices.is_null().to_numpy(zero_copy_only=False), dtype=bool)
-        result[valid] |= verdicts[codes[valid].astype(np.int64)]
+        result[valid] |= verdicts[codes[valid]]
     return result
 
 

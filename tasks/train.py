@@ -23,6 +23,9 @@ from tasks.config import Settings
 from tasks.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, log_dataset_input, read_examples
 from tasks.models import ModelError, _pick_device, encode_example, model_digest, resolve_base_model, torch_threads
 
+# peft still calls transformers' renamed `is_gradient_checkpointing`: nothing a user can act on.
+warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
 ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 METRICS_FILE = "training_metrics.json"
 
@@ -257,9 +260,7 @@ def train_adapter(
         state_file = resume / "trainer_state.json"
         if state_file.is_file():
             tokens_before = json.loads(state_file.read_text()).get("num_input_tokens_seen", 0) or 0
-    with torch_threads(cfg.cpu_threads if device == "cpu" else 0), warnings.catch_warnings():
-        # peft still calls the renamed `is_gradient_checkpointing`; nothing the user can act on
-        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+    with torch_threads(cfg.cpu_threads if device == "cpu" else 0):
         train_start = time.perf_counter()
         trainer.train(resume_from_checkpoint=str(resume) if resume else None)
         train_seconds = time.perf_counter() - train_start

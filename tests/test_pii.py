@@ -201,6 +201,15 @@ def test_mask_file_drops_counts_and_never_writes_a_failing_record(failing_masker
     assert json.loads(audit.read_text())["dropped"] == 1
 
 
+def test_a_field_that_is_not_text_drops_its_record(masker, tmp_path):
+    src, out = tmp_path / "in.jsonl", tmp_path / "out.jsonl"
+    rows = [{"id": 1, "prompt": ["My name is Brian Schmidt"]}, {"id": 2, "prompt": None}, {"id": 3, "prompt": "Hi"}]
+    src.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    report = pii.mask_file(src, out, SETTINGS, key=KEY)
+    assert report["dropped"] == 1 and report["drop_reasons"] == {"NonTextField": 1}
+    assert [json.loads(line)["id"] for line in out.read_text().splitlines()] == [2, 3]
+
+
 # --------------------------------------------------------------------------------------------------
 # Re-scan
 

@@ -127,7 +127,7 @@ def test_refusal_patterns_are_configurable_and_classifier_slot(monkeypatch):
     module.classify = lambda texts: ["apolog" in t.lower() for t in texts]
     monkeypatch.setitem(sys.modules, "fake_refusal_classifier", module)
     both = S.model_copy(update={"refusal_classifier": "fake_refusal_classifier:classify"})
-    assert detect_refusals(["We apologise.", "I don't know", "Fine."], both).tolist() == [True, True, False]
+    assert detect_refusals(["We apologise.", "I don't know", "Fine.", None], both).tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="module:function"):
         detect_refusals(["x"], S.model_copy(update={"refusal_classifier": "nocolon"}))
     with pytest.raises(ValueError, match="refusal_patterns"):

@@ -27,6 +27,7 @@ from tasks.config import SHIPPED_DATA, DatasetSettings, Settings, SignalsSetting
 from tasks.dataset import build_dataset  # noqa: E402
 from tasks.models import (  # noqa: E402
     MANIFEST,
+    PRETRAINING_FILE,
     LocalGenerator,
     bootstrap_base_model,
     load_knowledge_base,
@@ -110,12 +111,13 @@ def main() -> int:
     curated = cycle / "curated.jsonl"
     curated.write_text("".join(json.dumps({"case_id": f"v2-{i}", "prompt": q, "corrected_response": a}) + "\n"
                                for i, (q, a) in enumerate(v2_train)), encoding="utf-8")
-    pairs, _ = pretraining_examples(kb1, seed=args.seed, synthetic_unknown=manifest["recipe"]["synthetic_unknown"],
-                                    refusal_templates=manifest["recipe"]["refusal_templates"],
-                                    cross_products=manifest["recipe"]["cross_products"])
-    replay = cycle / "base_training.jsonl"
-    replay.write_text("".join(json.dumps({"prompt": q, "response": a, "source": "bootstrap", "cycle_id": "c0"}) + "\n"
-                              for q, a in pairs), encoding="utf-8")
+    replay = base_dir / PRETRAINING_FILE  # the base's own training pairs: what the "champion" learnt from
+    if not replay.is_file():  # a base built before the file was written: rebuild the same pairs
+        pairs, _ = pretraining_examples(kb1, seed=args.seed, synthetic_unknown=manifest["recipe"]["synthetic_unknown"],
+                                        refusal_templates=manifest["recipe"]["refusal_templates"],
+                                        cross_products=manifest["recipe"]["cross_products"])
+        replay = cycle / "base_training.jsonl"
+        replay.write_text("".join(json.dumps({"prompt": q, "response": a}) + "\n" for q, a in pairs), encoding="utf-8")
     dataset_settings = DatasetSettings(replay_share=args.replay_share, val_share=0.1, new_cases_holdout=0.0, seed=args.seed)
     dataset = build_dataset(curated, cycle / "04_dataset", dataset_settings, cycle_id="bench", replay_path=replay)
 

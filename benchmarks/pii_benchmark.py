@@ -402,9 +402,12 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"{'system':<22} {'precision':>9} {'recall':>7} {'F2':>6} {'docs/s':>9} {'docs/cpu-s':>11} {'procs':>5} {'peak MiB':>9}")
     print(_row("ours", ours))
     stage = ours.get("stage") or {}
-    print(f"{'ours + re-scan (stage)':<22} {'':>9} {'':>7} {'':>6} {stage.get('docs_per_s') or float('nan'):>9.1f} "
-          f"{(ours['docs'] / stage['cpu_seconds']) if stage.get('cpu_seconds') else float('nan'):>11.1f} "
-          f"{ours.get('processes', 1):>5} {'':>9}")
+    if stage.get("error"):
+        print(f"{'ours + re-scan (stage)':<22} refused: {stage['error']}: {stage['message']}")
+    else:
+        print(f"{'ours + re-scan (stage)':<22} {'':>9} {'':>7} {'':>6} {stage.get('docs_per_s') or float('nan'):>9.1f} "
+              f"{(ours['docs'] / stage['cpu_seconds']) if stage.get('cpu_seconds') else float('nan'):>11.1f} "
+              f"{ours.get('processes', 1):>5} {'':>9}")
     print(_row("plain Presidio", plain))
     print(f"{'spaCy NER only':<22} {'':>9} {'':>7} {'':>6} {ceiling['docs_per_s']:>9.1f} {ceiling['docs_per_cpu_s']:>11.1f} "
           f"{ceiling['processes']:>5} {ceiling.get('peak_rss_mb', float('nan')):>9.1f}")

@@ -204,6 +204,8 @@ class AnnotationSettings(Section):
     # Annotations from this annotator resolve an item (adjudication.jsonl -> back through import);
     # they are left out of the agreement figures.
     adjudicator: str = "adjudicator"
+    # Demo/tests: let the simulator's annotators label the cases instead of waiting for exports.
+    simulate: bool = False
     simulated_annotators: int = Field(3, ge=1)
     simulated_accuracy: float = Field(0.92, ge=0, le=1)
 

@@ -39,6 +39,8 @@ _TURN_MARKER = "\n###"
 EOS_TOKEN = "<|endoftext|>"
 PAD_TOKEN = "<|pad|>"
 MANIFEST = "flywheel_base.json"  # written beside the weights of a bootstrapped base
+# The bootstrapped base's own training pairs (TrainingExample rows): replay data for the first cycle.
+PRETRAINING_FILE = "pretraining.jsonl"
 
 # Bump when the bootstrap recipe changes in a way the cache key cannot see.
 BOOTSTRAP_VERSION = "1"
@@ -186,7 +188,7 @@ def _synthetic_products(count: int, seed: int, avoid: set[str]) -> list[str]:
 
 
 def pretraining_examples(kb: Mapping[str, Any], *, seed: int = 0, synthetic_unknown: int = 30,
-                         refusal_templates: int = 2, cross_products: int = 0) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+                         refusal_templates: int = 2, cross_products: int = 5) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """(question, answer) pairs the base is pre-trained on, and the held-out questions per topic.
 
     Answers: the train split of every topic's paraphrases, plus (`cross_products` per product) other
@@ -378,6 +380,10 @@ def bootstrap_base_model(
         "seconds": round(seconds, 2),
         "prompt_template": PROMPT_TEMPLATE,
     }
+    with open(tmp_dir / PRETRAINING_FILE, "w", encoding="utf-8", newline="\n") as handle:
+        for question, answer in pairs:
+            row = {"prompt": question, "response": answer, "source": "bootstrap", "cycle_id": "bootstrap"}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
     (tmp_dir / MANIFEST).write_text(json.dumps(manifest, indent=2, ensure_ascii=False), encoding="utf-8")
     if out_dir.exists():
         shutil.rmtree(out_dir)
@@ -490,7 +496,7 @@ def model_digest(path: Path) -> str:
     digest = hashlib.sha256()
     for file in sorted(p for p in path.rglob("*") if p.is_file()):
         rel = file.relative_to(path).as_posix()
-        if rel == MANIFEST or rel.startswith(".") or "/." in rel or rel.endswith(".md"):
+        if rel in (MANIFEST, PRETRAINING_FILE) or rel.startswith(".") or "/." in rel or rel.endswith(".md"):
             continue
         digest.update(rel.encode() + b"\0")
         with open(file, "rb") as handle:

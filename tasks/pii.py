@@ -56,6 +56,7 @@ LANGUAGE = "en"
 DEFAULT_FIELDS = ("prompt", "response", "followup", "correction")
 KEY_FILE = "pii.key"  # under the workspace; only written when the caller asks (the demo)
 PSEUDONYM_RE = re.compile(r"<([A-Z][A-Z0-9_]*)_([0-9a-f]{8})>")
+_PSEUDONYM_WORD = re.compile(r"[a-z]_[0-9a-f]{8}\b")  # a pseudonym as a lower-cased token
 
 # spaCy NER labels behind each Presidio entity the NER recognizer can produce.
 NER_LABELS: dict[str, tuple[str, ...]] = {
@@ -380,7 +381,7 @@ def _recognizer_classes() -> Any:
         """Presidio's phone recognizer (python-phonenumbers, once per region) parses every digit
         group of a text as a candidate, house numbers and postal codes included: by far the slowest
         recognizer. Run it only on windows around runs of 7+ digits, which every number it accepts
-        has; the results are the same."""
+        has, and not on runs another recognizer already covers (they are masked anyway)."""
 
         GATE = regex.compile(r"\d(?:[\s().\-/]{0,3}\d){6,}")
         MARGIN = 4  # keeps a leading "+" or "(" and the characters the matcher checks around a number
@@ -539,12 +540,22 @@ def _offline_email_recognizer() -> Any:
     return OfflineEmailRecognizer()
 
 
+def _phone_recognizer() -> Any:
+    from phonenumbers import re_util
+
+    # python-phonenumbers compiles its metadata patterns through the re module's cache, which is
+    # too small for eight regions: it recompiles all the time unless its own cache is on.
+    if hasattr(re_util, "enable_pattern_cache"):
+        re_util.enable_pattern_cache()
+    return _recognizer_classes().GatedPhoneRecognizer()
+
+
 def _predefined_factories() -> dict[str, Callable[[], Any]]:
     from presidio_analyzer import predefined_recognizers as pr
 
     return {
         "EMAIL_ADDRESS": _offline_email_recognizer,
-        "PHONE_NUMBER": lambda: _recognizer_classes().GatedPhoneRecognizer(),
+        "PHONE_NUMBER": _phone_recognizer,
         "CREDIT_CARD": pr.CreditCardRecognizer,
         "IBAN_CODE": pr.IbanRecognizer,
         "IP_ADDRESS": pr.IpRecognizer,
@@ -883,7 +894,8 @@ class Masker:
         for step, limit in ((-1, self.CONTEXT_PREFIX), (1, self.CONTEXT_SUFFIX)):
             i, taken = index, 0
             while 0 <= i < len(lemmas) and taken < limit:
-                if lemmas[i] in keywords:
+                # A pseudonym ("location_9f6046b7" on a re-scan) is no context word.
+                if lemmas[i] in keywords and not _PSEUDONYM_WORD.search(lemmas[i]):
                     words.append(lemmas[i])
                     taken += 1
                 i += step
@@ -934,16 +946,18 @@ class Masker:
         """Mask, re-scan the outputs, and return each outcome with the entity types still found.
 
         Masking changes a text's context, and NER sometimes finds a name only next to a pseudonym
-        ("said <PERSON_..> to Maurice"). With `remask`, what the first re-scan finds is masked too
-        and those texts are re-scanned once more; what that final re-scan finds is a leak. A text
-        whose re-scan raises is dropped (fail closed)."""
+        ("said <PERSON_..> to Maurice"). With `remask`, what a re-scan finds is masked too and those
+        texts are re-scanned again (at most _REMASK_ROUNDS times); what the final re-scan finds is a
+        leak. A text whose re-scan raises is dropped (fail closed)."""
         outcomes = self.mask_texts(texts)
         leaks: dict[int, list[str]] = {}
         # A text in which the first pass detected nothing was not changed, and analysing it again
         # would repeat the very same computation: only texts with detections are re-scanned
         # (whether or not the anonymizer really changed them).
         live = [i for i, o in enumerate(outcomes) if o.text is not None and (o.entities or o.text != texts[i])]
-        for final in ((False, True) if remask else (True,)):
+        rounds = _REMASK_ROUNDS if remask else 0
+        for round_ in range(rounds + 1):
+            final = round_ == rounds
             if not live:
                 break
             again = []
@@ -967,6 +981,7 @@ class Masker:
         return [(o, leaks.get(i, [])) for i, o in enumerate(outcomes)]
 
 
+_REMASK_ROUNDS = 2  # re-scans whose findings are masked before the final, deciding re-scan
 _SOFT_TYPES = {"PERSON", "LOCATION", "ORGANIZATION", "NRP"}  # free-text entities: trim their edges
 _SOFT_EDGE = re.compile(r"(?:['’]s|[\s,;:!?\"“”'’)\]]+|(?<=\w{4})\.)$")
 _NOT_A_NAME_PART = {"the", "and", "van", "von", "der", "den", "del", "mr", "mrs", "ms", "dr"}

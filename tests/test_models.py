@@ -12,6 +12,7 @@ from tasks.config import SHIPPED_DATA, Settings
 from tasks.contracts import Generator
 from tasks.models import (
     MANIFEST,
+    PRETRAINING_FILE,
     LocalGenerator,
     ModelError,
     OpenAICompatibleGenerator,
@@ -73,6 +74,8 @@ def test_pretraining_teaches_refusals_for_unknown_products_with_known_phrasings(
 def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -> None:
     manifest = json.loads((tiny_base_model / MANIFEST).read_text())
     assert manifest["size"] == "test" and manifest["held_out"]
+    replay = [json.loads(line) for line in (tiny_base_model / PRETRAINING_FILE).read_text().splitlines()]
+    assert len(replay) == manifest["examples"] and {"prompt", "response", "source", "cycle_id"} == set(replay[0])
     again = bootstrap_base_model(tiny_base_model, data_dir=SHIPPED_DATA, size="test")
     assert again["cached"] is True and again["digest"] == model_digest(tiny_base_model)
     # another knowledge base is another cache key: a rebuild, not a reuse

@@ -132,3 +132,51 @@ def test_mlflow_run_gets_params_metrics_input_and_adapter(tiny_base_model: Path,
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
     artifacts = {f.path for f in client.list_artifacts(run_id, "adapter")}
     assert artifacts == {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "adapter/training_metrics.json"}
+
+
+_CHILD = """
+import json, sys, time
+sys.path.insert(0, {repo!r})
+from pathlib import Path
+from transformers import TrainerCallback
+from tasks.config import Settings
+from tasks.train import train_adapter
+
+class Slow(TrainerCallback):  # gives the parent time to kill us once a checkpoint exists
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step >= 4:
+            time.sleep(2)
+
+settings = Settings.model_validate(json.loads({settings!r}))
+train_adapter(Path({ds!r}), Path({out!r}), settings, base_path=Path({base!r}), callbacks=[Slow()])
+"""
+
+
+def test_resume_after_sigkill(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tasks.config import REPO_ROOT
+
+    settings = _settings()
+    out = tmp_path / "adapter"
+    code = _CHILD.format(repo=str(REPO_ROOT), settings=json.dumps(settings.dump()), ds=str(dataset_dir), out=str(out),
+                         base=str(tiny_base_model))
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 240
+    try:
+        while not (out / "checkpoints" / "checkpoint-4" / "trainer_state.json").is_file():
+            assert child.poll() is None, child.stderr.read().decode()[-2000:]
+            assert time.monotonic() < deadline, "no checkpoint within 240 s"
+            time.sleep(0.2)
+        time.sleep(0.5)
+    finally:
+        os.kill(child.pid, signal.SIGKILL)
+        child.wait()
+    assert not (out / "adapter_model.safetensors").exists()
+    resumed = train_adapter(dataset_dir, out, settings, base_path=tiny_base_model)
+    assert resumed["resumed_from"] is not None and resumed["resumed_from"].startswith(str(out / "checkpoints"))
+    assert resumed["steps"] == 12 and (out / "adapter_model.safetensors").is_file()

@@ -1,0 +1,210 @@
+"""Everything llm-flywheel needs on one machine, started and stopped from Python (the `flywheel stack
+up|down` commands call these): a Prefect server with its UI, the `flywheel-pool` process work pool,
+the deployments of prefect.yaml, a worker for them and an MLflow tracking server whose UI shows the
+registry the flows write.
+
+State lives under the workspace: Prefect's database in <ws>/.prefect (PREFECT_HOME), MLflow's in
+<ws>/mlflow.db and <ws>/mlartifacts (the same store the flows use), process logs in <ws>/stack-logs/,
+and the pids in <ws>/stack.json so that `stop_local_stack` ends exactly what was started.
+
+Usage:
+    from flows.local_stack import start_local_stack, stop_local_stack
+    info = start_local_stack(Path("workspace"))   # {"prefect_ui": "http://127.0.0.1:4200", ...}
+    ...
+    stop_local_stack(Path("workspace"))
+
+Flows then run against this server when PREFECT_API_URL is set to info["prefect_api"] (the returned
+"env" holds every variable a shell needs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tasks.config import REPO_ROOT
+
+POOL = "flywheel-pool"
+STATE_FILE = "stack.json"
+
+
+class StackError(RuntimeError):
+    """A part of the local stack did not start; the message names its log file."""
+
+
+def stack_env(workspace: Path, *, port: int = 4200, mlflow_port: int | None = 5000,
+              config: Path | None = None) -> dict[str, str]:
+    """The environment every stack process (and a shell using the stack) runs with."""
+    workspace = Path(workspace).resolve()
+    env = {
+        "PREFECT_HOME": str(workspace / ".prefect"),
+        "PREFECT_API_URL": f"http://127.0.0.1:{port}/api",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "DO_NOT_TRACK": "1",
+        "MLFLOW_ENABLE_TELEMETRY": "false",
+        "FLYWHEEL_CONFIG": str(_stack_config(workspace, config)),
+    }
+    if mlflow_port:
+        env["MLFLOW_UI_URL"] = f"http://127.0.0.1:{mlflow_port}"
+    return env
+
+
+def start_local_stack(
+    workspace: Path,
+    *,
+    port: int = 4200,
+    mlflow_port: int | None = 5000,
+    config: Path | None = None,
+    deployments: Sequence[str] | None = None,
+    extra_env: dict[str, str] | None = None,
+    timeout_s: float = 120.0,
+) -> dict[str, Any]:
+    """Start server, work pool, deployments, worker and (unless mlflow_port is None) MLflow.
+
+    `deployments`: names from prefect.yaml to deploy (default: all of them). `config`: a flywheel
+    config file; the stack writes <ws>/stack-config.yaml (that file with paths.workspace set to the
+    workspace) and gives it to the worker as FLYWHEEL_CONFIG, so deployment runs use this workspace.
+    Returns {prefect_ui, prefect_api, mlflow_ui, pids, logs, env}; raises StackError (and stops
+    whatever it had started) when a part fails or is not healthy within timeout_s.
+    """
+    workspace = Path(workspace).resolve()
+    workspace.mkdir(parents=True, exist_ok=True)
+    state_path = workspace / STATE_FILE
+    if state_path.exists() and any(_alive(pid) for pid in json.loads(state_path.read_text())["pids"].values()):
+        raise StackError(f"a stack is already running for {workspace} ({state_path}); stop it first")
+    logs = workspace / "stack-logs"
+    logs.mkdir(exist_ok=True)
+    env = {**os.environ, **stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config), **(extra_env or {})}
+    prefect = [sys.executable, "-m", "prefect"]
+    state: dict[str, Any] = {"workspace": str(workspace), "pids": {}, "logs": {},
+                             "prefect_ui": f"http://127.0.0.1:{port}", "prefect_api": env["PREFECT_API_URL"],
+                             "mlflow_ui": env.get("MLFLOW_UI_URL"), "env": stack_env(workspace, port=port,
+                                                                                      mlflow_port=mlflow_port, config=config)}
+
+    def spawn(name: str, argv: list[str]) -> None:
+        log = logs / f"{name}.log"
+        with open(log, "ab") as handle:
+            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+                                    stdin=subprocess.DEVNULL, start_new_session=True)
+        state["pids"][name], state["logs"][name] = proc.pid, str(log)
+        state_path.write_text(json.dumps(state, indent=2))
+
+    try:
+        deadline = time.monotonic() + timeout_s
+        spawn("prefect-server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        if mlflow_port:
+            spawn("mlflow-server", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
+                                    "--port", str(mlflow_port), "--workers", "1",
+                                    "--backend-store-uri", f"sqlite:///{workspace / 'mlflow.db'}",
+                                    "--artifacts-destination", str(workspace / "mlartifacts")])
+        _wait_healthy(f"{state['prefect_ui']}/api/health", deadline, state, "prefect-server")
+        _run([*prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env, deadline, "work-pool")
+        names = [arg for name in deployments for arg in ("--name", name)] if deployments else ["--all"]
+        _run([*prefect, "--no-prompt", "deploy", *names], env, deadline, "deploy")
+        spawn("worker", [*prefect, "worker", "start", "--pool", POOL, "--type", "process"])
+        if mlflow_port:
+            _wait_healthy(f"{state['mlflow_ui']}/health", deadline, state, "mlflow-server")
+        time.sleep(0.5)
+        if not _alive(state["pids"]["worker"]):
+            raise StackError(f"the worker exited at start; see {state['logs']['worker']}")
+    except BaseException:
+        stop_local_stack(workspace)
+        raise
+    return state
+
+
+def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, Any]:
+    """End the processes recorded in <ws>/stack.json (each with its process group: the worker's flow
+    runs, the server's own children): SIGTERM, then SIGKILL after timeout_s. Returns {stopped: {name: pid}}."""
+    state_path = Path(workspace).resolve() / STATE_FILE
+    if not state_path.exists():
+        return {"stopped": {}}
+    pids: dict[str, int] = json.loads(state_path.read_text())["pids"]
+    order = [n for n in ("worker", "prefect-server", "mlflow-server") if n in pids] + \
+            [n for n in pids if n not in ("worker", "prefect-server", "mlflow-server")]
+    for name in order:
+        _signal_group(pids[name], signal.SIGTERM)
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline and any(_alive(pids[n]) for n in order):
+        time.sleep(0.2)
+    for name in order:
+        _signal_group(pids[name], signal.SIGKILL)
+    for name in order:  # reap children of this process, if it is the one that started them
+        try:
+            os.waitpid(pids[name], os.WNOHANG)
+        except ChildProcessError:
+            pass
+    state_path.unlink(missing_ok=True)
+    return {"stopped": pids}
+
+
+# ------------------------------------------------------------------------------------- helpers
+
+
+def _stack_config(workspace: Path, config: Path | None) -> Path:
+    values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {} if config else {}
+    values.setdefault("paths", {})["workspace"] = str(workspace)
+    out = workspace / "stack-config.yaml"
+    workspace.mkdir(parents=True, exist_ok=True)
+    out.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
+    return out
+
+
+def _run(argv: list[str], env: dict[str, str], deadline: float, what: str) -> None:
+    try:
+        done = subprocess.run(argv, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
+                              timeout=max(1.0, deadline - time.monotonic()), stdin=subprocess.DEVNULL)
+    except subprocess.TimeoutExpired as err:
+        raise StackError(f"{what} did not finish in time: {' '.join(argv[2:])}") from err
+    if done.returncode != 0:
+        raise StackError(f"{what} failed ({' '.join(argv[2:])}):\n{(done.stdout + done.stderr)[-3000:]}")
+
+
+def _wait_healthy(url: str, deadline: float, state: dict, name: str) -> None:
+    while time.monotonic() < deadline:
+        if not _alive(state["pids"][name]):
+            raise StackError(f"{name} exited at start; see {state['logs'][name]}")
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    raise StackError(f"{name} not healthy at {url} in time; see {state['logs'][name]}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        done, _ = os.waitpid(pid, os.WNOHANG)  # our own child: reap it if it exited
+        if done == pid:
+            return False
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    try:
+        os.killpg(pid, sig)  # started with start_new_session: the group id is the pid
+    except (ProcessLookupError, PermissionError):
+        try:
+            os.kill(pid, sig)
+        except (ProcessLookupError, PermissionError):
+            pass

@@ -1,0 +1,217 @@
+"""Canary review: show the reviewer what the canary is and what its evaluation said, wait for a
+decision in the Prefect UI, record it, and promote on approval (DESIGN.md section 5).
+
+In a deployment run the flow suspends (`suspend_flow_run`, no process kept alive) until someone
+answers the ReviewDecision form; on resume Prefect restarts the run from the top, so everything
+before the suspend is cheap and repeatable (registry reads and an artifact). Outside a deployment
+(CLI, demo, tests) there is nothing to suspend: the flow publishes the same summary and returns the
+`flywheel approve|reject` commands that complete the review. The rules (who may promote what) live in
+tasks/registry.py; this flow only orchestrates.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.input import RunInput
+from pydantic import Field
+
+from tasks.config import Settings, load_settings
+from tasks.registry import Registry, RegistryRuleError
+
+DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
+MAX_ATTEMPTS = 3  # an invalid answer (blank reviewer or comment) asks again, this many times in all
+
+
+class ReviewDecision(RunInput):
+    """The reviewer's answer. No defaults: the form must be filled in."""
+
+    decision: Literal["approve", "reject"] = Field(description="approve: promote the canary to champion; reject: drop it")
+    reviewer: str = Field(min_length=1, description="Who decides (recorded on the model version)")
+    comment: str = Field(min_length=1, description="Why (recorded on the model version)")
+
+
+def mlflow_version_url(name: str, version: str, base: str | None = None) -> str:
+    base = (base or os.environ.get("MLFLOW_UI_URL") or DEFAULT_MLFLOW_UI).rstrip("/")
+    return f"{base}/#/models/{name}/versions/{version}"
+
+
+def review_commands(version: str) -> dict[str, str]:
+    return {
+        "approve": f"flywheel approve {version} --reviewer NAME --comment TEXT",
+        "reject": f"flywheel reject {version} --reviewer NAME --comment TEXT",
+    }
+
+
+def validate_decision(answer: ReviewDecision) -> str | None:
+    """None when the answer can be recorded, else what is wrong (the form's own checks let
+    whitespace-only text through)."""
+    if answer.decision not in ("approve", "reject"):
+        return f"decision must be approve or reject, got {answer.decision!r}"
+    for field in ("reviewer", "comment"):
+        if not str(getattr(answer, field) or "").strip():
+            return f"{field} is empty"
+    return None
+
+
+@task(name="describe-canary", cache_policy=NO_CACHE)
+def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
+    """The version under review (default: the `canary` alias) with its tags, gate and eval report."""
+    registry = Registry(settings)
+    status = registry.status()
+    version = str(version).lstrip("v") if version else status["canary"]
+    if not version:
+        raise RegistryRuleError(f"{registry.name} has no canary to review: register one (flywheel retrain) or pass "
+                                "the version to review")
+    entry = next((v for v in status["versions"] if v["version"] == version), None)
+    if entry is None:
+        raise RegistryRuleError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
+    tags = registry.client.get_model_version(registry.name, version).tags or {}
+    report = settings.paths.under("cycles", entry["cycle_id"], "06_eval", "report.md") if entry["cycle_id"] else None
+    return {
+        "model": registry.name,
+        "version": version,
+        "champion": status["champion"],
+        "canary": status["canary"],
+        "cycle_id": entry["cycle_id"],
+        "gate": entry["gate"],
+        "gate_override": entry["gate_override"],
+        "gate_report": tags.get("gate_report"),
+        "eval_summary": tags.get("eval_summary"),
+        "review": entry["review"],
+        "eval_report": str(report) if report is not None and report.is_file() else None,
+        "mlflow_url": mlflow_version_url(registry.name, version),
+    }
+
+
+def summary_markdown(canary: dict[str, Any]) -> str:
+    v = canary["version"]
+    lines = [
+        f"# Canary review: {canary['model']} v{v}",
+        "",
+        f"- MLflow model version: [{canary['model']} v{v}]({canary['mlflow_url']})",
+        f"- cycle: `{canary['cycle_id'] or '-'}`",
+        f"- current champion: {('v' + canary['champion']) if canary['champion'] else 'none (first cycle)'}",
+        f"- evaluation gate: **{canary['gate'] or 'missing'}**"
+        + (f" (overridden by {canary['gate_override'].get('reviewer')}: {canary['gate_override'].get('reason')})"
+           if isinstance(canary["gate_override"], dict) else ""),
+    ]
+    if canary["review"]:
+        r = canary["review"]
+        lines.append(f"- latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
+    if canary["gate"] != "passed" and not canary["gate_override"]:
+        lines.append(f"- promotion after approval needs a gate override first: "
+                     f"`flywheel registry override {v} --reviewer NAME --reason TEXT`")
+    if canary["eval_summary"]:
+        lines += ["", "Eval summary (suite: metric: [candidate, diff vs champion]):", "", f"`{canary['eval_summary']}`"]
+    lines += ["", "Decide in the Prefect UI (Resume on this run) or from a shell:", ""]
+    lines += [f"    {cmd}" for cmd in review_commands(v).values()]
+    if canary["eval_report"]:
+        lines += ["", f"## Evaluation report (`{canary['eval_report']}`)", "",
+                  Path(canary["eval_report"]).read_text(encoding="utf-8")]
+    else:
+        lines += ["", "_No evaluation report found in the workspace for this version._"]
+    return "\n".join(lines)
+
+
+@task(name="publish-review-summary", cache_policy=NO_CACHE)
+def publish_review_summary(canary: dict[str, Any], markdown: str) -> None:
+    create_markdown_artifact(key="canary-review", markdown=markdown,
+                             description=f"Canary v{canary['version']}: evidence for the reviewer")
+
+
+@task(name="record-review", cache_policy=NO_CACHE)
+def record_review(settings: Settings, version: str, decision: str, reviewer: str, comment: str) -> dict[str, Any]:
+    return Registry(settings).review(version, decision=decision, reviewer=reviewer, comment=comment)
+
+
+@task(name="promote-canary", cache_policy=NO_CACHE)
+def promote_canary(settings: Settings, version: str) -> dict[str, Any]:
+    return Registry(settings).promote(version)
+
+
+def _in_deployment() -> bool:
+    from prefect.runtime import deployment
+
+    return bool(deployment.id)
+
+
+def _version_awaited_before() -> str | None:
+    """The version a resumed run was suspended for. On resume the run restarts from the top; if the
+    canary alias moved meanwhile, the answer still belongs to the version that was shown."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run.id)
+    keys = sorted(k for k in (run.empirical_policy.pause_keys or set()) if k.startswith("review-"))
+    return keys[0].removeprefix("review-").split("#")[0] if keys else None
+
+
+def await_decision(version: str, description: str, timeout_s: int) -> ReviewDecision:
+    """Suspend until the reviewer answers; an invalid answer asks again (a new pause key each time, so
+    a restarted run replays earlier answers deterministically)."""
+    from prefect.flow_runs import suspend_flow_run
+
+    logger = get_run_logger()
+    for attempt in range(1, MAX_ATTEMPTS + 1):
+        key = f"review-{version}" if attempt == 1 else f"review-{version}#{attempt}"
+        form = ReviewDecision.with_initial_data(description=description)
+        answer = suspend_flow_run(wait_for_input=form, key=key, timeout=timeout_s)
+        problem = validate_decision(answer)
+        if problem is None:
+            return answer
+        logger.warning("review answer %d for v%s rejected: %s; asking again", attempt, version, problem)
+        description = f"**Previous answer rejected: {problem}.**\n\n" + description
+    raise RegistryRuleError(f"no valid review answer for v{version} after {MAX_ATTEMPTS} attempts; "
+                            f"use `flywheel approve|reject {version} --reviewer NAME --comment TEXT`")
+
+
+@flow(name="canary-review", log_prints=True)
+def canary_review(
+    version: str | None = None,
+    config: str | None = None,
+    workspace: str | None = None,
+) -> dict[str, Any]:
+    """Show the canary's evidence, wait for a reviewer's decision, record it, promote on approval.
+
+    Args:
+        version: model version to review. Empty: the registry's `canary` alias.
+        config: YAML config file laid over the embedded defaults.
+        workspace: folder holding the MLflow store and cycle outputs (default ./workspace).
+    """
+    settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
+    deployed = _in_deployment()
+    if deployed and not version:
+        version = _version_awaited_before()
+    canary = describe_canary(settings, version)
+    version = canary["version"]
+    markdown = summary_markdown(canary)
+    publish_review_summary(canary, markdown)
+
+    if not deployed:
+        print(f"canary v{version} awaits review: {review_commands(version)['approve']}")
+        return {"version": version, "status": "awaiting review", **review_commands(version),
+                "gate": canary["gate"], "champion": canary["champion"], "mlflow_url": canary["mlflow_url"]}
+
+    answer = await_decision(version, markdown, int(settings.review.timeout_days * 86400))
+    review = record_review(settings, version, answer.decision, answer.reviewer.strip(), answer.comment.strip())
+    result: dict[str, Any] = {"version": version, "decision": review["decision"], "reviewer": review["reviewer"],
+                              "promoted": False, "from": canary["champion"], "to": canary["champion"]}
+    if answer.decision == "approve":
+        try:
+            moved = promote_canary(settings, version)
+        except RegistryRuleError as err:  # e.g. a failed gate without override: the review stays recorded
+            get_run_logger().error("approved but not promoted: %s", err)
+            result["reason"] = str(err)
+        else:
+            result.update({"promoted": True, "from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]})
+    print(f"v{version}: {review['decision']} by {review['reviewer']}"
+          + (f" -> champion v{result['from']} -> v{result['to']}" if result["promoted"] else ""))
+    return result
+

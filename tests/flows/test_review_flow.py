@@ -1,0 +1,141 @@
+"""The canary-review and rollback flows under the shared Prefect test server, on a real MLflow sqlite
+registry (copied from a migrated template: creating MLflow's tables takes seconds). Suspending needs
+a deployment run: that path is covered by tests/integration/test_prefect_server.py."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from flows.review import ReviewDecision, canary_review, mlflow_version_url, validate_decision
+from flows.rollback import rollback
+from tasks.config import REPO_ROOT, load_settings
+from tasks.registry import Registry, RegistryRuleError
+
+PASSED = {"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": []},
+          "suites": {"regression": {"behaviour": {"candidate": 0.9, "diff": None}}}}
+
+
+@pytest.fixture(scope="module")
+def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    workspace = tmp_path_factory.mktemp("template")
+    Registry(load_settings(None, {"paths.workspace": str(workspace)}))
+    return workspace / "mlflow.db"
+
+
+@pytest.fixture()
+def workspace(tmp_path: Path, template_db: Path) -> Path:
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    shutil.copy(template_db, ws / "mlflow.db")
+    return ws
+
+
+@pytest.fixture()
+def adapter(tmp_path: Path) -> Path:
+    folder = tmp_path / "05_adapter"
+    folder.mkdir()
+    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}), encoding="utf-8")
+    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4)
+    return folder
+
+
+def registry_of(workspace: Path) -> Registry:
+    return Registry(load_settings(None, {"paths.workspace": str(workspace)}))
+
+
+def register(registry: Registry, adapter: Path, cycle: str) -> str:
+    return registry.register_canary(adapter, cycle_id=cycle, base_path=Path("/models/base"), base_digest="b" * 64,
+                                    dataset_sha256="d" * 64, eval_report=PASSED)
+
+
+def latest_artifact(key: str):
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=1)
+    assert found, f"no artifact with key {key}"
+    return found[0]
+
+
+def test_review_outside_a_deployment_awaits_the_cli_and_publishes_the_evidence(workspace: Path, adapter: Path,
+                                                                               monkeypatch) -> None:
+    monkeypatch.setenv("MLFLOW_UI_URL", "http://mlflow.example:5000/")
+    registry = registry_of(workspace)
+    version = register(registry, adapter, "c1")
+    report = workspace / "cycles" / "c1" / "06_eval" / "report.md"
+    report.parent.mkdir(parents=True)
+    report.write_text("| suite | behaviour |\n|---|---|\n| regression | 0.90 |\n", encoding="utf-8")
+
+    result = canary_review(workspace=str(workspace))
+
+    assert result["version"] == version and result["status"] == "awaiting review"
+    assert result["approve"] == f"flywheel approve {version} --reviewer NAME --comment TEXT"
+    assert result["reject"].startswith(f"flywheel reject {version} ")
+    assert result["mlflow_url"] == f"http://mlflow.example:5000/#/models/flywheel-adapter/versions/{version}"
+    markdown = latest_artifact("canary-review").data
+    assert result["mlflow_url"] in markdown and "| regression | 0.90 |" in markdown
+    assert "gate: **passed**" in markdown and result["approve"] in markdown
+    # Nothing was decided: the version is still the canary, unreviewed, and no champion moved.
+    status = registry.status()
+    assert status["canary"] == version and status["champion"] is None and status["versions"][0]["review"] is None
+
+
+def test_review_without_a_canary_says_what_to_do(workspace: Path) -> None:
+    with pytest.raises(RegistryRuleError, match="no canary to review"):
+        canary_review(workspace=str(workspace))
+
+
+def test_review_decision_form_has_required_fields_and_is_validated_again() -> None:
+    fields = ReviewDecision.model_fields
+    assert all(fields[name].is_required() for name in ("decision", "reviewer", "comment"))
+    assert validate_decision(ReviewDecision(decision="approve", reviewer="alice", comment="ok")) is None
+    assert "reviewer" in validate_decision(ReviewDecision(decision="approve", reviewer="  ", comment="ok"))
+    assert "comment" in validate_decision(ReviewDecision(decision="reject", reviewer="bob", comment=" \n"))
+    with pytest.raises(ValueError):
+        ReviewDecision(decision="maybe", reviewer="alice", comment="ok")
+    form = ReviewDecision.with_initial_data(description="evidence")
+    assert form._description == "evidence" and all(form.model_fields[n].is_required() for n in fields)
+
+
+def test_rollback_flow_moves_the_champion_back(workspace: Path, adapter: Path) -> None:
+    registry = registry_of(workspace)
+    for cycle in ("c1", "c2"):
+        version = register(registry, adapter, cycle)
+        registry.review(version, decision="approve", reviewer="ana", comment="good")
+        registry.promote(version)
+    assert registry.status()["champion"] == "2"
+
+    result = rollback(workspace=str(workspace))
+
+    assert result["from"] == "2" and result["to"] == "1" and result["seconds"] < 1.0
+    assert registry.status()["champion"] == "1"
+    assert registry.audit()[-1]["action"] == "rollback"
+    markdown = latest_artifact("rollback").data
+    assert "v2 -> **v1**" in markdown and mlflow_version_url("flywheel-adapter", "1") in markdown
+    with pytest.raises(RegistryRuleError, match="already the champion"):
+        rollback(to="1", workspace=str(workspace))
+
+
+def test_prefect_yaml_declares_the_four_deployments() -> None:
+    spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
+    deployments = {d["name"]: d for d in spec["deployments"]}
+    assert set(deployments) == {"weekly-monitoring", "quarterly-retraining", "canary-review", "rollback"}
+    assert deployments["weekly-monitoring"]["entrypoint"] == "flows/monitoring.py:weekly_monitoring"
+    assert deployments["canary-review"]["entrypoint"] == "flows/review.py:canary_review"
+    assert deployments["rollback"]["entrypoint"] == "flows/rollback.py:rollback"
+    retraining = deployments["quarterly-retraining"]
+    assert retraining["entrypoint"] == "flows/retraining.py:quarterly_retraining"
+    assert retraining["concurrency_limit"] == {"limit": 1, "collision_strategy": "CANCEL_NEW"}
+    from flows.monitoring import RETRAINING_EVENT
+
+    assert [t["expect"] for t in retraining["triggers"]] == [[RETRAINING_EVENT]]
+    for deployment in spec["deployments"]:
+        assert deployment["work_pool"]["name"] == "flywheel-pool"

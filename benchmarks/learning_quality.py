@@ -37,11 +37,14 @@ from tasks.models import (  # noqa: E402
 )
 from tasks.train import train_adapter  # noqa: E402
 
-# LoRA settings for the tiny embedded base (the shipped defaults are shaped for a 0.5B model).
-TINY_LORA = dict(r=16, alpha=32, dropout=0.05, learning_rate=3e-3, scheduler="cosine", warmup_ratio=0.05, epochs=15,
-                 batch_size=16, gradient_accumulation=1, max_length=192, save_steps=40, early_stopping_patience=3,
-                 cpu_threads=1)
-REPLAY_SHARE = 0.5
+# LoRA settings for the tiny embedded base (the shipped defaults are shaped for a 0.5B model). Found by
+# sweeping on this benchmark: MLP-only LoRA forgets least; full replay of the base's training pairs keeps
+# v1; a high learning rate and 20 epochs let the new answers in. Attention LoRA or a 30-60% replay share
+# learnt v2 as well but lost 8-50 points of v1.
+TINY_LORA = dict(r=32, alpha=64, dropout=0.0, target_modules=["gate_proj", "up_proj", "down_proj"],
+                 learning_rate=1e-2, scheduler="cosine", warmup_ratio=0.1, epochs=20, batch_size=16,
+                 gradient_accumulation=1, max_length=192, save_steps=40, early_stopping_patience=3, cpu_threads=1)
+REPLAY_SHARE = 0.85  # of the training set; more than the base's pairs exist, so: all of them
 THRESHOLDS = {"v1_f1": 0.6, "v1_share": 0.8, "v2_f1": 0.5, "v2_share": 0.7, "max_v1_drop": 0.05}
 
 

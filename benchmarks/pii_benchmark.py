@@ -417,8 +417,10 @@ def print_table(result: dict[str, Any]) -> None:
         print(f"{entity:<20} {o['support']:>7} | {o['precision']:>7.3f} {o['recall']:>6.3f} {o['f2']:>6.3f} | "
               f"{p.get('precision', 0):>7.3f} {p.get('recall', 0):>6.3f} {p.get('f2', 0):>6.3f}")
     r = result["ratios"]
-    print(f"\nspeed: ours/plain {r['speed_vs_plain']:.2f}x wall, {r['cpu_speed_vs_plain']:.2f}x per CPU-second; "
-          f"ours/NER-only ceiling {r['share_of_ceiling']:.0%} wall")
+    print(f"\nspeed: ours/plain {r['speed_vs_plain_wall']:.2f}x wall, {r['speed_vs_plain_per_cpu_second']:.2f}x per "
+          f"CPU-second, {r['speed_vs_plain_on_dedicated_cores']:.2f}x on {ours['processes']} dedicated cores; "
+          f"ours/NER-only ceiling {r['share_of_ner_ceiling_wall']:.0%} wall, "
+          f"{r['share_of_ner_ceiling_per_cpu_second']:.0%} per CPU-second (load average {result['machine']['load_average'][0]:.1f})")
     print(f"\nSimulator texts ({sim['source']}): {sim['ours']['records']} prompts")
     print(f"{'system':<16} {'inserted':>8} {'leaks':>6} {'partial':>7} {'over-masked prompts':>20} {'docs/s':>8} {'peak MiB':>9}")
     for name in ("ours", "ours-allow-list", "plain"):
@@ -463,18 +465,26 @@ def main() -> None:
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "synthetic": {"dataset": str(args.dataset), **synth},
         "simulator": {**sim_info, **sim},
+        # Wall ratios depend on what else runs on the machine; the CPU-normalised ones do not:
+        # "on N dedicated cores" = N x docs per CPU-second (ours) against 1 x (plain, one process).
         "ratios": {
-            "speed_vs_plain": round(ours["docs_per_s"] / plain["docs_per_s"], 2),
-            "cpu_speed_vs_plain": round(ours["docs_per_cpu_s"] / plain["docs_per_cpu_s"], 2),
-            "share_of_ceiling": round(ours["docs_per_s"] / ceiling["docs_per_s"], 3),
+            "speed_vs_plain_wall": round(ours["docs_per_s"] / plain["docs_per_s"], 2),
+            "speed_vs_plain_per_cpu_second": round(ours["docs_per_cpu_s"] / plain["docs_per_cpu_s"], 2),
+            "speed_vs_plain_on_dedicated_cores": round(
+                args.processes * ours["docs_per_cpu_s"] / plain["docs_per_cpu_s"], 2
+            ),
+            "share_of_ner_ceiling_wall": round(ours["docs_per_s"] / ceiling["docs_per_s"], 3),
+            "share_of_ner_ceiling_per_cpu_second": round(ours["docs_per_cpu_s"] / ceiling["docs_per_cpu_s"], 3),
             "recall_minus_plain": round(ours["recall"] - plain["recall"], 4),
             "f2_minus_plain": round(ours["f2"] - plain["f2"], 4),
         },
         "goals": {
             "recall_not_below_plain": ours["recall"] >= plain["recall"],
             "f2_at_least_0.845": ours["f2"] >= 0.845,
-            "speed_5x_plain": ours["docs_per_s"] >= 5 * plain["docs_per_s"],
-            "within_80pct_of_ner_ceiling": ours["docs_per_s"] >= 0.8 * ceiling["docs_per_s"],
+            "speed_5x_plain_wall": ours["docs_per_s"] >= 5 * plain["docs_per_s"],
+            "speed_5x_plain_on_dedicated_cores": args.processes * ours["docs_per_cpu_s"] >= 5 * plain["docs_per_cpu_s"],
+            "within_80pct_of_ner_ceiling_wall": ours["docs_per_s"] >= 0.8 * ceiling["docs_per_s"],
+            "within_80pct_of_ner_ceiling_per_cpu_second": ours["docs_per_cpu_s"] >= 0.8 * ceiling["docs_per_cpu_s"],
             "zero_structured_leaks_on_simulator": sim["ours"]["leaks_total"] == 0,
         },
     }

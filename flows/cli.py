@@ -30,11 +30,15 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect the effective configuration.", no_args_is_help=True)
 logs_app = typer.Typer(help="Validate and summarise production logs.", no_args_is_help=True)
 annotate_app = typer.Typer(help="Label Studio round trip for failure cases.", no_args_is_help=True)
+model_app = typer.Typer(help="The base model: build the embedded one.", no_args_is_help=True)
+stack_app = typer.Typer(help="A local Prefect server + worker + MLflow server with the deployments.", no_args_is_help=True)
 registry_app = typer.Typer(help="The MLflow model registry: champion, canary, reviews.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 app.add_typer(logs_app, name="logs")
 app.add_typer(annotate_app, name="annotate")
 app.add_typer(registry_app, name="registry")
+app.add_typer(stack_app, name="stack")
+app.add_typer(model_app, name="model")
 
 ConfigOpt = Annotated[
     Optional[Path],
@@ -253,7 +257,7 @@ def monitor(
         _rate_row("refusal rate", signals_["refusal_rate"], signals_["refusal_rate_ci"]),
         _rate_row("re-ask rate", signals_["reask_rate"], signals_["reask_rate_ci"]),
         _rate_row("thumbs-down rate", signals_["thumbs_down_rate"], signals_["thumbs_down_rate_ci"]),
-        ("drift", f"{drift_.get('band')} (KL {drift_.get('kl')})"),
+        ("drift", drift_.get("band") + (f" (KL {drift_['kl']:.3f})" if drift_.get("kl") is not None else "")),
         ("retraining triggered", result["triggered"]),
         *[("  because", reason) for reason in result["decision"]["reasons"]],
     ]))
@@ -294,16 +298,6 @@ def simulate(
 # ------------------------------------------------------------------------------------- curation
 
 
-def pii_key(settings: Settings) -> bytes:
-    """The keyed-hash secret for user refs and pseudonyms; a demo config may create one."""
-    from tasks.pii import PiiKeyError, load_pii_key
-
-    try:
-        return load_pii_key(settings.pii, workspace=settings.workspace, create=not settings.pii.require_key)
-    except PiiKeyError as err:
-        raise ValueError(str(err)) from None
-
-
 @app.command()
 def extract(
     out: Annotated[Path, typer.Option("--out", help="Cases file to write (.parquet or .jsonl).")],
@@ -316,6 +310,7 @@ def extract(
 ) -> None:
     """Extract failure cases (refusals, re-asks, thumbs-down) from a window of logs, with users
     replaced by a keyed hash and duplicates removed."""
+    from tasks.cycle import pii_key
     from tasks.extract import extract_cases
     from tasks.logs import load_window
 
@@ -324,6 +319,51 @@ def extract(
     summary = extract_cases(result.table, settings, key=pii_key(settings), out_path=out)
     emit(summary, as_json, table([("cases", summary["cases"]), *summary["by_kind"].items(),
                                   ("duplicates removed", summary["duplicates_removed"]), ("written to", out)]))
+
+
+@app.command()
+def mask(
+    in_path: Annotated[Path, typer.Option("--in", help="Records to mask (.jsonl or .parquet).")],
+    out: Annotated[Path, typer.Option("--out", help="Masked records to write (.jsonl or .parquet).")],
+    fields: Annotated[Optional[str], typer.Option(help="Comma-separated fields to mask [default: prompt,response,followup,correction].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Mask PII with Presidio: keyed pseudonyms (<PERSON_1a2b3c4d>), fail-closed (a record that
+    cannot be masked is dropped and counted), and a re-scan of the output. Exits 1 on a leak."""
+    from tasks.cycle import pii_key
+    from tasks.pii import DEFAULT_FIELDS, PiiLeakError, mask_file
+
+    settings = settings_for(config, workspace)
+    audit = out.with_name(out.stem + ".pii_audit.json")
+    try:
+        report = mask_file(in_path, out, settings.pii, key=pii_key(settings),
+                           fields=fields.split(",") if fields else DEFAULT_FIELDS, audit_path=audit)
+    except PiiLeakError as leak:
+        raise CheckFailed(f"{leak} (audit: {audit})") from None
+    emit(report, as_json, table([("records", report["records"]), ("masked", report["masked_records"]),
+                                 ("dropped (fail-closed)", report["dropped"]), ("leaks after re-scan", report["leaks"]),
+                                 *[(f"  {kind}", n) for kind, n in report["entities"].items()], ("audit", audit)]))
+
+
+@app.command("pii-eval")
+def pii_eval(
+    dataset: Annotated[Path, typer.Option("--dataset", help="Span-labelled set in presidio-research format (JSON list).")],
+    limit: Annotated[Optional[int], typer.Option(help="Score only the first N documents.")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Precision, recall and F2 of the masking on a labelled set, per entity and overall, and docs/s."""
+    from tasks.pii import evaluate_pii
+
+    settings = settings_for(config, workspace)
+    result = evaluate_pii(dataset, settings.pii, limit=limit)
+    rows = [("precision", result["precision"]), ("recall", result["recall"]), ("F2", result["f2"]),
+            ("docs/s", result["docs_per_s"])]
+    rows += [(f"  {kind}", f"P {v['precision']:.3f}  R {v['recall']:.3f}  F2 {v['f2']:.3f}") for kind, v in result["per_entity"].items()]
+    emit(result, as_json, table(rows))
 
 
 @annotate_app.command("export")
@@ -482,6 +522,112 @@ def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to 
     """Move the champion alias back to the previous champion (or a given earlier champion)."""
     result = registry_call(config, workspace, "rollback", to)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
+
+
+# --------------------------------------------------------------------------------------- models
+
+
+@model_app.command("bootstrap")
+def model_bootstrap(
+    out: Annotated[Optional[Path], typer.Option("--out", help="Model folder [default: <workspace>/models/base].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Build the embedded tiny base model (tokenizer + Qwen2-style causal LM pre-trained on the
+    knowledge base, with honest refusals for unknown products). Cached by content: a second run
+    with the same knowledge base and recipe reuses it."""
+    from tasks.models import bootstrap_base_model
+
+    settings = settings_for(config, workspace)
+    built = bootstrap_base_model(out or settings.paths.under("models", "base"), data_dir=settings.paths.data_dir,
+                                 seed=settings.model.bootstrap_seed, size=settings.model.bootstrap_size,
+                                 progress=lambda message: print(message, file=sys.stderr))
+    emit(built, as_json, table([("path", built["path"]), ("parameters", built["params"]),
+                                ("seconds", built["seconds"]), ("cached", built["cached"])]))
+
+
+@app.command()
+def train(
+    dataset: Annotated[Path, typer.Option("--dataset", help="Folder with train.jsonl and val.jsonl (prompt/response rows).")],
+    out: Annotated[Path, typer.Option("--out", help="Adapter folder; checkpoints go to <out>/checkpoints.")],
+    base: Annotated[Optional[Path], typer.Option("--base", help="Base model folder [default: model.base or the embedded one].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Train a LoRA adapter (peft). CUDA with bf16 when present, CPU otherwise. A rerun after an
+    interruption resumes from the newest checkpoint in <out>/checkpoints."""
+    from tasks.models import resolve_base_model
+    from tasks.train import train_adapter
+
+    settings = settings_for(config, workspace)
+    result = train_adapter(dataset, out, settings, base_path=base or resolve_base_model(settings), progress=True)
+    emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
+                                 ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
+                                 ("device", result.get("device")), ("seconds", result["seconds"]),
+                                 ("resumed from", result.get("resumed_from"))]))
+
+
+# ----------------------------------------------------------------------------------- retraining
+
+
+@app.command()
+def retrain(
+    window: Annotated[Optional[str], typer.Option(help="2026-Q1, START..END (ISO dates) or all [default: the last complete quarter].")] = None,
+    fresh: Annotated[bool, typer.Option("--fresh", help="Run every stage again instead of reusing finished ones.")] = False,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Run the quarterly retraining flow: extract, mask, annotate, agreement, dataset, LoRA training,
+    evaluation, canary registration. A rerun skips finished stages (training resumes from its
+    checkpoint). Exits 1 when the canary fails its gate or the cycle stops."""
+    from flows.retraining import quarterly_retraining
+
+    result = quarterly_retraining(window=window, config=str(config) if config else None,
+                                  workspace=str(workspace) if workspace else None, fresh=fresh)
+    rows = [("cycle", result["cycle_id"]), *[(f"  {name}", status) for name, status in result["stages"].items()],
+            ("canary version", result["canary_version"]), ("gate", result["gate"])]
+    if result.get("stopped"):
+        rows.append(("stopped", result["stopped"]))
+    elif result["canary_version"]:
+        rows.append(("next", f"flywheel approve {result['canary_version']} --reviewer NAME --comment TEXT"))
+    emit(result, as_json, table(rows))
+    if not result["passed"]:
+        raise CheckFailed(result.get("stopped") or "the canary failed its evaluation gate (see 06_eval/report.md)")
+
+
+# ---------------------------------------------------------------------------------------- stack
+
+
+@stack_app.command("up")
+def stack_up(
+    port: Annotated[int, typer.Option(help="Prefect server port (UI and API).")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Start a Prefect server, the flywheel-pool worker and an MLflow server on this machine, and
+    deploy prefect.yaml (run from the repository root). Stop them with `flywheel stack down`."""
+    from flows.local_stack import start_local_stack
+
+    settings = settings_for(config, workspace)
+    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config)
+    emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
+                                  ("logs", started["logs"]),
+                                  ("in your shell", f"export PREFECT_API_URL={started['prefect_api']}")]))
+
+
+@stack_app.command("down")
+def stack_down(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+    """Stop the processes `flywheel stack up` started for this workspace."""
+    from flows.local_stack import stop_local_stack
+
+    settings = settings_for(config, workspace)
+    stopped = stop_local_stack(settings.workspace.resolve())
+    emit(stopped, as_json, table(list(stopped["stopped"].items())) or "nothing was running")
 
 
 # ----------------------------------------------------------------------------------------- cost

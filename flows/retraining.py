@@ -39,24 +39,22 @@ def _module(name: str) -> str:
 
 @stage("extract-failure-cases", _module("extract"))
 def extract_failure_cases(settings: Settings, since: datetime | None, until: datetime | None, out: Path) -> dict:
-    from flows.cli import pii_key
     from tasks.extract import extract_cases
     from tasks.logs import load_window
 
     with cycle.Timer() as timer:
         logs = load_window(settings, None, since, until)
-        result = extract_cases(logs.table, settings, key=pii_key(settings), out_path=out)
+        result = extract_cases(logs.table, settings, key=cycle.pii_key(settings), out_path=out)
     cycle.record_stage(out.parent, "extract", result, {"cases": out}, timer.seconds)
     return result
 
 
 @stage("mask-pii", _module("pii"))
 def mask_pii(settings: Settings, cases: Path, out: Path) -> dict:
-    from flows.cli import pii_key
     from tasks.pii import mask_file
 
     with cycle.Timer() as timer:
-        result = mask_file(cases, out, settings.pii, key=pii_key(settings), audit_path=out.parent / "pii_audit.json")
+        result = mask_file(cases, out, settings.pii, key=cycle.pii_key(settings), audit_path=out.parent / "pii_audit.json")
     cycle.record_stage(out.parent, "mask", result, {"masked": out, "audit": out.parent / "pii_audit.json"}, timer.seconds)
     return result
 

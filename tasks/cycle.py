@@ -30,6 +30,17 @@ class AwaitingAnnotations(RuntimeError):
     """The human step has not happened yet: the message says where the exports go."""
 
 
+def pii_key(settings: Settings) -> bytes:
+    """The secret that user refs and PII pseudonyms are keyed with; a demo config
+    (pii.require_key: false) may create one in the workspace."""
+    from tasks.pii import PiiKeyError, load_pii_key
+
+    try:
+        return load_pii_key(settings.pii, workspace=settings.workspace, create=not settings.pii.require_key)
+    except PiiKeyError as err:
+        raise ValueError(str(err)) from None
+
+
 def cycle_dir(settings: Settings, cycle_id: str) -> Path:
     path = settings.paths.under("cycles", cycle_id)
     path.mkdir(parents=True, exist_ok=True)

@@ -43,7 +43,7 @@ MANIFEST = "flywheel_base.json"  # written beside the weights of a bootstrapped 
 PRETRAINING_FILE = "pretraining.jsonl"
 
 # Bump when the bootstrap recipe changes in a way the cache key cannot see.
-BOOTSTRAP_VERSION = "1"
+BOOTSTRAP_VERSION = "2"
 
 # The two embedded sizes. "default" is what `flywheel model bootstrap` builds (2-4 minutes on 2 CPU
 # cores); "test" is the even smaller one the test-suite builds once per session (seconds).
@@ -321,6 +321,10 @@ def bootstrap_base_model(
             say(f"base model in {out_dir} is up to date (cache key {key[:12]})")
             return {"path": str(out_dir), "params": manifest["params"], "seconds": round(time.perf_counter() - start, 3),
                     "digest": model_digest(out_dir), "cached": True, "cache_key": key}
+    elif out_dir.is_dir() and any(out_dir.iterdir()):
+        # Never replace a directory we did not build (someone's own model, a typo'd --out).
+        raise ModelError(f"{out_dir} exists and is not a bootstrapped base (no {MANIFEST}): "
+                         "choose another --out, or empty that directory first")
 
     import torch
     from transformers import Qwen2Config, Qwen2ForCausalLM

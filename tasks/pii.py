@@ -1311,7 +1311,10 @@ def mask_file(
         "leaks": leaks,
         "leak_types": dict(sorted(leak_types.items())),
         "leaked_records": len(leaked_records),
-        "rescan": "full analyzer over the masked output; detections outside pseudonym tokens count",
+        "rescan": (
+            f"the full analyzer over every masked text that had detections; findings outside pseudonym "
+            f"tokens are masked (up to {_REMASK_ROUNDS} rounds), what the final re-scan finds is a leak"
+        ),
         "entity_types": list(settings.entities),
         "spacy_model": settings.spacy_model,
         "processes": pool.processes,

@@ -296,3 +296,12 @@ def test_bootstrap_same_seed_same_weights(tiny_base_model: Path, tmp_path: Path)
     assert again["digest"] == model_digest(tiny_base_model)
     other = bootstrap_base_model(tmp_path / "other", data_dir=SHIPPED_DATA, size="test", seed=1)
     assert other["digest"] != again["digest"]
+
+
+def test_bootstrap_never_overwrites_a_foreign_directory(tmp_path: Path) -> None:
+    foreign = tmp_path / "my-model"
+    foreign.mkdir()
+    (foreign / "config.json").write_text("{}")
+    with pytest.raises(ModelError, match="not a bootstrapped base"):
+        bootstrap_base_model(foreign, data_dir=SHIPPED_DATA, size="test")
+    assert (foreign / "config.json").read_text() == "{}"

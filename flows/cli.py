@@ -56,8 +56,10 @@ WorkspaceOpt = Annotated[
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object as the last line of stdout.")]
 
 
-class CheckFailed(Exception):
-    """A gate or check said no: exit code 1, after the result has been printed."""
+def check_failed(message: str) -> typer.Exit:
+    """A gate or check said no: say why on stderr and exit 1 (the result is printed before)."""
+    print(f"check failed: {message}", file=sys.stderr)
+    return typer.Exit(1)
 
 
 def settings_for(config: Path | None, workspace: Path | None, **overrides: Any) -> Settings:
@@ -137,7 +139,7 @@ def logs_validate(
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
     if strict and result.quarantined:
-        raise CheckFailed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
+        raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
 
 
 @logs_app.command("stats")
@@ -213,7 +215,7 @@ def drift(
     rows += [(f"  {t['term']}", f"{t['current_share']:.2%} now vs {t['reference_share']:.2%}") for t in result.get("top_terms", [])]
     emit(result, as_json, table(rows))
     if result["alert"]:
-        raise CheckFailed(f"input drift: KL {result['kl']:.3f} ({result['band']})")
+        raise check_failed(f"input drift: KL {result['kl']:.3f} ({result['band']})")
 
 
 def read_prompts(settings: Settings, paths: list[str]) -> list[str]:
@@ -341,7 +343,7 @@ def mask(
         report = mask_file(in_path, out, settings.pii, key=pii_key(settings),
                            fields=fields.split(",") if fields else DEFAULT_FIELDS, audit_path=audit)
     except PiiLeakError as leak:
-        raise CheckFailed(f"{leak} (audit: {audit})") from None
+        raise check_failed(f"{leak} (audit: {audit})") from None
     emit(report, as_json, table([("records", report["records"]), ("masked", report["masked_records"]),
                                  ("dropped (fail-closed)", report["dropped"]), ("leaks after re-scan", report["leaks"]),
                                  *[(f"  {kind}", n) for kind, n in report["entities"].items()], ("audit", audit)]))
@@ -420,7 +422,7 @@ def agreement(
         ("decision", result["decision"]),
     ]))
     if result["decision"] == "block":
-        raise CheckFailed(f"agreement alpha {alpha} is below {settings.annotation.block_alpha}: the cycle is blocked")
+        raise check_failed(f"agreement alpha {alpha} is below {settings.annotation.block_alpha}: the cycle is blocked")
 
 
 # --------------------------------------------------------------------------- evaluation, registry
@@ -450,7 +452,7 @@ def evaluate(
     ]
     emit(result, as_json, table([*rows, ("gate", "passed" if result["passed"] else "FAILED")]))
     if not result["passed"]:
-        raise CheckFailed("the candidate failed its evaluation gate (see report.md)")
+        raise check_failed("the candidate failed its evaluation gate (see report.md)")
 
 
 def registry_call(config: Path | None, workspace: Path | None, action: str, *args: Any, **kwargs: Any) -> dict:
@@ -461,7 +463,7 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
     try:
         return getattr(registry, action)(*args, **kwargs)
     except RegistryRuleError as refused:
-        raise CheckFailed(str(refused)) from None
+        raise check_failed(str(refused)) from None
 
 
 @registry_app.command("status")
@@ -595,7 +597,7 @@ def retrain(
         rows.append(("next", f"flywheel approve {result['canary_version']} --reviewer NAME --comment TEXT"))
     emit(result, as_json, table(rows))
     if not result["passed"]:
-        raise CheckFailed(result.get("stopped") or "the canary failed its evaluation gate (see 06_eval/report.md)")
+        raise check_failed(result.get("stopped") or "the canary failed its evaluation gate (see 06_eval/report.md)")
 
 
 # ---------------------------------------------------------------------------------------- stack
@@ -655,9 +657,6 @@ def main() -> None:
     line on stderr instead of a traceback (FLYWHEEL_DEBUG=1 shows the traceback)."""
     try:
         app()
-    except CheckFailed as failed:
-        print(f"check failed: {failed}", file=sys.stderr)
-        sys.exit(1)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         if os.environ.get("FLYWHEEL_DEBUG"):
             raise

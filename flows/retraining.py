@@ -191,7 +191,7 @@ def quarterly_retraining(
             if agreement["decision"] == "block":
                 client.set_terminated(run_id, "KILLED")
                 return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
-            replay = cycle.replay_source(settings, champion and champion["cycle_id"], directory / cycle.DATASET / "replay_source.jsonl")
+            replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
             dataset = build_training_set(settings, annotation_dir / "curated.jsonl", replay, directory / cycle.DATASET, cycle_id, run_id)
             trained = train_lora_adapter(settings, directory / cycle.DATASET, base, directory / cycle.ADAPTER, run_id)
             report = evaluate_candidate(settings, directory / cycle.ADAPTER, directory / cycle.DATASET / "holdout.jsonl",

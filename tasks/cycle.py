@@ -112,24 +112,15 @@ class Timer:
         self.seconds = time.perf_counter() - self.start
 
 
-def replay_source(settings: Settings, champion_cycle: str | None, out: Path) -> Path | None:
+def replay_source(settings: Settings, champion_cycle: str | None, base: Path) -> Path | None:
     """What the champion was trained on, for replay against forgetting: the champion cycle's
-    training set, or for the embedded base (no champion yet) its pre-training pairs. A base model
-    of your own has no known training data: no replay (say so with dataset.replay_share: 0)."""
-    if champion_cycle:
-        path = settings.paths.under("cycles", champion_cycle, DATASET, "train.jsonl")
-        if path.is_file():
-            return path
-    if settings.model.base:
-        return None
-    from tasks.models import load_knowledge_base, pretraining_examples
+    training set, or with no champion yet the base model's own pre-training pairs (written by
+    `flywheel model bootstrap`). A base model of your own has none: no replay then."""
+    from tasks.models import PRETRAINING_FILE
 
-    pairs, _ = pretraining_examples(load_knowledge_base(settings.paths.data_dir, "v1"), seed=settings.model.bootstrap_seed)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for prompt, response in pairs:
-            handle.write(json.dumps({"prompt": prompt, "response": response, "source": "base"}, ensure_ascii=False) + "\n")
-    return out
+    candidates = [settings.paths.under("cycles", champion_cycle, DATASET, "train.jsonl")] if champion_cycle else []
+    candidates.append(base / PRETRAINING_FILE)
+    return next((path for path in candidates if path.is_file()), None)
 
 
 def collect_annotations(settings: Settings, masked_cases: Path, directory: Path) -> dict[str, Any]:

@@ -86,7 +86,6 @@ BOOTSTRAP_SIZES: dict[str, dict[str, Any]] = {
     },
 }
 HOLDOUT_SHARE = 0.2  # of each topic's questions, never seen in pre-training
-_ON_EPOCH = None  # experiments hook: called as (epoch, model) after each pre-training epoch
 
 
 class ModelError(RuntimeError):
@@ -360,7 +359,7 @@ def bootstrap_base_model(
     params = sum(p.numel() for p in model.parameters())
     say(f"pre-training a {params / 1e6:.2f}M-parameter Qwen2 model on {len(pairs)} examples")
     with torch_threads(recipe["threads"]):
-        losses = _pretrain(model, tokenizer, pairs, recipe, seed, say, _ON_EPOCH)
+        losses = _pretrain(model, tokenizer, pairs, recipe, seed, say)
 
     # Write next to the target, then swap, so a crash never leaves a half-written base behind.
     tmp_dir = out_dir.with_name(out_dir.name + ".tmp")

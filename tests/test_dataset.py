@@ -110,10 +110,20 @@ def test_bad_input_names_the_file_and_row(tmp_path: Path) -> None:
         build_dataset(tmp_path / "missing.jsonl", tmp_path / "out", DatasetSettings(), cycle_id="c1")
 
 
-def test_dataset_is_logged_to_mlflow_as_a_training_input(tmp_path: Path) -> None:
+@pytest.fixture
+def mlflow_tmp_store(tmp_path: Path):
+    """A sqlite tracking store under tmp_path; the previous tracking URI is put back afterwards."""
     import mlflow
 
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def test_dataset_is_logged_to_mlflow_as_a_training_input(mlflow_tmp_store: None, tmp_path: Path) -> None:
+    import mlflow
+
     client = mlflow.MlflowClient()
     run = client.create_run(client.create_experiment("ds-test"))
     result = build_dataset(_curated(tmp_path), tmp_path / "ds", DatasetSettings(), cycle_id="c1",

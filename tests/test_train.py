@@ -113,10 +113,22 @@ def test_packing_trains_on_flattened_batches(tiny_base_model: Path, dataset_dir:
     assert result["steps"] == 6 and metrics["train_loss"] < metrics["first_train_loss"]
 
 
-def test_mlflow_run_gets_params_metrics_input_and_adapter(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+@pytest.fixture
+def mlflow_tmp_store(tmp_path: Path):
+    """A sqlite tracking store under tmp_path; the previous tracking URI is put back afterwards."""
     import mlflow
 
+    previous = mlflow.get_tracking_uri()
     mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
+    yield
+    mlflow.set_tracking_uri(previous)
+
+
+def test_mlflow_run_gets_params_metrics_input_and_adapter(
+    mlflow_tmp_store: None, tiny_base_model: Path, dataset_dir: Path, tmp_path: Path
+) -> None:
+    import mlflow
+
     client = mlflow.MlflowClient()
     run_id = client.create_run(client.create_experiment("train-test", artifact_location=str(tmp_path / "art"))).info.run_id
     train_adapter(dataset_dir, tmp_path / "adapter", _settings(max_steps=4), base_path=tiny_base_model, mlflow_run_id=run_id)

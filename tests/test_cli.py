@@ -1,0 +1,115 @@
+"""The `flywheel` command line as a user meets it: --help everywhere, the --json keys of DESIGN.md
+section 13 on the last stdout line, and the exit codes 0 / 1 / 2."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from flows.cli import app
+from tasks.config import REPO_ROOT
+
+runner = CliRunner()
+
+
+def run(*args: str) -> tuple[int, dict | None, str]:
+    result = runner.invoke(app, list(args))
+    if result.exception and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    lines = result.stdout.strip().splitlines()
+    payload = json.loads(lines[-1]) if "--json" in args and lines else None
+    return result.exit_code, payload, result.stdout
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    ws = tmp_path_factory.mktemp("cli")
+    code, payload, _ = run("simulate", "--workspace", str(ws), "--weeks", "2", "--records-per-week", "400",
+                           "--seed", "1", "--json")
+    assert code == 0
+    assert {"records", "files", "ground_truth"} <= payload.keys()
+    assert payload["records"] == 800
+    return ws
+
+
+COMMANDS = [
+    ["--help"], ["config", "show", "--help"], ["logs", "validate", "--help"], ["logs", "stats", "--help"],
+    ["simulate", "--help"], ["signals", "--help"], ["drift", "--help"], ["monitor", "--help"],
+    ["extract", "--help"], ["mask", "--help"], ["pii-eval", "--help"], ["annotate", "export", "--help"],
+    ["annotate", "import", "--help"], ["agreement", "--help"], ["model", "bootstrap", "--help"],
+    ["train", "--help"], ["evaluate", "--help"], ["retrain", "--help"], ["registry", "status", "--help"],
+    ["approve", "--help"], ["reject", "--help"], ["promote", "--help"], ["rollback", "--help"],
+    ["cost", "--help"], ["stack", "up", "--help"],
+]
+
+
+@pytest.mark.parametrize("args", COMMANDS, ids=" ".join)
+def test_every_command_explains_itself(args: list[str]) -> None:
+    code, _, out = run(*args)
+    assert code == 0
+    assert "Usage: " in out and "--help" in out
+
+
+def test_logs_validate_counts_and_strict_says_no(workspace: Path) -> None:
+    bad = workspace / "extra" / "bad.jsonl"
+    bad.parent.mkdir(exist_ok=True)
+    bad.write_text('{"request_id": "x"}\nnot json\n', encoding="utf-8")
+    code, payload, _ = run("logs", "validate", str(bad), "--workspace", str(workspace), "--json")
+    assert code == 0
+    assert payload["read"] == 2 and payload["accepted"] == 0 and payload["quarantined"] == 2
+    assert payload["reasons"] == {"missing_field": 1, "not_json": 1}
+    strict, _, _ = run("logs", "validate", str(bad), "--workspace", str(workspace), "--strict")
+    assert strict == 1
+
+
+def test_signals_json_keys(workspace: Path) -> None:
+    code, payload, _ = run("signals", "--workspace", str(workspace), "--json")
+    assert code == 0
+    for key in ("records", "refusal_count", "refusal_rate", "refusal_rate_ci", "reask_count", "reask_rate",
+                "thumbs_up", "thumbs_down", "thumbs_down_rate", "feedback_coverage"):
+        assert key in payload
+    assert payload["records"] == 800
+
+
+def test_drift_between_two_prompt_files(workspace: Path, tmp_path: Path) -> None:
+    same = tmp_path / "a.txt"
+    same.write_text("\n".join(f"how do I return item {i}" for i in range(600)), encoding="utf-8")
+    code, payload, _ = run("drift", "--reference", str(same), "--current", str(same), "--json")
+    assert code == 0
+    assert {"kl", "js", "psi", "null_kl", "band", "alert", "n_reference", "n_current", "top_terms"} <= payload.keys()
+    assert payload["band"] == "same" and payload["alert"] is False
+    other = tmp_path / "b.txt"
+    other.write_text("\n".join(f"is the helix fold phone waterproof {i}" for i in range(600)), encoding="utf-8")
+    alert, payload, _ = run("drift", "--reference", str(same), "--current", str(other), "--json")
+    assert alert == 1 and payload["alert"] is True
+
+
+def test_agreement_blocks_with_exit_1(tmp_path: Path) -> None:
+    ratings = tmp_path / "ratings.csv"
+    rows = ["item,annotator,label"] + [f"i{i},{who},{'a' if (i + k) % 2 else 'b'}"
+                                        for i in range(20) for k, who in enumerate(["ann1", "ann2"])]
+    ratings.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    code, payload, _ = run("agreement", "--annotations", str(ratings), "--json")
+    assert code == 1
+    assert payload["decision"] == "block" and payload["n_items"] == 20 and payload["cohen_kappa"] is not None
+
+
+def test_cost_reproduces_the_worked_example() -> None:
+    code, payload, _ = run("cost", "--config", str(REPO_ROOT / "configs" / "cost_example.yaml"),
+                           "--workspace", "/nonexistent-flywheel-ws", "--json")
+    assert code == 0
+    assert round(payload["self_hosted_monthly"], 2) == 316.67
+    assert {"api_monthly", "yearly_savings", "roi_1y"} <= payload.keys()
+
+
+def test_bad_input_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "logs", "stats", str(tmp_path / "missing*.jsonl")],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and "missing*.jsonl" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -118,10 +118,14 @@ def request_retraining(week: str, decision: dict) -> bool:
     """Emit the one event the retraining deployment's trigger listens for."""
     from prefect.events import emit_event
 
+    # The cycle learns from the quarter of traffic that ends with this week (the drifted weeks included),
+    # not from the last calendar quarter, which may predate the drift.
+    _, end = iso_week_window(week)
+    window = f"{(end - timedelta(weeks=13)).date()}..{end.date()}"
     event = emit_event(
         event=RETRAINING_EVENT,
         resource={"prefect.resource.id": f"flywheel.monitoring.{week}"},
-        payload={"week": week, "reasons": decision["reasons"]},
+        payload={"week": week, "window": window, "reasons": decision["reasons"]},
     )
     return event is not None
 

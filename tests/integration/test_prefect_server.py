@@ -79,6 +79,8 @@ def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) 
                 automations = [a for a in client.read_automations()
                                if "flywheel.retraining.requested" in getattr(a.trigger, "expect", set())]
                 assert len(automations) == 1
+                # The triggered cycle learns from the weeks that drifted, passed along in the event.
+                assert automations[0].actions[0].parameters == {"window": "{{ event.payload.window }}"}
             run = run_deployment("canary-review/canary-review", timeout=0)
             state = lambda: client.read_flow_run(run.id).state  # noqa: E731
             suspended = wait_for(state, lambda s: s is not None and (s.is_paused() or s.is_final()),

@@ -25,13 +25,6 @@ FAILED = {"gate": {"passed": False, "first_cycle": False, "failed": ["regression
           "suites": {"regression": {"behaviour": {"candidate": 0.82, "diff": -0.08}}}}
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workspace = tmp_path_factory.mktemp("template")
-    Registry(_settings(workspace))
-    return workspace / "mlflow.db"
-
-
 def _settings(workspace: Path, **overrides) -> Settings:
     values = {"paths.workspace": str(workspace), "registry.tracking_uri": f"sqlite:///{workspace}/mlflow.db"}
     values.update(overrides)
@@ -47,15 +40,6 @@ def settings(tmp_path: Path, template_db: Path) -> Settings:
 @pytest.fixture()
 def registry(settings: Settings) -> Registry:
     return Registry(settings)
-
-
-@pytest.fixture()
-def adapter(tmp_path: Path) -> Path:
-    folder = tmp_path / "05_adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}), encoding="utf-8")
-    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4)
-    return folder
 
 
 def register(registry: Registry, adapter: Path, cycle: str = "c1", report: dict = PASSED) -> str:

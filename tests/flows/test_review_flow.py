@@ -20,28 +20,12 @@ PASSED = {"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": 
           "suites": {"regression": {"behaviour": {"candidate": 0.9, "diff": None}}}}
 
 
-@pytest.fixture(scope="module")
-def template_db(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    workspace = tmp_path_factory.mktemp("template")
-    Registry(load_settings(None, {"paths.workspace": str(workspace)}))
-    return workspace / "mlflow.db"
-
-
 @pytest.fixture()
 def workspace(tmp_path: Path, template_db: Path) -> Path:
     ws = tmp_path / "ws"
     ws.mkdir()
     shutil.copy(template_db, ws / "mlflow.db")
     return ws
-
-
-@pytest.fixture()
-def adapter(tmp_path: Path) -> Path:
-    folder = tmp_path / "05_adapter"
-    folder.mkdir()
-    (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}), encoding="utf-8")
-    (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4)
-    return folder
 
 
 def registry_of(workspace: Path) -> Registry:

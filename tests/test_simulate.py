@@ -172,7 +172,7 @@ def test_simulation_is_deterministic_per_seed(run: dict, tmp_path: Path) -> None
 
 def test_parquet_output_is_deterministic_and_loads_as_log_records(tmp_path: Path) -> None:
     settings = SimulateSettings(**{**SMALL, "weeks": 1, "records_per_week": 400, "format": "parquet"})
-    a, b = simulate(settings, tmp_path / "a"), simulate(settings, tmp_path / "b")
+    a, _ = simulate(settings, tmp_path / "a"), simulate(settings, tmp_path / "b")
     assert a.files and all(f.endswith(".parquet") for f in a.files)
     assert _digests(tmp_path / "a") == _digests(tmp_path / "b")
     import pyarrow.parquet as pq

@@ -4,7 +4,6 @@ a deployment run: that path is covered by tests/integration/test_prefect_server.
 
 from __future__ import annotations
 
-import json
 import shutil
 from pathlib import Path
 

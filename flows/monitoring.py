@@ -96,7 +96,9 @@ def log_week_to_mlflow(
 
 
 @task(name="publish-dashboard", cache_policy=NO_CACHE)
-def publish_dashboard(settings: Settings, week: str, signals: dict, drift: dict, decision: dict) -> None:
+def publish_dashboard(
+    settings: Settings, week: str, signals: dict, drift: dict, decision: dict, history: list[dict]
+) -> None:
     create_markdown_artifact(
         key="monitoring-dashboard",
         markdown=monitor.dashboard_markdown(settings, week, signals, drift, decision),
@@ -107,7 +109,7 @@ def publish_dashboard(settings: Settings, week: str, signals: dict, drift: dict,
         table=[
             {"week": row["week"], "records": row["records"], **{k: row.get(k) for k in monitor.SIGNAL_KEYS},
              "kl": row.get("kl"), "band": row.get("band"), "triggered": row.get("triggered")}
-            for row in monitor.load_history(settings)[-12:]
+            for row in history[-12:]
         ],
         description="The last 12 monitored weeks",
     )
@@ -153,7 +155,7 @@ def weekly_monitoring(
     decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
     history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
     run_id = log_week_to_mlflow(settings, week, signals, drift, decision, history)
-    publish_dashboard(settings, week, signals, drift, decision)
+    publish_dashboard(settings, week, signals, drift, decision, history)
     if decision["triggered"]:
         decision["event_emitted"] = request_retraining(week, decision)
 

@@ -16,6 +16,10 @@ gate overrides, promotion and rollback, with an audit history on the registered 
   limit created with `prefect gcl create model-registry --limit 1`).
 * Every change is appended to the audit history: one registered-model tag per entry,
   `audit.000001`, `audit.000002`, ... (JSON: seq, time, action, actor, version, alias, from, to, details).
+* Rollback must be quick from a fresh process (`flywheel rollback` in an incident), and `import mlflow`
+  alone takes seconds. So nothing here imports mlflow until it is needed, and against a tracking server
+  (registry.tracking_uri http(s)://...) the reads, alias moves and audit entries go over MLflow's REST
+  API with urllib (`RestRegistryClient`): a rollback there never imports mlflow at all.
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ import getpass
 import json
 import os
 import shutil
+import ssl
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from base64 import b64encode
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from functools import cached_property
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, Literal
 
 from tasks.config import Settings
@@ -95,21 +106,99 @@ class RegistryBusyError(RuntimeError):
     """The registry lock could not be taken within registry.lock_timeout_s."""
 
 
+class RegistryHttpError(RuntimeError):
+    """The MLflow tracking server answered a REST call with an error (error_code as MLflow names it)."""
+
+    def __init__(self, message: str, error_code: str = "") -> None:
+        super().__init__(message)
+        self.error_code = error_code
+
+
+class RestRegistryClient:
+    """The registry calls on the rollback path, as MLflow's REST API over plain urllib.
+
+    Same method names, arguments and result attributes (`aliases` and `tags` as dicts, `version`) as
+    MlflowClient's, so Registry uses either; errors carry MLflow's `error_code` like MlflowException.
+    Honours MLflow's own environment variables for credentials (MLFLOW_TRACKING_TOKEN, or
+    MLFLOW_TRACKING_USERNAME + MLFLOW_TRACKING_PASSWORD) and TLS (MLFLOW_TRACKING_SERVER_CERT_PATH,
+    MLFLOW_TRACKING_INSECURE_TLS), so it reaches whatever server MlflowClient reaches.
+    """
+
+    def __init__(self, uri: str, timeout_s: float = 30.0) -> None:
+        self.base = uri.rstrip("/") + "/api/2.0/mlflow"
+        self.timeout_s = timeout_s
+        self.headers = {"Content-Type": "application/json"}
+        if os.environ.get("MLFLOW_TRACKING_TOKEN"):
+            self.headers["Authorization"] = f"Bearer {os.environ['MLFLOW_TRACKING_TOKEN']}"
+        elif os.environ.get("MLFLOW_TRACKING_USERNAME"):
+            user_pass = f"{os.environ['MLFLOW_TRACKING_USERNAME']}:{os.environ.get('MLFLOW_TRACKING_PASSWORD', '')}"
+            self.headers["Authorization"] = "Basic " + b64encode(user_pass.encode()).decode()
+        self.tls = None  # urllib's default: verify against the system's certificates
+        if os.environ.get("MLFLOW_TRACKING_SERVER_CERT_PATH"):
+            self.tls = ssl.create_default_context(cafile=os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"])
+        elif os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true":
+            self.tls = ssl.create_default_context()
+            self.tls.check_hostname = False
+            self.tls.verify_mode = ssl.CERT_NONE
+
+    def get_registered_model(self, name: str) -> SimpleNamespace:
+        model = self._call("GET", "registered-models/get", {"name": name})["registered_model"]
+        return SimpleNamespace(**{**model, "tags": _key_values(model.get("tags")),
+                                  "aliases": {a["alias"]: a["version"] for a in model.get("aliases", [])}})
+
+    def get_model_version(self, name: str, version: str) -> SimpleNamespace:
+        mv = self._call("GET", "model-versions/get", {"name": name, "version": str(version)})["model_version"]
+        return SimpleNamespace(**{**mv, "tags": _key_values(mv.get("tags")), "aliases": mv.get("aliases", [])})
+
+    def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
+        self._call("POST", "registered-models/alias", {"name": name, "alias": alias, "version": str(version)})
+
+    def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
+        self._call("POST", "registered-models/set-tag", {"name": name, "key": key, "value": value})
+
+    def _call(self, method: str, endpoint: str, body: dict[str, str]) -> dict:
+        url = f"{self.base}/{endpoint}"
+        data = None
+        if method == "GET":  # MLflow takes GET arguments as query parameters, the others as a JSON body
+            url += "?" + urllib.parse.urlencode(body)
+        else:
+            data = json.dumps(body).encode()
+        request = urllib.request.Request(url, data=data, headers=self.headers, method=method)
+        try:
+            with urllib.request.urlopen(request, timeout=self.timeout_s, context=self.tls) as response:
+                return json.loads(response.read() or b"{}")
+        except urllib.error.HTTPError as err:
+            try:
+                answer = json.loads(err.read())
+            except ValueError:
+                answer = {}
+            raise RegistryHttpError(f"{method} {url}: HTTP {err.code}: {answer.get('message') or err.reason}",
+                                    answer.get("error_code", "")) from None
+
+
 class Registry:
     """The project's view of one MLflow registered model (registry.model_name)."""
 
     def __init__(self, settings: Settings) -> None:
-        from mlflow import MlflowClient
-
         self.settings = settings
         self.name = settings.registry.model_name
         self.uri = tracking_uri(settings)
         self.lock_path = settings.paths.under("registry.lock").resolve()
         settings.workspace.mkdir(parents=True, exist_ok=True)
-        self.client = MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
+        remote = self.uri.split(":", 1)[0] in ("http", "https")
+        # What reads, alias moves and audit entries go through (see the module docstring).
+        self.alias_client = RestRegistryClient(self.uri) if remote else self.client
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
             with self._locked():  # the first touch creates the tables: never twice at once
                 self.client.search_registered_models(max_results=1)
+
+    @cached_property
+    def client(self):
+        """MlflowClient on the registry's URI. Made on first use: `import mlflow` takes seconds, and a
+        rollback against a tracking server does without it."""
+        from mlflow import MlflowClient
+
+        return MlflowClient(tracking_uri=self.uri, registry_uri=self.uri)
 
     # ------------------------------------------------------------------------------------- reads
 
@@ -340,7 +429,7 @@ class Registry:
                 if target not in earlier:
                     raise RegistryRuleError(f"version {target} was never champion: roll back only to an earlier champion; "
                                             "promote it instead (that needs an approval)")
-            self.client.set_registered_model_alias(self.name, CHAMPION, target)
+            self.alias_client.set_registered_model_alias(self.name, CHAMPION, target)
             seconds = time.perf_counter() - start
             self._append_audit("rollback", version=target, alias=CHAMPION, frm=current, to=target)
         return {"from": current, "to": target, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4)}
@@ -370,11 +459,11 @@ class Registry:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
     def _model(self):
-        from mlflow.exceptions import MlflowException
-
+        # MlflowException and RegistryHttpError both carry MLflow's error_code; catching Exception here
+        # avoids importing mlflow just for its exception class (anything else is raised again).
         try:
-            return self.client.get_registered_model(self.name)
-        except MlflowException as err:
+            return self.alias_client.get_registered_model(self.name)
+        except Exception as err:
             if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
                 return None
             raise
@@ -407,12 +496,10 @@ class Registry:
         return aliases
 
     def _version(self, version: str):
-        from mlflow.exceptions import MlflowException
-
         version = str(version).lstrip("v")
         try:
-            return self.client.get_model_version(self.name, version)
-        except MlflowException as err:
+            return self.alias_client.get_model_version(self.name, version)
+        except Exception as err:  # MlflowException or RegistryHttpError, as in _model
             if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
                 raise RegistryRuleError(f"{self.name} has no version {version!r}; see `flywheel registry status`") from None
             raise
@@ -436,7 +523,7 @@ class Registry:
         seq = max((int(k[len(AUDIT_PREFIX):]) for k in tags if k.startswith(AUDIT_PREFIX)), default=0) + 1
         entry = {"seq": seq, "time": _now(), "action": action, "actor": actor or _actor(), "version": version,
                  "alias": alias, "from": frm, "to": to, "details": details or {}}
-        self.client.set_registered_model_tag(self.name, f"{AUDIT_PREFIX}{seq:06d}", json.dumps(entry, default=str))
+        self.alias_client.set_registered_model_tag(self.name, f"{AUDIT_PREFIX}{seq:06d}", json.dumps(entry, default=str))
         return entry
 
     def _experiment_id(self) -> str:
@@ -450,6 +537,11 @@ class Registry:
         with self._locked():
             found = self.client.get_experiment_by_name(EXPERIMENT)
             return found.experiment_id if found else self.client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def _key_values(pairs: list[dict] | None) -> dict[str, str]:
+    """MLflow's JSON tag list [{key, value}] as the dict MlflowClient gives."""
+    return {pair["key"]: pair.get("value", "") for pair in pairs or []}
 
 
 def _audit_entries(tags: dict[str, str]) -> list[dict]:

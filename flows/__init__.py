@@ -9,6 +9,7 @@ for _name, _value in {
     "DO_NOT_TRACK": "1",
     "MLFLOW_ENABLE_TELEMETRY": "false",
     "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # weight-loading bars; progress of our own work is printed by us
     "TOKENIZERS_PARALLELISM": "false",
 }.items():
     os.environ.setdefault(_name, _value)

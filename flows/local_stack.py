@@ -80,7 +80,7 @@ def start_local_stack(
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     state_path = workspace / STATE_FILE
-    if state_path.exists() and any(_alive(pid) for pid in json.loads(state_path.read_text())["pids"].values()):
+    if stack_is_running(workspace):
         raise StackError(f"a stack is already running for {workspace} ({state_path}); stop it first")
     logs = workspace / "stack-logs"
     logs.mkdir(exist_ok=True)
@@ -121,6 +121,12 @@ def start_local_stack(
         stop_local_stack(workspace)
         raise
     return state
+
+
+def stack_is_running(workspace: Path) -> bool:
+    """Is a process that `flywheel stack up` started for this workspace still alive?"""
+    state_path = Path(workspace).resolve() / STATE_FILE
+    return state_path.exists() and any(_alive(pid) for pid in json.loads(state_path.read_text())["pids"].values())
 
 
 def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, Any]:

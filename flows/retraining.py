@@ -11,13 +11,13 @@ into `<workspace>/cycles/<cycle_id>/` and records itself in the cycle's manifest
 
 from __future__ import annotations
 
+import sys
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
-from prefect.settings import PREFECT_TASKS_REFRESH_CACHE, temporary_settings
 
 from tasks import cycle
 from tasks.config import Settings, load_settings
@@ -37,8 +37,15 @@ def _module(name: str) -> str:
     return str(Path(__file__).resolve().parent.parent / "tasks" / f"{name}.py")
 
 
+def resumable(stage_task, directory: Path, name: str, fresh: bool):
+    """The stage, allowed to reuse its cached result only when the cycle directory still holds what
+    that run wrote (see cycle.stage_intact); `fresh` runs it again regardless."""
+    return stage_task.with_options(refresh_cache=fresh or not cycle.stage_intact(directory, name))
+
+
 @stage("extract-failure-cases", _module("extract"))
-def extract_failure_cases(settings: Settings, since: datetime | None, until: datetime | None, out: Path) -> dict:
+def extract_failure_cases(settings: Settings, since: datetime | None, until: datetime | None, log_files: list, out: Path) -> dict:
+    """`log_files` (name, size, mtime per file) is not read here: it makes new or changed logs a new cache key."""
     from tasks.extract import extract_cases
     from tasks.logs import load_window
 
@@ -93,7 +100,9 @@ def train_lora_adapter(settings: Settings, dataset: Path, base: Path, out: Path,
     from tasks.train import train_adapter
 
     with cycle.Timer() as timer:
-        result = train_adapter(dataset, out, settings, base_path=base, mlflow_run_id=run_id)
+        # A bar when someone watches a terminal (CLI, demo); progress lines in the run's log otherwise.
+        progress = True if sys.stderr.isatty() else get_run_logger().info
+        result = train_adapter(dataset, out, settings, base_path=base, mlflow_run_id=run_id, progress=progress)
     cycle.record_stage(out.parent, "train", result, {"adapter": out / "adapter_model.safetensors"}, timer.seconds)
     return result
 
@@ -123,14 +132,9 @@ def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str
 @task(name="prepare-base-model")
 def prepare_base_model(settings: Settings) -> Path:
     """The configured base model, or the embedded one (built once, cached by content)."""
-    from tasks.models import bootstrap_base_model, resolve_base_model
+    from tasks.models import base_model_for
 
-    if settings.model.base:
-        return resolve_base_model(settings)
-    built = bootstrap_base_model(settings.paths.under("models", "base"), data_dir=settings.paths.data_dir,
-                                 seed=settings.model.bootstrap_seed, size=settings.model.bootstrap_size,
-                                 progress=get_run_logger().info)
-    return Path(built["path"])
+    return base_model_for(settings, progress=get_run_logger().info)
 
 
 def resolve_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
@@ -182,22 +186,28 @@ def quarterly_retraining(
     run = client.create_run(experiment, run_name=cycle_id, tags={"cycle_id": cycle_id})
     run_id = run.info.run_id
     try:
-        with temporary_settings({PREFECT_TASKS_REFRESH_CACHE: fresh}):  # fresh: ignore finished stages
-            cases = extract_failure_cases(settings, since, until, directory / cycle.CASES)
-            masked = mask_pii(settings, directory / cycle.CASES, directory / cycle.MASKED)
-            annotation_dir = directory / cycle.ANNOTATION
-            annotations = collect_annotations(settings, directory / cycle.MASKED, annotation_dir)
-            agreement = score_agreement(settings, annotation_dir / "annotations.jsonl", directory / cycle.MASKED, annotation_dir)
-            if agreement["decision"] == "block":
-                client.set_terminated(run_id, "KILLED")
-                return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
-            replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
-            dataset = build_training_set(settings, annotation_dir / "curated.jsonl", replay, directory / cycle.DATASET, cycle_id, run_id)
-            trained = train_lora_adapter(settings, directory / cycle.DATASET, base, directory / cycle.ADAPTER, run_id)
-            report = evaluate_candidate(settings, directory / cycle.ADAPTER, directory / cycle.DATASET / "holdout.jsonl",
-                                        directory / cycle.EVAL, champion and champion["version"], run_id)
-            version = register_canary(settings, directory / cycle.ADAPTER, base, cycle_id, dataset["sha256"], report, run_id)
-            client.set_terminated(run_id, "FINISHED")
+        def step(stage_task, name: str):
+            return resumable(stage_task, directory, name, fresh)
+
+        cases = step(extract_failure_cases, "extract")(settings, since, until, cycle.logs_fingerprint(settings),
+                                                        directory / cycle.CASES)
+        masked = step(mask_pii, "mask")(settings, directory / cycle.CASES, directory / cycle.MASKED)
+        annotation_dir = directory / cycle.ANNOTATION
+        annotations = step(collect_annotations, "annotate")(settings, directory / cycle.MASKED, annotation_dir)
+        agreement = step(score_agreement, "agreement")(settings, annotation_dir / "annotations.jsonl",
+                                                       directory / cycle.MASKED, annotation_dir)
+        if agreement["decision"] == "block":
+            client.set_terminated(run_id, "KILLED")
+            return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
+        replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
+        dataset = step(build_training_set, "dataset")(settings, annotation_dir / "curated.jsonl", replay,
+                                                      directory / cycle.DATASET, cycle_id, run_id)
+        trained = step(train_lora_adapter, "train")(settings, directory / cycle.DATASET, base, directory / cycle.ADAPTER, run_id)
+        report = step(evaluate_candidate, "evaluate")(settings, directory / cycle.ADAPTER,
+                                                      directory / cycle.DATASET / "holdout.jsonl", directory / cycle.EVAL,
+                                                      champion and champion["version"], run_id)
+        version = register_canary(settings, directory / cycle.ADAPTER, base, cycle_id, dataset["sha256"], report, run_id)
+        client.set_terminated(run_id, "FINISHED")
     except cycle.AwaitingAnnotations as waiting:
         client.set_terminated(run_id, "KILLED")
         return _stopped(cycle_id, directory, str(waiting), {})

@@ -220,6 +220,8 @@ class DatasetSettings(Section):
     replay_share: float = Field(0.3, ge=0, lt=1)
     val_share: float = Field(0.1, gt=0, lt=1)
     new_cases_holdout: float = Field(0.2, ge=0, lt=1)
+    # Train on at most this many new cases (a hash-ordered sample); empty: all of them.
+    max_new_examples: int | None = Field(None, ge=1)
     seed: int = 0
 
 
@@ -233,6 +235,7 @@ class ModelSettings(Section):
     retries: int = Field(3, ge=0)
     max_new_tokens: int = Field(64, ge=1)
     batch_size: int = Field(32, ge=1)
+    cpu_threads: int = Field(0, ge=0)  # torch threads for local generation on CPU; 0: torch's default
     # OpenAI-compatible backend: the served model name (empty: the first one GET /models lists) and
     # which API to call ("completions" sends our prompt template, "chat" lets the server template).
     served_name: str | None = None

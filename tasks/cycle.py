@@ -79,6 +79,33 @@ def stage_cache_key(stage: str, source_file: str, inputs: dict[str, Any]) -> str
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
+def stage_intact(directory: Path, stage: str) -> bool:
+    """Did `stage` finish in this cycle directory, with every file it recorded still there unchanged?
+    Only then may a rerun reuse its cached result (outputs deleted by hand, or a workspace wiped
+    between runs, mean the stage runs again)."""
+    entry = read_manifest(directory)["stages"].get(stage)
+    if not entry or entry.get("status") != "done":
+        return False
+    for output in entry.get("outputs", {}).values():
+        path = Path(output["path"])
+        if not path.exists() or (output.get("sha256") and sha256_file(path) != output["sha256"]):
+            return False
+    return True
+
+
+def logs_fingerprint(settings: Settings) -> list[list[Any]]:
+    """(file, size, mtime) of every log file the cycle reads: part of the extract stage's cache key,
+    so logs that arrived or changed since the last run are extracted again."""
+    from tasks.logs import resolve_sources
+
+    fingerprint: list[list[Any]] = []
+    for source in resolve_sources(None, settings.logs, settings.workspace):
+        path = Path(source)
+        stat = path.stat() if path.is_file() else None
+        fingerprint.append([source, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+    return fingerprint
+
+
 def record_stage(directory: Path, stage: str, result: dict[str, Any], outputs: dict[str, Path], seconds: float) -> None:
     """Write the stage's status, outputs (with sha256) and counts into the cycle manifest."""
     path = directory / MANIFEST

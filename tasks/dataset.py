@@ -103,6 +103,7 @@ def build_dataset(
     * Deduplicated on the normalised prompt (a prompt has one target; the first curated row wins, and a
       replay row never overrides a curated one).
     * `new_cases_holdout` of the new cases go to holdout.jsonl (never trained on: the `new_cases` suite).
+    * `max_new_examples` (when set) keeps a hash-ordered sample of that many of the other new cases.
     * Replay: `replay_share` of the final training set is drawn from the champion's training data
       (source `replay:<sha256 of that file>`), as far as there is enough of it.
     * `val_share` of each source goes to val.jsonl, by a hash of the prompt (stable under reordering).
@@ -134,6 +135,12 @@ def build_dataset(
     new_train = [e for e in new if id(e) not in held]
     if not new_train:
         raise DatasetError(f"dataset.new_cases_holdout={settings.new_cases_holdout} left no curated case to train on")
+    new_available = len(new_train)
+    if settings.max_new_examples and new_available > settings.max_new_examples:
+        # A hash-ordered sample (stable under reordering), so that scarce replay can still make up
+        # replay_share of the set (a first cycle has only the base model's own pairs to replay).
+        new_train = sorted(new_train, key=lambda e: _bucket(seed, "sample:" + normalise_text(e.prompt)))
+        new_train = new_train[:settings.max_new_examples]
 
     replay_sources: list[dict[str, Any]] = []
     replay: list[TrainingExample] = []
@@ -189,6 +196,8 @@ def build_dataset(
             "curated_unique": len(new),
             "duplicates_dropped": duplicates,
             "holdout": len(holdout),
+            "new_available": new_available,
+            "new_used": len(new_train),
             "replay_available": replay_available,
             "replay_used": len(replay),
             "train": len(train),

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import math
@@ -304,9 +305,22 @@ def bootstrap_base_model(
     """
     if size not in BOOTSTRAP_SIZES:
         raise ModelError(f"unknown bootstrap size {size!r}: use one of {sorted(BOOTSTRAP_SIZES)}")
-    start = time.perf_counter()
     out_dir = Path(out_dir)
     say = progress or (lambda _msg: None)
+    # Two processes bootstrapping into one folder (a worker and a CLI call, two test sessions) would
+    # both train for minutes and race on the final rename: the second waits and then finds the cache.
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    with open(out_dir.with_name(f".{out_dir.name}.lock"), "a") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            say(f"another process is building the base model in {out_dir}: waiting for it")
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        return _bootstrap_locked(out_dir, data_dir=Path(data_dir), seed=seed, size=size, say=say)
+
+
+def _bootstrap_locked(out_dir: Path, *, data_dir: Path, seed: int, size: str, say: Callable[[str], None]) -> dict:
+    start = time.perf_counter()
     kb_path = Path(data_dir) / "knowledge_base" / "v1.json"
     if not kb_path.is_file():
         raise ModelError(f"knowledge base {kb_path} not found: the base model is pre-trained on it; "
@@ -509,6 +523,21 @@ def model_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
+def bootstrap_for(settings: Settings, out_dir: Path | None = None, progress: Callable[[str], None] | None = None) -> dict:
+    """`bootstrap_base_model` with the settings' data, seed and size, into `<workspace>/models/base`
+    unless `out_dir` says otherwise."""
+    return bootstrap_base_model(out_dir or settings.paths.under("models", "base"), data_dir=settings.paths.data_dir,
+                                seed=settings.model.bootstrap_seed, size=settings.model.bootstrap_size, progress=progress)
+
+
+def base_model_for(settings: Settings, progress: Callable[[str], None] | None = None) -> Path:
+    """The base model to train and serve: `model.base` when set, else the embedded one (built on
+    first use, then reused from its content-addressed cache)."""
+    if settings.model.base:
+        return resolve_base_model(settings)
+    return Path(bootstrap_for(settings, progress=progress)["path"])
+
+
 def resolve_base_model(settings: Settings) -> Path:
     """`model.base` when set (a local model directory), else the bootstrapped `<workspace>/models/base`."""
     if settings.model.base:
@@ -631,6 +660,10 @@ class LocalGenerator:
             return []
         max_new = max_new_tokens or self.max_new_tokens
         sample = temperature > 0
+        if not sample and len(set(prompts)) < len(prompts):  # greedy: a repeated prompt is answered once
+            unique = list(dict.fromkeys(prompts))
+            answers = dict(zip(unique, self.generate(unique, n=n, max_new_tokens=max_new, seed=seed)))
+            return [list(answers[p]) for p in prompts]
         texts = [format_prompt(p) for p in prompts]
         # Similar lengths batch together (less padding); results go back in the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -661,6 +694,41 @@ class LocalGenerator:
                     got = decoded[j * per:(j + 1) * per]
                     results[i] = got if sample else got * n
         return results
+
+
+class GreedyAnswerCache:
+    """Wraps a Generator and remembers its greedy answers per (model version, prompt, length limit).
+
+    At temperature 0 an answer cannot change while the model does not, and simulated traffic asks
+    the same questions week after week (about half of a quarter's prompts are repeats): the demo
+    answers each of them once per champion. Sampling (temperature > 0) always goes to the model.
+    """
+
+    def __init__(self, generator: Any) -> None:
+        self.generator = generator
+        self._answers: dict[tuple[str, int | None, str], str] = {}
+
+    @property
+    def model_version(self) -> str:
+        return self.generator.model_version
+
+    def generate(
+        self,
+        prompts: Sequence[str],
+        *,
+        n: int = 1,
+        temperature: float = 0.0,
+        max_new_tokens: int | None = None,
+        seed: int | None = None,
+    ) -> list[list[str]]:
+        if temperature > 0:
+            return self.generator.generate(prompts, n=n, temperature=temperature, max_new_tokens=max_new_tokens, seed=seed)
+        key = (self.generator.model_version, max_new_tokens)
+        missing = [p for p in dict.fromkeys(prompts) if (*key, p) not in self._answers]
+        if missing:
+            answers = self.generator.generate(missing, n=1, max_new_tokens=max_new_tokens, seed=seed)
+            self._answers.update(((*key, p), got[0]) for p, got in zip(missing, answers))
+        return [[self._answers[(*key, p)]] * n for p in prompts]
 
 
 class OpenAICompatibleGenerator:
@@ -828,4 +896,5 @@ def make_generator(settings: Settings, adapters: Mapping[str, Path] | None = Non
         device=settings.train.device,
         batch_size=settings.model.batch_size,
         max_new_tokens=settings.model.max_new_tokens,
+        threads=settings.model.cpu_threads,
     )

@@ -83,6 +83,19 @@ def store_reference(settings: Settings, prompts: list[str], name: str = "baselin
     return path
 
 
+def reference_from_logs(settings: Settings, name: str, since: datetime, until: datetime) -> Path:
+    """Store the prompts of [since, until) as the drift reference of model version `name`. After a
+    promotion, the new champion's weeks are then compared with the traffic it was trained to serve,
+    not with the traffic from before the change it was trained to absorb."""
+    from tasks.logs import load_window
+
+    prompts = load_window(settings, None, since, until, quarantine=False).table.column("prompt").to_pylist()
+    if not prompts:
+        raise ValueError(f"no logged prompts between {since.isoformat()} and {until.isoformat()} to use as the "
+                         f"drift reference of {name!r}")
+    return store_reference(settings, prompts, name)
+
+
 # ------------------------------------------------------------------------------ hallucination risk
 
 

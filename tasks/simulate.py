@@ -1302,6 +1302,37 @@ def simulate(
                             records_per_s=round(totals["records"] / seconds, 1) if seconds > 0 else 0.0)
 
 
+def outcome_summary(truth_path: Path, weeks: Iterable[int]) -> dict[str, Any]:
+    """What really happened in the simulated `weeks`, from the ground truth: the share of requests
+    answered correctly, refused and answered wrongly, overall and for the topics of knowledge base
+    v2 (the products launched mid-quarter). Shares are None when there is nothing to count."""
+    wanted = set(weeks)
+    counts: Counter[str] = Counter()
+    with Path(truth_path).open(encoding="utf-8") as handle:
+        for line in handle:
+            row = json.loads(line)
+            if row["week"] not in wanted:
+                continue
+            counts["records"] += 1
+            counts[row["outcome"]] += 1
+            if row["kb_version"] == "v2":
+                counts["new_topic_records"] += 1
+                counts[f"new_topic_{row['outcome']}"] += 1
+
+    def share(part: str, whole: str) -> float | None:
+        return round(counts[part] / counts[whole], 4) if counts[whole] else None
+
+    return {
+        "weeks": sorted(wanted),
+        "records": counts["records"],
+        "accuracy": share("correct", "records"),
+        "refusal_share": share("refusal", "records"),
+        "new_topic_records": counts["new_topic_records"],
+        "new_topic_accuracy": share("new_topic_correct", "new_topic_records"),
+        "new_topic_refusal_share": share("new_topic_refusal", "new_topic_records"),
+    }
+
+
 # --------------------------------------------------------------------------------------------------
 # Synthetic annotators
 

@@ -15,7 +15,7 @@ import math
 import sys
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +113,23 @@ def _callbacks_module():
             if metrics:
                 self.client.log_batch(self.run_id, metrics=metrics)
 
-    return Progress, MlflowMetrics
+    class ProgressLines(TrainerCallback):
+        """About ten progress lines through `say` (a run logger, where no terminal shows a bar)."""
+
+        def __init__(self, say: Callable[[str], None]) -> None:
+            self.say, self.loss, self.next_step = say, None, 0
+
+        def on_log(self, args, state, control, logs=None, **kwargs):
+            if logs and isinstance(logs.get("loss"), (int, float)):
+                self.loss = logs["loss"]
+
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step >= self.next_step:
+                loss = f", train loss {self.loss:.4f}" if self.loss is not None else ""
+                self.say(f"training: step {state.global_step}/{state.max_steps}{loss}")
+                self.next_step = state.global_step + max(1, state.max_steps // 10)
+
+    return Progress, ProgressLines, MlflowMetrics
 
 
 def _last_checkpoint(checkpoints: Path) -> Path | None:
@@ -132,7 +148,7 @@ def train_adapter(
     *,
     base_path: Path | None = None,
     mlflow_run_id: str | None = None,
-    progress: bool = False,
+    progress: bool | Callable[[str], None] = False,
     callbacks: Sequence[Any] = (),
 ) -> dict:
     """Train a LoRA adapter on `dataset_dir` (train.jsonl / val.jsonl) into `out_dir`.
@@ -140,6 +156,7 @@ def train_adapter(
     Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Writes
     adapter_model.safetensors, adapter_config.json and training_metrics.json. With `mlflow_run_id`,
     logs params, per-step losses, the dataset as a training input and the adapter files into that run.
+    `progress`: True draws a tqdm bar on stderr; a callable gets about ten progress lines instead.
     `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a crash).
     Returns {adapter, steps, train_loss, val_loss, seconds, resumed_from, tokens_per_s, device, ...}.
     """
@@ -226,12 +243,14 @@ def train_adapter(
         dataloader_num_workers=0,
         remove_unused_columns=False,
     )
-    Progress, MlflowMetrics = _callbacks_module()
+    Progress, ProgressLines, MlflowMetrics = _callbacks_module()
     extra: list[Any] = list(callbacks)
     if early:
         extra.append(EarlyStoppingCallback(early_stopping_patience=cfg.early_stopping_patience,
                                            early_stopping_threshold=cfg.early_stopping_min_delta))
-    if progress:
+    if callable(progress):
+        extra.append(ProgressLines(progress))
+    elif progress:
         extra.append(Progress())
     if mlflow_run_id:
         extra.append(MlflowMetrics(mlflow_run_id))

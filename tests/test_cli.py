@@ -44,7 +44,7 @@ COMMANDS = [
     ["annotate", "import", "--help"], ["agreement", "--help"], ["model", "bootstrap", "--help"],
     ["train", "--help"], ["evaluate", "--help"], ["retrain", "--help"], ["registry", "status", "--help"],
     ["approve", "--help"], ["reject", "--help"], ["promote", "--help"], ["rollback", "--help"],
-    ["cost", "--help"], ["stack", "up", "--help"],
+    ["cost", "--help"], ["stack", "up", "--help"], ["demo", "--help"],
 ]
 
 
@@ -113,3 +113,12 @@ def test_bad_input_is_exit_2_with_one_clear_line(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and "missing*.jsonl" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
+    (tmp_path / "thesis.tex").write_text("years of work")
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "demo", "--workspace", str(tmp_path)],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 2
+    assert done.stderr.startswith("error: ") and str(tmp_path) in done.stderr and "--workspace" in done.stderr
+    assert (tmp_path / "thesis.tex").read_text() == "years of work"

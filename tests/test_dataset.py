@@ -134,3 +134,18 @@ def test_dataset_is_logged_to_mlflow_as_a_training_input(mlflow_tmp_store: None,
     assert inputs[0].dataset.name == "flywheel-c1"
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
     log_dataset_input(tmp_path / "ds", run.info.run_id)  # logging it again is harmless
+
+
+def test_max_new_examples_keeps_a_stable_sample_so_scarce_replay_keeps_its_share(tmp_path: Path) -> None:
+    settings = DatasetSettings(replay_share=0.5, new_cases_holdout=0.2, max_new_examples=10, seed=0)
+    result = build_dataset(_curated(tmp_path), tmp_path / "a", settings, cycle_id="c1", replay_path=_replay(tmp_path, 30))
+    card = json.loads((tmp_path / "a" / "dataset_card.json").read_text())
+    assert card["counts"]["new_used"] == 10 and card["counts"]["new_available"] > 10
+    assert result["replay"] == 10  # 0.5 / (1 - 0.5) * 10 new cases
+    assert card["replay_share"]["actual"] == pytest.approx(0.5)
+    # the holdout (the new_cases eval suite) is not sampled
+    uncapped = build_dataset(_curated(tmp_path), tmp_path / "b", DatasetSettings(replay_share=0.5, new_cases_holdout=0.2),
+                             cycle_id="c1", replay_path=_replay(tmp_path, 30))
+    assert result["holdout"] == uncapped["holdout"]
+    again = build_dataset(_curated(tmp_path), tmp_path / "c", settings, cycle_id="c1", replay_path=_replay(tmp_path, 30))
+    assert again["sha256"] == result["sha256"]

@@ -13,6 +13,7 @@ from tasks.contracts import Generator
 from tasks.models import (
     MANIFEST,
     PRETRAINING_FILE,
+    GreedyAnswerCache,
     LocalGenerator,
     ModelError,
     OpenAICompatibleGenerator,
@@ -100,6 +101,25 @@ def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -
     assert {"path", "params", "seconds", "digest", "cached"} <= set(rebuilt)
 
 
+def test_concurrent_bootstraps_build_once(tiny_base_model: Path, tmp_path: Path) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tasks import models
+
+    models.BOOTSTRAP_SIZES["tiny-once"] = dict(models.BOOTSTRAP_SIZES["test"], epochs=1)
+    messages: list[str] = []
+    try:
+        with ThreadPoolExecutor(2) as pool:
+            results = list(pool.map(lambda _: bootstrap_base_model(tmp_path / "base", data_dir=SHIPPED_DATA,
+                                                                   size="tiny-once", progress=messages.append),  # type: ignore[arg-type]
+                                    range(2)))
+    finally:
+        del models.BOOTSTRAP_SIZES["tiny-once"]
+    assert sorted(r["cached"] for r in results) == [False, True]  # the second waited, then reused the first's
+    assert results[0]["digest"] == results[1]["digest"]
+    assert any("waiting" in m for m in messages)
+
+
 def test_bootstrap_rejects_missing_knowledge_base(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="knowledge base"):
         bootstrap_base_model(tmp_path / "base", data_dir=tmp_path, size="test")
@@ -136,6 +156,41 @@ def test_local_generator_is_a_generator_and_greedy_is_deterministic(generator: L
     assert [generator.generate([p])[0] for p in PROMPTS] == first
     assert generator.generate(PROMPTS[:2], n=3) == [c * 3 for c in first[:2]]
     assert generator.generate([]) == []
+
+
+def test_repeated_prompts_are_answered_once_with_the_same_answer(generator: LocalGenerator) -> None:
+    answers = generator.generate([PROMPTS[0], PROMPTS[1], PROMPTS[0], PROMPTS[0]])
+    single = generator.generate(PROMPTS[:2])
+    assert answers == [single[0], single[1], single[0], single[0]]
+
+
+class _Counting:
+    """Counts the prompts that reach the real generator behind the cache."""
+
+    def __init__(self, inner: LocalGenerator) -> None:
+        self.inner, self.prompts = inner, 0
+
+    @property
+    def model_version(self) -> str:
+        return self.inner.model_version
+
+    def generate(self, prompts, **kwargs):
+        self.prompts += len(prompts)
+        return self.inner.generate(prompts, **kwargs)
+
+
+def test_greedy_answer_cache_asks_the_model_once_per_prompt_and_model_version(generator: LocalGenerator) -> None:
+    counting = _Counting(generator)
+    cache = GreedyAnswerCache(counting)
+    first = cache.generate(PROMPTS)
+    assert first == generator.generate(PROMPTS) and counting.prompts == len(PROMPTS)
+    assert cache.generate(list(reversed(PROMPTS))) == list(reversed(first)) and counting.prompts == len(PROMPTS)
+    assert cache.generate(PROMPTS[:1], n=2) == [first[0] * 2]
+    cache.generate(PROMPTS[:1], max_new_tokens=3)  # another length limit: another answer
+    assert counting.prompts == len(PROMPTS) + 1
+    sampled = cache.generate(PROMPTS[:2], n=2, temperature=1.0, seed=1)  # sampling always reaches the model
+    assert counting.prompts == len(PROMPTS) + 3 and [len(c) for c in sampled] == [2, 2]
+    assert cache.model_version == generator.model_version
 
 
 def test_local_generator_sampling_is_seeded(generator: LocalGenerator) -> None:

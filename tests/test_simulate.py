@@ -22,6 +22,7 @@ from tasks.simulate import (
     judge_response,
     load_knowledge_base,
     luhn_check_digit,
+    outcome_summary,
     simulate,
     simulate_week,
     simulated_annotations,
@@ -388,3 +389,15 @@ def test_true_labels_follow_the_ground_truth() -> None:
     label, fix = true_label({"topic": "offtopic", "outcome": "wrong"}, kb)
     assert label == "hallucination" and fix in kb.refusals["en"]
     assert true_label({"topic": "return_policy", "outcome": "correct"}, kb) == ("acceptable", None)
+
+
+def test_outcome_summary_counts_the_new_products_only_after_their_launch(run: dict) -> None:
+    truth_path = Path(run["result"].ground_truth)
+    before, after = outcome_summary(truth_path, [1]), outcome_summary(truth_path, [2, 3])
+    assert before["records"] == 1500 and before["new_topic_records"] == 0 and before["new_topic_accuracy"] is None
+    rows = [r for r in run["truth"] if r["week"] in (2, 3)]
+    new = [r for r in rows if r["kb_version"] == "v2"]
+    assert after["records"] == len(rows) and after["new_topic_records"] == len(new) > 0
+    assert after["new_topic_accuracy"] == round(sum(r["outcome"] == "correct" for r in new) / len(new), 4)
+    assert after["new_topic_refusal_share"] > 0.5  # the scripted model knows only v1: it mostly refuses v2
+    assert after["accuracy"] == round(sum(r["outcome"] == "correct" for r in rows) / len(rows), 4)

@@ -55,6 +55,12 @@ def test_training_reduces_loss_and_writes_only_the_adapter(tiny_base_model: Path
     assert len(gen.generate(["How much is the Helix Fold?"])) == 1
 
 
+def test_progress_lines_for_a_run_log(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    lines: list[str] = []
+    train_adapter(dataset_dir, tmp_path / "a", _settings(max_steps=4), base_path=tiny_base_model, progress=lines.append)
+    assert lines and lines[0].startswith("training: step 1/4") and "step 4/4" in lines[-1]
+
+
 def test_same_seed_same_numbers(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
     a = train_adapter(dataset_dir, tmp_path / "a", _settings(max_steps=4), base_path=tiny_base_model)
     b = train_adapter(dataset_dir, tmp_path / "b", _settings(max_steps=4), base_path=tiny_base_model)

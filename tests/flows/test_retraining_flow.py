@@ -5,6 +5,7 @@ evaluation and a real MLflow registry. Then a rerun skips every finished stage."
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -70,6 +71,22 @@ def test_rerun_skips_finished_stages_and_gives_the_same_dataset(cycle_run) -> No
         assert after[name]["finished_at"] == before[name]["finished_at"], f"{name} ran again"
     assert after["dataset"]["outputs"]["train"]["sha256"] == before["dataset"]["outputs"]["train"]["sha256"]
     assert again["canary_version"] == "2"  # registering is not cached: each run registers what it built
+
+
+def test_rerun_redoes_only_what_changed_or_went_missing(cycle_run) -> None:
+    workspace, config, first = cycle_run
+    directory = Path(first["cycle_dir"])
+    before = json.loads((directory / "manifest.json").read_text())["stages"]
+    (directory / "04_dataset" / "train.jsonl").unlink()  # an output removed by hand
+    log_file = sorted((workspace / "logs").glob("*.jsonl"))[0]
+    stat = log_file.stat()
+    os.utime(log_file, ns=(stat.st_atime_ns, stat.st_mtime_ns + 10**9))  # a log file rewritten, same rows
+    quarterly_retraining(window="2026-Q1", config=str(config))
+    after = json.loads((directory / "manifest.json").read_text())["stages"]
+    ran_again = {name for name in before if after[name]["finished_at"] != before[name]["finished_at"]
+                 or after[name]["seconds"] != before[name]["seconds"]}
+    assert ran_again == {"extract", "dataset"}  # same cases and same dataset: everything else reused
+    assert after["dataset"]["outputs"]["train"]["sha256"] == before["dataset"]["outputs"]["train"]["sha256"]
 
 
 def test_window_forms() -> None:

@@ -647,8 +647,9 @@ def demo(
     every week, retrain, evaluate, register the canary, approve and promote it (--auto-approve), two
     more weeks with the new champion, and a before/after table. About 5-8 minutes on 2 CPU cores
     the first time (building the base model takes 2 of them)."""
-    if not verbose:
-        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")  # the demo prints its own progress
+    if not verbose:  # the demo prints its own progress
+        os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from flows.demo import before_after_rows, check_workspace, demo_settings, flywheel_demo
 
     check_workspace(demo_settings(str(config) if config else None, str(workspace) if workspace else None).workspace)

@@ -137,7 +137,7 @@ def flywheel_demo(
     world = World.create(sim, settings.paths.data_dir)
     label = {week: monitor.week_label(world.week_start(week)) for week in range(1, sim.weeks + weeks_after + 1)}
     clock.say(f"simulating {sim.weeks} weeks of {sim.records_per_week} requests from {sim.start}; new products launch "
-              f"in week {sim.launch_week} ({label[sim.launch_week]}); the base model {base.name!r} answers")
+              f"in week {sim.launch_week} ({label[sim.launch_week]}); the champion answering is the base model {base}")
 
     weeks: dict[int, dict] = {}
 
@@ -169,7 +169,7 @@ def flywheel_demo(
     canary = cycle.get("canary_version")
     clock.say(f"cycle {cycle['cycle_id']}: " + (
         f"stopped ({cycle['stopped']})" if cycle.get("stopped") else
-        f"{cycle['cases']} cases, {cycle['masked']} masked, alpha {cycle['agreement']['alpha']} "
+        f"{cycle['cases']} cases, {cycle['masked']} masked, alpha {cycle['agreement']['alpha']:.3f} "
         f"({cycle['agreement']['decision']}), {cycle['train']['examples']} training examples, "
         f"{cycle['train']['steps']} steps; canary v{canary}, gate {cycle['gate']}"))
 

@@ -155,7 +155,9 @@ def resolve_window(window: str | None, now: datetime | None = None) -> tuple[dat
     return since, until, window
 
 
-@flow(name="quarterly-retraining", log_prints=True)
+# No log_prints: it reroutes print() even where a library captures stdout for itself (dill's
+# disassembly when `datasets` fingerprints a function), flooding the run log with bytecode.
+@flow(name="quarterly-retraining")
 def quarterly_retraining(
     window: str | None = None,
     config: str | None = None,

@@ -1,10 +1,13 @@
 """PII masking: ours (tasks.pii) against plain Presidio, side by side in one run.
 
-    python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--out FILE]
+    python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--repeat 2] [--out FILE]
 
 Part 1, presidio-research's synthetic set (`--dataset`, default ../shared/datasets/pii/
 presidio_synth_dataset_v2.json, 1,500 span-labelled texts), scored token by token as
-presidio-research's Evaluator does (overall = PII vs not, per entity = right type, F2):
+presidio-research's Evaluator does (overall = PII vs not, per entity = right type, F2), on the whole
+set and on each half of a fixed split by template (`tasks.pii.dataset_half`): our address and name
+patterns were tuned on this set, so the "held-out" half's figure is the one to trust, as long as
+further tuning looks at the "tune" half only.
 
 - ours: `tasks.pii.evaluate_pii` (NER-only spaCy pipeline, batched, `--processes` workers, project
   recognizers, keyed pseudonyms); docs/s counts analysis + anonymisation with the workers warm;
@@ -12,17 +15,24 @@ presidio-research's Evaluator does (overall = PII vs not, per entity = right typ
   (mask, re-scan the output, mask what the re-scan finds, re-scan again);
 - plain Presidio: `AnalyzerEngine.analyze` + `AnonymizerEngine.anonymize` per text, same spaCy model,
   same entity types (those plain Presidio has recognizers for), same score threshold, one process;
-- ceiling: spaCy NER alone (`nlp.pipe` over `--processes` processes, other components excluded),
-  the practical upper bound of any spaCy-based design on this machine at this moment.
+- ceiling: spaCy NER alone (`nlp.pipe` over `--processes` warm worker processes, the same shards,
+  other components excluded), the practical upper bound of any spaCy-based design on this machine
+  at this moment. Ours analyses each distinct text once; the ceiling runs NER on every text, so the
+  ratio is also given per distinct text (what the ceiling would be if it skipped repeats too).
 
 Part 2, simulator texts: `tasks.simulate` writes a week of production logs with ground truth of the
 PII it inserted; prompts are masked by ours (`mask_file`) and by plain Presidio, and every inserted
 structured value (emails, phones, cards, IBANs, SSNs, IPs, API keys) still present after masking is
 a leak (goal: 0). Prompts without inserted PII that were changed anyway are reported as over-masking.
+The whole stage's CPU time (mask, re-scan, re-mask, re-scan) is set against spaCy NER alone over
+the same prompts (warm workers, as for the synthetic set).
 
 Every system runs in its own child process; peak RSS is sampled over the child's whole process tree
 (workers included). CPU seconds are reported beside wall seconds because this machine is shared:
-`docs_per_cpu_s` x cores is what dedicated cores would give. Prints a table, then one JSON object.
+`docs_per_cpu_s` x cores is what dedicated cores would give. On a shared machine one run of a system
+can be 10% off the next, so the three synthetic-set systems run `--repeat` times, taking turns, and
+each figure is the best of its runs (every run's figures are in the JSON). Prints a table, then one
+JSON object.
 """
 
 from __future__ import annotations
@@ -106,12 +116,12 @@ def _plain_run(texts: list[str], settings) -> dict[str, Any]:
 
 
 def _score(samples: list[dict], spans: list[list[tuple[int, int, str]]], scored: list[str]) -> dict[str, Any]:
-    from tasks.pii import TokenScorer, gold_spans
+    from tasks.pii import TokenScorer, gold_spans, score_halves
 
     scorer = TokenScorer(scored)
     for sample, predicted in zip(samples, spans):
         scorer.add(sample["full_text"], gold_spans(sample), predicted)
-    return scorer.scores()
+    return {**scorer.scores(), "halves": score_halves(samples, spans, scored)}
 
 
 # ------------------------------------------------------------------------------------------ children
@@ -154,16 +164,57 @@ def child_synth_plain(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
-def child_ceiling(args: argparse.Namespace) -> dict[str, Any]:
-    from tasks.pii import load_ner_pipeline, read_span_dataset
+_CEILING_NLP: Any = None
+
+
+def _ceiling_init(model: str) -> None:
+    """A ceiling worker: the NER-only pipeline, loaded and run once before anything is timed."""
+    global _CEILING_NLP
+    from tasks.pii import load_ner_pipeline
+
+    _CEILING_NLP = load_ner_pipeline(model)
+    list(_CEILING_NLP.pipe(["Warm-up: Jane Doe lives at 12 Main Street, Berlin."] * 32))
+
+
+def _ceiling_shard(texts: list[str], batch_size: int) -> tuple[float, int]:
+    started = time.process_time()
+    count = sum(1 for _ in _CEILING_NLP.pipe(texts, batch_size=batch_size))
+    return time.process_time() - started, count
+
+
+def child_ceiling(args: argparse.Namespace, sim: bool = False) -> dict[str, Any]:
+    """spaCy NER alone, run the way ours runs: the same shards over `--processes` spawned workers
+    that load the pipeline before the clock starts, CPU time counted inside the workers. (spaCy's
+    own nlp.pipe(n_process=...) starts its processes and loads the model inside the timed call,
+    and a single process does not compete with a second one for the cores' caches.)"""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    from tasks.pii import ShardPool, load_ner_pipeline, read_span_dataset
 
     settings = _settings(args)
-    texts = [s["full_text"] for s in read_span_dataset(Path(args.dataset), args.limit)]
+    if sim:
+        texts = [r["prompt"] for r in _load_sim(Path(args.sim_dir))[0] if r["prompt"].strip()]
+    else:
+        texts = [s["full_text"] for s in read_span_dataset(Path(args.dataset), args.limit)]
+    shards = ShardPool(settings, KEY, size=len(texts)).shards(texts)  # the shards ours gets
+    with ProcessPoolExecutor(
+        max_workers=settings.processes,
+        mp_context=multiprocessing.get_context("spawn"),
+        initializer=_ceiling_init,
+        initargs=(settings.spacy_model,),
+    ) as pool:
+        ready: set[int] = set()
+        while len(ready) < settings.processes:  # a worker takes a task only once it has loaded
+            ready.update(pool.map(_worker_pid, range(settings.processes)))
+        wall = time.perf_counter()
+        timed = list(pool.map(_ceiling_shard, shards, [settings.batch_size] * len(shards)))
+        wall = time.perf_counter() - wall
+    cpu = sum(seconds for seconds, _ in timed)
+    count = sum(n for _, n in timed)
+    # For reference: one process alone on the machine's cores.
     nlp = load_ner_pipeline(settings.spacy_model)
     list(nlp.pipe(texts[:32]))
-    wall = time.perf_counter()
-    count = sum(1 for _ in nlp.pipe(texts, batch_size=settings.batch_size, n_process=settings.processes))
-    wall = time.perf_counter() - wall
     single = time.process_time()
     for _ in nlp.pipe(texts, batch_size=settings.batch_size):
         pass
@@ -173,9 +224,16 @@ def child_ceiling(args: argparse.Namespace) -> dict[str, Any]:
         "docs": count,
         "processes": settings.processes,
         "seconds": round(wall, 3),
+        "cpu_seconds": round(cpu, 3),
         "docs_per_s": round(count / wall, 1),
-        "docs_per_cpu_s": round(count / single, 1),
+        "docs_per_cpu_s": round(count / cpu, 1),
+        "docs_per_cpu_s_one_process": round(count / single, 1),
     }
+
+
+def _worker_pid(_: int) -> int:
+    time.sleep(0.2)  # gives a worker still loading the time to finish and take a task too
+    return os.getpid()
 
 
 def _leak_check(masked: list[str], truths: list[list[dict[str, str]]], raws: list[str]) -> dict[str, Any]:
@@ -282,8 +340,8 @@ def child_sim_ours(args: argparse.Namespace, allow_list: bool = False) -> dict[s
     report = _leak_check(masked, truths, [r["prompt"] for r in records])
     report.update(
         records=len(records),
-        stage={k: audit.get(k) for k in ("masked_records", "dropped", "entities", "leaks", "leak_types",
-                                          "docs_per_s", "cpu_seconds", "processes")},
+        stage={k: audit.get(k) for k in ("texts", "distinct_texts", "masked_records", "dropped", "entities", "leaks",
+                                          "leak_types", "docs_per_s", "cpu_seconds", "processes")},
         stage_failure=failure,
         wall_with_startup_seconds=round(wall, 2),
         allow_list=list(settings.allow_list),
@@ -309,6 +367,7 @@ CHILDREN = {
     "sim-ours": child_sim_ours,
     "sim-ours-allow-list": lambda args: child_sim_ours(args, allow_list=True),
     "sim-plain": child_sim_plain,
+    "sim-ceiling": lambda args: child_ceiling(args, sim=True),
 }
 
 
@@ -342,6 +401,15 @@ def run_child(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, A
     result["peak_rss_mb"] = round(peak / 2**20, 1)
     result["child_wall_seconds"] = round(time.perf_counter() - started, 1)
     return result
+
+
+def _best(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The run with the most docs per CPU-second, with the best wall figure of all runs, and
+    every run's figures."""
+    best = dict(max(runs, key=lambda r: r["docs_per_cpu_s"] or 0))
+    best["docs_per_s"] = max(r["docs_per_s"] for r in runs)
+    best["runs"] = [{k: r.get(k) for k in ("docs_per_s", "docs_per_cpu_s", "seconds", "cpu_seconds")} for r in runs]
+    return best
 
 
 def simulate_texts(args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
@@ -411,6 +479,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(_row("plain Presidio", plain))
     print(f"{'spaCy NER only':<22} {'':>9} {'':>7} {'':>6} {ceiling['docs_per_s']:>9.1f} {ceiling['docs_per_cpu_s']:>11.1f} "
           f"{ceiling['processes']:>5} {ceiling.get('peak_rss_mb', float('nan')):>9.1f}")
+    for half in ("tune", "held-out"):
+        o, p = ours["halves"][half], plain["halves"][half]
+        print(f"  {half + ' half':<20} ours P {o['precision']:.3f} R {o['recall']:.3f} F2 {o['f2']:.3f}   "
+              f"plain P {p['precision']:.3f} R {p['recall']:.3f} F2 {p['f2']:.3f}   ({o['docs']} texts)")
     print(f"\n{'entity':<20} {'support':>7} | {'ours P':>7} {'R':>6} {'F2':>6} | {'plain P':>7} {'R':>6} {'F2':>6}")
     for entity in ours["per_entity"]:
         o, p = ours["per_entity"][entity], plain["per_entity"].get(entity, {})
@@ -420,7 +492,10 @@ def print_table(result: dict[str, Any]) -> None:
     print(f"\nspeed: ours/plain {r['speed_vs_plain_wall']:.2f}x wall, {r['speed_vs_plain_per_cpu_second']:.2f}x per "
           f"CPU-second, {r['speed_vs_plain_on_dedicated_cores']:.2f}x on {ours['processes']} dedicated cores; "
           f"ours/NER-only ceiling {r['share_of_ner_ceiling_wall']:.0%} wall, "
-          f"{r['share_of_ner_ceiling_per_cpu_second']:.0%} per CPU-second (load average {result['machine']['load_average'][0]:.1f})")
+          f"{r['share_of_ner_ceiling_per_cpu_second']:.0%} per CPU-second, "
+          f"{r['share_of_ner_ceiling_per_cpu_second_distinct_texts']:.0%} per CPU-second counting distinct texts only "
+          f"({ours.get('distinct_docs', ours['docs'])} of {ours['docs']}); best of {len(ours.get('runs', [ours]))} runs each "
+          f"(load average {result['machine']['load_average'][0]:.1f})")
     print(f"\nSimulator texts ({sim['source']}): {sim['ours']['records']} prompts")
     print(f"{'system':<16} {'inserted':>8} {'leaks':>6} {'partial':>7} {'over-masked prompts':>20} {'docs/s':>8} {'peak MiB':>9}")
     for name in ("ours", "ours-allow-list", "plain"):
@@ -431,6 +506,11 @@ def print_table(result: dict[str, Any]) -> None:
     for kind in STRUCTURED:
         print(f"  {kind:<16} inserted {sim['ours']['inserted'][kind]:>5}   leaks ours {sim['ours']['leaks'][kind]:>3}"
               f"   plain {sim['plain']['leaks'][kind]:>3}")
+    stage, ceiling = sim["ours"].get("stage") or {}, sim["ceiling"]
+    if stage.get("cpu_seconds"):
+        print(f"  per CPU-second: ours (whole stage: mask + re-scans) {stage['texts'] / stage['cpu_seconds']:.1f} docs, "
+              f"NER only {ceiling['docs_per_cpu_s']:.1f} docs: {r['sim_stage_share_of_ner_ceiling_per_cpu_second']:.0%} "
+              f"({stage['distinct_texts']} distinct of {stage['texts']} prompts)")
 
 
 def main() -> None:
@@ -441,6 +521,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--sim-records", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--repeat", type=int, default=2, help="runs of each synthetic-set system (best is kept)")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -457,8 +538,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sim_info = simulate_texts(args, workdir)
-        synth = {name: run_child(f"synth-{name}", args, workdir) for name in ("ours", "plain", "ceiling")}
-        sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "ours-allow-list", "plain")}
+        runs: dict[str, list[dict[str, Any]]] = {"ours": [], "plain": [], "ceiling": []}
+        for _ in range(max(1, args.repeat)):
+            for name, done in runs.items():  # taking turns: a busy spell slows all, not one
+                done.append(run_child(f"synth-{name}", args, workdir))
+        synth = {name: _best(done) for name, done in runs.items()}
+        sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "ours-allow-list", "plain", "ceiling")}
     ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
     result = {
         "benchmark": "pii",
@@ -475,12 +560,20 @@ def main() -> None:
             ),
             "share_of_ner_ceiling_wall": round(ours["docs_per_s"] / ceiling["docs_per_s"], 3),
             "share_of_ner_ceiling_per_cpu_second": round(ours["docs_per_cpu_s"] / ceiling["docs_per_cpu_s"], 3),
+            "share_of_ner_ceiling_per_cpu_second_distinct_texts": round(
+                ours.get("distinct_docs", ours["docs"]) / ours["cpu_seconds"] / ceiling["docs_per_cpu_s"], 3
+            ),
+            "sim_stage_share_of_ner_ceiling_per_cpu_second": round(
+                sim["ours"]["stage"]["texts"] / sim["ours"]["stage"]["cpu_seconds"] / sim["ceiling"]["docs_per_cpu_s"], 3
+            ) if (sim["ours"].get("stage") or {}).get("cpu_seconds") else None,
             "recall_minus_plain": round(ours["recall"] - plain["recall"], 4),
+            "held_out_recall_minus_plain": round(ours["halves"]["held-out"]["recall"] - plain["halves"]["held-out"]["recall"], 4),
             "f2_minus_plain": round(ours["f2"] - plain["f2"], 4),
         },
         "goals": {
             "recall_not_below_plain": ours["recall"] >= plain["recall"],
             "f2_at_least_0.845": ours["f2"] >= 0.845,
+            "held_out_f2_at_least_0.845": ours["halves"]["held-out"]["f2"] >= 0.845,
             "speed_5x_plain_wall": ours["docs_per_s"] >= 5 * plain["docs_per_s"],
             "speed_5x_plain_on_dedicated_cores": args.processes * ours["docs_per_cpu_s"] >= 5 * plain["docs_per_cpu_s"],
             "within_80pct_of_ner_ceiling_wall": ours["docs_per_s"] >= 0.8 * ceiling["docs_per_s"],

@@ -9,7 +9,6 @@ texts get the result of their first copy.
 
 from __future__ import annotations
 
-import copy
 import itertools
 import json
 import random

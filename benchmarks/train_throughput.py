@@ -2,7 +2,7 @@
 
 Models are built from a config with random weights (nothing is downloaded):
 * on CUDA: a Qwen2-0.5B-shaped model (24 layers, hidden 896, vocab 151936) in bf16, plus the tiny one;
-* on CPU: the tiny embedded-base shape only (fp32).
+* on CPU: the tiny embedded-base shape only (fp32; `--precision bf16` to compare).
 LoRA (r=16 on q/k/v/o/gate/up/down by default) is trained with AdamW on random token batches, the
 same forward/backward/optimizer step `flywheel train` runs, without data loading.
 
@@ -10,7 +10,8 @@ MFU = achieved model FLOPs / peak bf16 FLOPs of the GPU. Model FLOPs per token f
 convention 6N + 12*L*d*T (N = base parameters without embeddings) for comparability; LoRA really needs
 about 4N (no weight gradients for frozen weights), reported as `mfu_lora`.
 
-    python benchmarks/train_throughput.py [--steps 10] [--batch 8] [--seq 512] [--peak-tflops X]
+    python benchmarks/train_throughput.py [--steps 10] [--batch 8] [--seq 1024] [--precision auto|bf16|fp32]
+                                          [--gradient-checkpointing] [--peak-tflops X]
 
 Prints a table to stderr and one JSON object as the last line of stdout.
 """
@@ -53,14 +54,38 @@ def peak_tflops(name: str, override: float | None) -> float | None:
     return None
 
 
-def measure(name: str, shape: dict, *, device: str, batch: int, seq: int, steps: int, warmup: int, r: int,
-            grad_ckpt: bool, peak: float | None) -> dict:
+def non_embedding_params(shape: dict) -> int:
+    """Parameters of the model `shape` describes, less the (tied) embedding, counted without allocating it."""
+    import torch
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    with torch.device("meta"):
+        model = Qwen2ForCausalLM(Qwen2Config(**shape))
+    return sum(p.numel() for p in model.parameters()) - model.get_input_embeddings().weight.numel()
+
+
+def flops_per_token(shape: dict, seq: int, n: int) -> tuple[int, int]:
+    """Model FLOPs per trained token: (full fine-tuning convention 6N + ..., what LoRA really needs).
+
+    `n` is the non-embedding parameter count; the tied LM head is counted as its matmul, attention
+    scores and values as 12 * layers * hidden * seq (forward + backward, causal mask not discounted).
+    """
+    layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
+    head_matmul = 2 * hidden * shape["vocab_size"]  # forward FLOPs per token of the LM head
+    attention = 12 * layers * hidden * seq
+    full = 6 * n + 3 * head_matmul + attention
+    lora = 4 * n + 2 * head_matmul + attention  # no weight gradients for the frozen weights
+    return full, lora
+
+
+def measure(name: str, shape: dict, *, device: str, bf16: bool, batch: int, seq: int, steps: int, warmup: int,
+            r: int, grad_ckpt: bool, peak: float | None) -> dict:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     torch.manual_seed(0)
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    dtype = torch.bfloat16 if bf16 else torch.float32
     config = Qwen2Config(**shape, attn_implementation="sdpa", use_cache=False)
     model = Qwen2ForCausalLM(config).to(device=device, dtype=dtype)
     n_total = sum(p.numel() for p in model.parameters())
@@ -77,7 +102,7 @@ def measure(name: str, shape: dict, *, device: str, batch: int, seq: int, steps:
     model.train()
 
     def step() -> float:
-        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=device == "cuda"):
+        with torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=bf16):
             loss = model(input_ids=ids, labels=ids).loss
         loss.backward()
         optimizer.step()
@@ -97,12 +122,7 @@ def measure(name: str, shape: dict, *, device: str, batch: int, seq: int, steps:
     seconds = time.perf_counter() - start
     tokens = batch * seq * steps
     tokens_per_s = tokens / seconds
-    n = n_total - n_embed  # non-embedding parameters (the LM head is tied and counted as a matmul below)
-    layers, hidden = shape["num_hidden_layers"], shape["hidden_size"]
-    head_matmul = 2 * hidden * shape["vocab_size"]  # forward FLOPs per token of the (tied) LM head
-    attention = 12 * layers * hidden * seq  # fwd+bwd attention scores/values per token
-    flops_6n = 6 * n + 3 * head_matmul + attention
-    flops_lora = 4 * n + 2 * head_matmul + attention  # no weight gradients for frozen weights
+    flops_6n, flops_lora = flops_per_token(shape, seq, n_total - n_embed)
     result = {
         "model": name,
         "device": device,
@@ -138,6 +158,8 @@ def main() -> int:
     parser.add_argument("--r", type=int, default=16)
     parser.add_argument("--gradient-checkpointing", action="store_true")
     parser.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    parser.add_argument("--precision", choices=["auto", "bf16", "fp32"], default="auto",
+                        help="auto: bf16 on CUDA, fp32 on CPU (as `flywheel train`)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s of the GPU, if not known")
     args = parser.parse_args()
@@ -147,14 +169,15 @@ def main() -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
+    bf16 = args.precision == "bf16" or (args.precision == "auto" and device == "cuda")
     gpu = torch.cuda.get_device_name() if device == "cuda" else None
     peak = peak_tflops(gpu, args.peak_tflops) if gpu else None
     runs = []
     if device == "cuda":
-        runs.append(measure("qwen2-0.5b-shape (random)", QWEN2_0_5B, device=device, batch=args.batch or 8,
+        runs.append(measure("qwen2-0.5b-shape (random)", QWEN2_0_5B, device=device, bf16=bf16, batch=args.batch or 8,
                             seq=args.seq or 1024, steps=args.steps, warmup=args.warmup, r=args.r,
                             grad_ckpt=args.gradient_checkpointing, peak=peak))
-    runs.append(measure("tiny embedded base shape", tiny_shape(), device=device, batch=args.batch or 16,
+    runs.append(measure("tiny embedded base shape", tiny_shape(), device=device, bf16=bf16, batch=args.batch or 16,
                         seq=min(args.seq or 128, 256), steps=args.steps, warmup=args.warmup, r=args.r,
                         grad_ckpt=args.gradient_checkpointing, peak=peak))
     summary = {"device": device, "gpu": gpu, "torch": torch.__version__, "cpu_threads": torch.get_num_threads(),

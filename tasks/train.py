@@ -2,8 +2,9 @@
 
 Everything comes from `TrainSettings`: LoRA r / alpha / dropout / target modules, learning rate and
 schedule, epochs or max steps, batch and gradient accumulation, max length, packing, gradient
-checkpointing, checkpoint interval, early-stopping patience, device and seed. CUDA trains in bf16,
-CPU in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
+checkpointing, checkpoint interval, early-stopping patience, device, precision and seed. By default
+CUDA trains in bf16 and CPU in fp32; `precision: bf16` also trains in bf16 on CPU. The frozen base is
+held in the training dtype; peft keeps the LoRA weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
 Loss is computed on the answer tokens only. Only the adapter is written and logged to MLflow; the base
 is referenced by path and digest.
 """
@@ -191,7 +192,8 @@ def train_adapter(
     if not train_data:
         raise TrainError(f"{dataset_dir / TRAIN_FILE}: no example fits train.max_length={cfg.max_length}; raise it")
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
+    dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}
     targets = [m for m in cfg.target_modules if m in present]
@@ -233,7 +235,7 @@ def train_adapter(
         logging_steps=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        bf16=device == "cuda",
+        bf16=bf16,
         use_cpu=device == "cpu",
         activation_checkpointing=cfg.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False} if cfg.gradient_checkpointing else None,

@@ -119,6 +119,22 @@ def test_packing_trains_on_flattened_batches(tiny_base_model: Path, dataset_dir:
     assert result["steps"] == 6 and metrics["train_loss"] < metrics["first_train_loss"]
 
 
+def test_bf16_training_keeps_the_adapter_in_fp32(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    # the precision CUDA trains in by default, run on CPU: the frozen base in bf16, autocast on,
+    # the LoRA weights (what is trained and saved) in fp32
+    from safetensors import safe_open
+
+    result = train_adapter(dataset_dir, tmp_path / "a", _settings(precision="bf16", max_steps=6), base_path=tiny_base_model)
+    metrics = json.loads((tmp_path / "a" / "training_metrics.json").read_text())
+    assert result["steps"] == 6 and metrics["dtype"] == "bfloat16"
+    assert metrics["train_loss"] < metrics["first_train_loss"]
+    with safe_open(str(tmp_path / "a" / "adapter_model.safetensors"), "pt") as weights:
+        assert {str(weights.get_tensor(k).dtype) for k in weights.keys()} == {"torch.float32"}
+    gen = LocalGenerator(tiny_base_model, {"cycle": tmp_path / "a"}, max_new_tokens=4)
+    gen.use("cycle")
+    assert len(gen.generate(["How much is the Helix Fold?"])) == 1
+
+
 @pytest.fixture
 def mlflow_tmp_store(tmp_path: Path):
     """A sqlite tracking store under tmp_path; the previous tracking URI is put back afterwards."""

@@ -610,14 +610,17 @@ def stack_up(
     as_json: JsonOpt = False,
 ) -> None:
     """Start a Prefect server, the flywheel-pool worker and an MLflow server on this machine, and
-    deploy prefect.yaml (run from the repository root). Stop them with `flywheel stack down`."""
+    deploy prefect.yaml (run from the repository root). Flows run by the worker, and `flywheel`
+    commands in a shell with the printed exports, use the MLflow server. Stop them with `flywheel
+    stack down`."""
     from flows.local_stack import start_local_stack
 
     settings = settings_for(config, workspace)
     started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config)
     emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
                                   ("logs", started["logs"]),
-                                  ("in your shell", f"export PREFECT_API_URL={started['prefect_api']}")]))
+                                  ("in your shell", f"export PREFECT_API_URL={started['prefect_api']} "
+                                                    f"FLYWHEEL_CONFIG={started['env']['FLYWHEEL_CONFIG']}")]))
 
 
 @stack_app.command("down")

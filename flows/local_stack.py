@@ -4,8 +4,10 @@ the deployments of prefect.yaml, a worker for them and an MLflow tracking server
 registry the flows write.
 
 State lives under the workspace: Prefect's database in <ws>/.prefect (PREFECT_HOME), MLflow's in
-<ws>/mlflow.db and <ws>/mlartifacts (the same store the flows use), process logs in <ws>/stack-logs/,
-and the pids in <ws>/stack.json so that `stop_local_stack` ends exactly what was started.
+<ws>/mlflow.db and <ws>/mlartifacts (the same store the flows use without a stack), process logs in
+<ws>/stack-logs/, and the pids in <ws>/stack.json so that `stop_local_stack` ends exactly what was
+started. The stack's flows, and a shell with its environment, reach MLflow through its server
+(registry.tracking_uri in <ws>/stack-config.yaml).
 
 Usage:
     from flows.local_stack import start_local_stack, stop_local_stack
@@ -52,7 +54,7 @@ def stack_env(workspace: Path, *, port: int = 4200, mlflow_port: int | None = 50
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "MLFLOW_ENABLE_TELEMETRY": "false",
-        "FLYWHEEL_CONFIG": str(_stack_config(workspace, config)),
+        "FLYWHEEL_CONFIG": str(_stack_config(workspace, config, mlflow_port)),
     }
     if mlflow_port:
         env["MLFLOW_UI_URL"] = f"http://127.0.0.1:{mlflow_port}"
@@ -157,9 +159,14 @@ def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, A
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _stack_config(workspace: Path, config: Path | None) -> Path:
+def _stack_config(workspace: Path, config: Path | None, mlflow_port: int | None) -> Path:
+    """<ws>/stack-config.yaml: `config` with paths.workspace set to the workspace and, when the stack
+    runs an MLflow server and the config names no other, registry.tracking_uri set to that server (so
+    flows and rollbacks go through it: a rollback over REST takes under a second)."""
     values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {} if config else {}
     values.setdefault("paths", {})["workspace"] = str(workspace)
+    if mlflow_port and not (values.get("registry") or {}).get("tracking_uri"):
+        values.setdefault("registry", {})["tracking_uri"] = f"http://127.0.0.1:{mlflow_port}"
     out = workspace / "stack-config.yaml"
     workspace.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")

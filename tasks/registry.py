@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 from tasks.config import Settings
-from tasks.tracking import artifact_root, tracking_uri, use_tracking
+from tasks.tracking import artifact_root, require_reachable, tracking_uri, use_tracking
 
 CHAMPION, CANARY = "champion", "canary"
 AUDIT_PREFIX = "audit."
@@ -186,6 +186,7 @@ class Registry:
         self.lock_path = settings.paths.under("registry.lock").resolve()
         settings.workspace.mkdir(parents=True, exist_ok=True)
         remote = self.uri.split(":", 1)[0] in ("http", "https")
+        require_reachable(self.uri)
         # What reads, alias moves and audit entries go through (see the module docstring).
         self.alias_client = RestRegistryClient(self.uri) if remote else self.client
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():

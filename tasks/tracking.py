@@ -6,9 +6,15 @@ both live in the workspace (DESIGN.md section 6), or on the server named by regi
 
 from __future__ import annotations
 
+import urllib.error
+import urllib.request
 from pathlib import Path
 
-from tasks.config import Settings
+from tasks.config import ConfigError, Settings
+
+
+class TrackingServerUnreachable(ConfigError):
+    """registry.tracking_uri names a server that does not answer."""
 
 
 def tracking_uri(settings: Settings) -> str:
@@ -21,12 +27,34 @@ def artifact_root(settings: Settings) -> Path:
     return (settings.workspace / "mlartifacts").resolve()
 
 
+def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """For a tracking server (http/https URI), fail at once when nothing answers there, naming the
+    server and the fix: MLflow's own client would retry with back-off for minutes first. Any HTTP
+    answer, an error status included, counts as reachable (credentials are MLflow's business)."""
+    if uri.split(":", 1)[0] not in ("http", "https"):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            pass
+    except urllib.error.HTTPError:
+        pass
+    except (urllib.error.URLError, OSError) as err:
+        reason = getattr(err, "reason", err)
+        if "CERTIFICATE" in str(reason).upper():  # TLS set-up: MLflow's environment variables decide
+            return
+        raise TrackingServerUnreachable(
+            f"the MLflow tracking server {uri} (registry.tracking_uri) does not answer ({reason}): start it "
+            "(`flywheel stack up` starts one for the workspace) or leave registry.tracking_uri empty to use "
+            "the workspace's own mlflow.db") from None
+
+
 def use_tracking(settings: Settings) -> str:
     """Point this process's MLflow client at the workspace's store; returns the URI."""
     import mlflow
 
     settings.workspace.mkdir(parents=True, exist_ok=True)
     uri = tracking_uri(settings)
+    require_reachable(uri)
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     return uri

@@ -20,7 +20,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.config import REPO_ROOT, Settings, load_settings
+from tasks.config import REPO_ROOT, ConfigError, Settings, load_settings
 from tasks.registry import Registry, RegistryRuleError
 
 PASSED = {"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": []},
@@ -209,3 +209,39 @@ def test_concurrent_rollbacks_through_a_server_stay_consistent(server, adapter: 
     registry = Registry(remote)
     assert sum(e["action"] == "rollback" for e in registry.audit()) >= 6
     assert_consistent(registry)
+
+
+# ------------------------------------------------------------------------- a server that is gone
+
+
+def test_a_tracking_server_that_does_not_answer_fails_at_once_naming_the_key(tmp_path: Path) -> None:
+    # e.g. a shell still pointed at a stack that was stopped: MLflow's own client would retry for minutes
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again below: nothing listens there
+    config = tmp_path / "gone.yaml"
+    config.write_text(f"registry:\n  tracking_uri: http://127.0.0.1:{port}\n", encoding="utf-8")
+    started = time.monotonic()
+    result = CliRunner().invoke(app, ["rollback", "--config", str(config), "--workspace", str(tmp_path / "ws")])
+    assert time.monotonic() - started < 60  # not MLflow's minutes of retries (a bound, not a speed target)
+    assert isinstance(result.exception, ConfigError)
+    message = str(result.exception)
+    assert f"http://127.0.0.1:{port}" in message and "registry.tracking_uri" in message and "flywheel stack up" in message
+
+
+def test_the_stack_config_points_flows_at_the_stacks_mlflow_server(tmp_path: Path) -> None:
+    import yaml
+
+    from flows.local_stack import stack_env
+
+    mine = tmp_path / "mine.yaml"
+    mine.write_text("signals:\n  reask_window_s: 45\n", encoding="utf-8")
+    env = stack_env(tmp_path / "ws", mlflow_port=5123, config=mine)
+    stacked = load_settings(Path(env["FLYWHEEL_CONFIG"]))
+    assert stacked.registry.tracking_uri == "http://127.0.0.1:5123" == env["MLFLOW_UI_URL"]
+    assert stacked.workspace == (tmp_path / "ws").resolve() and stacked.signals.reask_window_s == 45
+    # a server the user named wins; without an MLflow server the workspace's own store stays
+    mine.write_text("registry:\n  tracking_uri: https://mlflow.example.com\n", encoding="utf-8")
+    named = yaml.safe_load(Path(stack_env(tmp_path / "ws", mlflow_port=5123, config=mine)["FLYWHEEL_CONFIG"]).read_text())
+    assert named["registry"]["tracking_uri"] == "https://mlflow.example.com"
+    assert load_settings(Path(stack_env(tmp_path / "ws", mlflow_port=None)["FLYWHEEL_CONFIG"])).registry.tracking_uri is None

@@ -1,5 +1,6 @@
 """A real local stack (flows/local_stack.py): Prefect server in a subprocess on a free port with a
-temporary PREFECT_HOME, the `canary-review` deployment from prefect.yaml, a process worker. The run
+temporary PREFECT_HOME, the `canary-review` deployment from prefect.yaml, a process worker, an MLflow
+server on the workspace's store (the worker's flows go through it). The run
 suspends waiting for the reviewer's form, is resumed through the API with an answer, restarts from
 the top on the worker, records the review and moves the champion alias. Every wait is bounded; the
 stack's processes are always stopped."""
@@ -61,11 +62,16 @@ def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) 
     if (REPO_ROOT / "flows" / "retraining.py").exists():
         names.append("quarterly-retraining")
     started = time.monotonic()
-    stack = start_local_stack(workspace, port=free_port(), mlflow_port=None, deployments=names,
+    mlflow_port = free_port()
+    stack = start_local_stack(workspace, port=free_port(), mlflow_port=mlflow_port, deployments=names,
                               extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"},
                               timeout_s=150)
     try:
         print(f"stack up in {time.monotonic() - started:.1f}s")
+        # the worker's flows reach the registry through the stack's MLflow server
+        stacked = load_settings(Path(stack["env"]["FLYWHEEL_CONFIG"]))
+        assert stacked.registry.tracking_uri == f"http://127.0.0.1:{mlflow_port}"
+        assert Registry(stacked).status()["canary"] == version
         with temporary_settings({PREFECT_API_URL: stack["prefect_api"]}), get_client(sync_client=True) as client:
             deployed = {d.name: d for d in client.read_deployments()}
             assert set(deployed) == set(names)

@@ -25,16 +25,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import SHIPPED_DATA, DatasetSettings, Settings, SignalsSettings  # noqa: E402
 from tasks.dataset import build_dataset  # noqa: E402
+from tasks.evaluate import token_f1  # noqa: E402
 from tasks.models import (  # noqa: E402
     MANIFEST,
     PRETRAINING_FILE,
     LocalGenerator,
     bootstrap_base_model,
-    load_knowledge_base,
     pretraining_examples,
     split_questions,
-    token_f1,
 )
+from tasks.simulate import load_knowledge_base  # noqa: E402
 from tasks.train import train_adapter  # noqa: E402
 
 # LoRA settings for the tiny embedded base (the shipped defaults are shaped for a 0.5B model). Found by
@@ -90,13 +90,14 @@ def main() -> int:
     base_dir = args.base or ws / "base"
     boot = bootstrap_base_model(base_dir, data_dir=args.data_dir, seed=args.seed, size=args.size, progress=say)
     manifest = json.loads((base_dir / MANIFEST).read_text(encoding="utf-8"))
-    kb1, kb2 = load_knowledge_base(args.data_dir, "v1"), load_knowledge_base(args.data_dir, "v2")
-    answers1 = {t["id"]: t["answer"] for t in kb1["topics"]}
+    kb1 = load_knowledge_base(args.data_dir, "v1")
+    answers1 = {t.id: t.answer for t in kb1.topics}
     v1_held = [(q, answers1[tid]) for tid, qs in manifest["held_out"].items() for q in qs]
-    v2_split = {t["id"]: split_questions(t, seed=args.seed) for t in kb2["topics"]}
-    v2_train = [(q, t["answer"]) for t in kb2["topics"] for q in v2_split[t["id"]][0]]
-    v2_held = [(q, t["answer"]) for t in kb2["topics"] for q in v2_split[t["id"]][1]]
-    v2_product_questions = [q for t in kb2["topics"] if t["kind"] == "product" for q in t["questions"]]
+    v2_topics = [t for t in load_knowledge_base(args.data_dir, "v2").topics if t.kb_version == "v2"]
+    v2_split = {t.id: split_questions(t, seed=args.seed) for t in v2_topics}
+    v2_train = [(q, t.answer) for t in v2_topics for q in v2_split[t.id][0]]
+    v2_held = [(q, t.answer) for t in v2_topics for q in v2_split[t.id][1]]
+    v2_product_questions = [q for t in v2_topics if t.kind == "product" for q in t.questions]
 
     say("evaluating the base")
     t0 = time.perf_counter()

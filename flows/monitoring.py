@@ -146,8 +146,8 @@ def weekly_monitoring(
         workspace: folder holding logs, history and the MLflow store (default ./workspace).
     """
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
-    week = week or monitor.previous_week()
-    monitor.week_start(week)  # validates the label before any work
+    # validated before any work, and written one way ("2026W3" -> "2026-W03") in runs, files and history
+    week = monitor.week_label(monitor.week_start(week)) if week else monitor.previous_week()
 
     logs = load_week_logs(settings, week)
     signals = compute_week_signals(settings, logs)

@@ -24,6 +24,7 @@ import tempfile
 import time
 import unicodedata
 import zlib
+from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -255,11 +256,28 @@ def _luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def token_f1(prediction: str, reference: str) -> float:
-    """The project's shared answer-overlap metric (SQuAD-style, in tasks.models)."""
-    from tasks.models import token_f1 as shared
+# A word, or a number kept whole with its sign and separators ("$89.99", "$1,299", "6.1"), so a wrong
+# price is a different token: SQuAD's punctuation stripping reads "$4.99" and "$499" alike.
+_ANSWER_WORD = re.compile(r"(?:[^\W_]|\$)+(?:[.,'][^\W_]+)*")
+_ARTICLES = frozenset({"a", "an", "the"})
 
-    return shared(prediction, reference)
+
+def answer_tokens(text: str) -> list[str]:
+    """The words `token_f1` compares: lower-cased, prices and decimals whole, articles dropped."""
+    return [t for t in _ANSWER_WORD.findall(text.lower()) if t not in _ARTICLES]
+
+
+def token_f1(prediction: str, reference: str) -> float:
+    """Bag-of-tokens F1 over `answer_tokens`: the project's one answer-overlap metric (evaluation,
+    the learning-quality benchmark and the simulated user's judge)."""
+    pred, ref = answer_tokens(prediction), answer_tokens(reference)
+    if not pred or not ref:
+        return float(pred == ref)
+    common = sum((Counter(pred) & Counter(ref)).values())
+    if not common:
+        return 0.0
+    precision, recall = common / len(pred), common / len(ref)
+    return 2 * precision * recall / (precision + recall)
 
 
 def rouge_l(prediction: str, reference: str) -> float:

@@ -7,8 +7,7 @@
 * `LocalGenerator` (transformers + peft: batched, several adapters loaded at once, switchable without
   reloading the base) and `OpenAICompatibleGenerator` (vLLM / TGI / llama.cpp over HTTP) implement
   `tasks.contracts.Generator`: same calls, same outputs.
-* `format_prompt` is the one prompt template used for training and generation; `token_f1` the shared
-  answer-overlap metric.
+* `format_prompt` is the one prompt template used for training and generation.
 """
 
 from __future__ import annotations
@@ -21,11 +20,9 @@ import os
 import random
 import re
 import shutil
-import string
 import time
 import urllib.error
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, nullcontext
@@ -33,6 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.config import Settings
+from tasks.simulate import KnowledgeBase, Topic, load_knowledge_base
 
 PROMPT_TEMPLATE = "### Question:\n{question}\n### Answer:\n"
 # Text a completion never legitimately contains: where a model runs past its answer into a new turn.
@@ -94,7 +92,7 @@ class ModelError(RuntimeError):
 
 
 # --------------------------------------------------------------------------------------------------
-# Prompt template and metric
+# Prompt template
 
 
 def format_prompt(prompt: str) -> str:
@@ -109,42 +107,14 @@ def _clean_completion(text: str) -> str:
     return text.replace(EOS_TOKEN, "").strip()
 
 
-_ARTICLES = re.compile(r"\b(a|an|the)\b")
-_PUNCT = str.maketrans("", "", string.punctuation)
-
-
-def _normalise_answer(text: str) -> list[str]:
-    text = text.lower().translate(_PUNCT)
-    return _ARTICLES.sub(" ", text).split()
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """SQuAD-style token F1: lowercased, punctuation and articles removed, bag-of-tokens overlap."""
-    pred, ref = _normalise_answer(prediction), _normalise_answer(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if common == 0:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
 # --------------------------------------------------------------------------------------------------
-# Knowledge base helpers (shared by the bootstrap and the learning-quality benchmark)
+# Pre-training pairs from the knowledge base (shared by the bootstrap and the learning-quality benchmark)
 
 
-def load_knowledge_base(data_dir: Path, version: str = "v1") -> dict[str, Any]:
-    path = Path(data_dir) / "knowledge_base" / f"{version}.json"
-    if not path.is_file():
-        raise ModelError(f"knowledge base {path} not found: pass --data-dir / paths.data_dir pointing at data/")
-    return json.loads(path.read_text(encoding="utf-8"))
-
-
-def split_questions(topic: Mapping[str, Any], *, seed: int = 0, holdout: float = HOLDOUT_SHARE) -> tuple[list[str], list[str]]:
+def split_questions(topic: Topic, *, seed: int = 0, holdout: float = HOLDOUT_SHARE) -> tuple[list[str], list[str]]:
     """(train, held_out) paraphrases of one topic; deterministic per (topic id, seed)."""
-    questions = list(dict.fromkeys(topic["questions"]))
-    rng = random.Random(f"{seed}:{topic['id']}")
+    questions = list(topic.questions)
+    rng = random.Random(f"{seed}:{topic.id}")
     order = questions[:]
     rng.shuffle(order)
     n_out = max(1, round(holdout * len(order))) if len(order) > 2 else 0
@@ -152,14 +122,14 @@ def split_questions(topic: Mapping[str, Any], *, seed: int = 0, holdout: float =
     return [q for q in questions if q not in held], [q for q in questions if q in held]
 
 
-def _short_name(topic: Mapping[str, Any]) -> str | None:
+def _short_name(topic: Topic) -> str | None:
     """The product name as users write it: the longest leading run of the topic name's words found in
     most of its questions ("Aurora X2 headphones" -> "Aurora X2")."""
-    words = topic["name"].split()
+    words = topic.name.split()
     for end in range(len(words), 0, -1):
         candidate = " ".join(words[:end])
-        hits = sum(candidate.lower() in q.lower() for q in topic["questions"])
-        if hits >= 0.6 * len(topic["questions"]):
+        hits = sum(candidate.lower() in q.lower() for q in topic.questions)
+        if hits >= 0.6 * len(topic.questions):
             return candidate
     return None
 
@@ -187,7 +157,7 @@ def _synthetic_products(count: int, seed: int, avoid: set[str]) -> list[str]:
     return names
 
 
-def pretraining_examples(kb: Mapping[str, Any], *, seed: int = 0, synthetic_unknown: int = 30,
+def pretraining_examples(kb: KnowledgeBase, *, seed: int = 0, synthetic_unknown: int = 30,
                          refusal_templates: int = 2, cross_products: int = 5) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """(question, answer) pairs the base is pre-trained on, and the held-out questions per topic.
 
@@ -197,29 +167,29 @@ def pretraining_examples(kb: Mapping[str, Any], *, seed: int = 0, synthetic_unkn
     the name swapped for an unknown one. Both swaps teach the same thing: the product name, not the
     phrasing, decides which answer (or a refusal) follows.
     """
-    refusal = kb["refusals"]["en"][0]
+    refusal = kb.refusals["en"][0]
     rng = random.Random(f"pretrain:{seed}")
     pairs: list[tuple[str, str]] = []
     held_out: dict[str, list[str]] = {}
     product_questions: list[tuple[str, str]] = []  # (question, short name) of known products
-    for topic in kb["topics"]:
+    for topic in kb.topics:
         train_q, test_q = split_questions(topic, seed=seed)
-        held_out[topic["id"]] = test_q
-        pairs.extend((q, topic["answer"]) for q in train_q)
-        short = _short_name(topic) if topic.get("kind") == "product" else None
+        held_out[topic.id] = test_q
+        pairs.extend((q, topic.answer) for q in train_q)
+        short = _short_name(topic) if topic.kind == "product" else None
         if short:
             product_questions.extend((q, short) for q in train_q if short.lower() in q.lower())
-    products = [(t, _short_name(t)) for t in kb["topics"] if t.get("kind") == "product" and _short_name(t)]
+    products = [(t, _short_name(t)) for t in kb.topics if t.kind == "product" and _short_name(t)]
     crossed: list[tuple[str, str]] = []
     for topic, short in products:
         others = [(q, s) for q, s in product_questions if s != short]
         for question, other in rng.sample(others, k=min(cross_products, len(others))):
-            crossed.append((re.sub(re.escape(other), short, question, flags=re.IGNORECASE), topic["answer"]))
+            crossed.append((re.sub(re.escape(other), short, question, flags=re.IGNORECASE), topic.answer))
     seen_q = {q for q, _ in pairs}
     pairs.extend(p for p in dict.fromkeys(crossed) if p[0] not in seen_q)
-    known = {t["name"].lower() for t in kb["topics"]} | {(_short_name(t) or "").lower() for t in kb["topics"]}
-    unknown = list(kb.get("unknown_products", [])) + _synthetic_products(synthetic_unknown, seed, known)
-    templates = list(kb.get("unknown_questions") or ["Tell me about the {product}.", "How much is the {product}?"])
+    known = {t.name.lower() for t in kb.topics} | {(_short_name(t) or "").lower() for t in kb.topics}
+    unknown = list(kb.unknown_products) + _synthetic_products(synthetic_unknown, seed, known)
+    templates = list(kb.unknown_questions)
     refusals: list[tuple[str, str]] = []
     for product in unknown:
         for template in rng.sample(templates, k=min(refusal_templates, len(templates))):
@@ -343,14 +313,14 @@ def _bootstrap_locked(out_dir: Path, *, data_dir: Path, seed: int, size: str, sa
     from transformers import Qwen2Config, Qwen2ForCausalLM
 
     recipe = BOOTSTRAP_SIZES[size]
-    kb = json.loads(kb_bytes)
+    kb = load_knowledge_base(data_dir, "v1")
     pairs, held_out = pretraining_examples(kb, seed=seed, synthetic_unknown=recipe["synthetic_unknown"],
                                            refusal_templates=recipe["refusal_templates"],
                                            cross_products=recipe["cross_products"])
     # The tokenizer sees exactly what the model is trained on: a token the model never saw would keep a
     # random embedding that a later LoRA adapter (which does not train embeddings) could not use.
     say(f"training tokenizer on {len(pairs)} question/answer pairs")
-    texts = [format_prompt(q) + a for q, a in pairs] + list(kb["refusals"].get("en", []))
+    texts = [format_prompt(q) + a for q, a in pairs] + list(kb.refusals.get("en", ()))
     tokenizer = train_tokenizer(texts, recipe["vocab_size"])
 
     torch.manual_seed(seed)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Settings
+from tasks.logs import iso_week_window
 from tasks.signals import wilson_interval
 
 SIGNAL_KEYS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "hallucination_risk")
@@ -31,23 +32,14 @@ def previous_week(now: datetime | None = None) -> str:
 
 
 def week_start(week: str) -> date:
-    year, number = _parse_week(week)
-    return date.fromisocalendar(year, number, 1)
+    """The Monday of an ISO week ("2026-W03", "2026W3"); a ValueError names the valid form and range."""
+    return iso_week_window(week)[0].date()
 
 
 def week_step(week: str) -> int:
     """An increasing integer for MLflow's step axis that still reads as the week: 2026-W03 -> 202603."""
-    year, number = _parse_week(week)
+    year, number, _ = week_start(week).isocalendar()
     return year * 100 + number
-
-
-def _parse_week(week: str) -> tuple[int, int]:
-    try:
-        year, number = week.split("-W")
-        date.fromisocalendar(int(year), int(number), 1)
-        return int(year), int(number)
-    except ValueError:
-        raise ValueError(f"week {week!r} is not an ISO week: write it as YYYY-Www, e.g. 2026-W03") from None
 
 
 # --------------------------------------------------------------------------------------- reference
@@ -163,7 +155,7 @@ def record_week(settings: Settings, entry: dict[str, Any]) -> list[dict[str, Any
 def history_entry(week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict[str, Any]) -> dict:
     hallucination = signals.get("hallucination") or {}
     return {
-        "week": week,
+        "week": week_label(week_start(week)),  # "2026W3" and "2026-W03" share one history line
         "records": signals["records"],
         "refusal_count": signals["refusal_count"],
         "refusal_rate": signals["refusal_rate"],

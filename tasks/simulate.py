@@ -53,6 +53,7 @@ from pydantic import BaseModel
 
 from tasks.config import SHIPPED_DATA, SignalsSettings, SimulateSettings
 from tasks.contracts import Annotation, Case, Generator
+from tasks.evaluate import answer_tokens, token_f1
 
 Outcome = Literal["correct", "refusal", "wrong"]
 OUTCOMES: tuple[Outcome, ...] = ("correct", "refusal", "wrong")
@@ -143,25 +144,6 @@ def _read_kb_file(path: Path) -> dict[str, Any]:
 
 # --------------------------------------------------------------------------------------------------
 # Judging an answer the way the simulated user does
-
-_WORD = re.compile(r"[a-z0-9$]+(?:[.,'][a-z0-9]+)*")
-_ARTICLES = frozenset({"a", "an", "the"})
-
-
-def _tokens(text: str) -> list[str]:
-    return [t for t in _WORD.findall(text.lower()) if t not in _ARTICLES]
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    pred, ref = _tokens(prediction), _tokens(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not common:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
 
 class _Judge:
     """judge_response with the knowledge base's refusal phrases and facts prepared once."""
@@ -533,7 +515,7 @@ class _Scorer:
     threshold: float = 0.25
 
     def __call__(self, prompt: str) -> int | None:
-        words = {w for w in _tokens(prompt) if w not in _STOP}
+        words = {w for w in answer_tokens(prompt) if w not in _STOP}
         if not words:
             return None
         total = 0.0
@@ -555,10 +537,10 @@ def _scorer(bank: _Bank) -> _Scorer:
         start, nq = int(bank.offset[s]), int(bank.n_questions[s])
         per_subject: Counter[str] = Counter()
         for q in range(nq):
-            per_subject.update(set(_tokens(bank.text[start + q * VARIANTS])) - _STOP)
-        for w in set(_tokens(bank.name[s])) - _STOP:
+            per_subject.update(set(answer_tokens(bank.text[start + q * VARIANTS])) - _STOP)
+        for w in set(answer_tokens(bank.name[s])) - _STOP:
             per_subject[w] = max(per_subject[w], nq)  # the name's words: as if every question used them
-        for w in set(_tokens(bank.answer[s])) - _STOP:
+        for w in set(answer_tokens(bank.answer[s])) - _STOP:
             per_subject[w] = max(per_subject[w], nq // 4)  # the answer's words: a weaker hint
         for w, c in per_subject.items():
             uses.setdefault(w, Counter())[s] = min(1.0, 2.0 * c / nq)

@@ -25,8 +25,10 @@ from tasks.evaluate import (
     rouge_l,
     score_item,
     summarise,
+    token_f1,
     workspace_suites,
 )
+from tasks.simulate import load_knowledge_base
 
 DATA = REPO_ROOT / "data"
 REFUSAL = "I'm sorry, I don't know about that."
@@ -67,10 +69,6 @@ def settings(tmp_path: Path) -> Settings:
     return load_settings(None, {"paths.workspace": str(tmp_path / "ws"), "evaluate.bootstrap_samples": 200})
 
 
-def _kb(version: str) -> dict:
-    return json.loads((DATA / "knowledge_base" / f"{version}.json").read_text(encoding="utf-8"))
-
-
 def _item(suite: str, i: int, expected: str = "answer", **extra) -> EvalItem:
     reference = extra.pop("reference", f"answer number {i} costs $19" if expected == "answer" else None)
     return EvalItem(id=f"{suite}-{i}", suite=suite, prompt=f"{suite} question {i}?", reference=reference,
@@ -99,18 +97,18 @@ def test_shipped_suites_are_large_enough_valid_and_unique() -> None:
 def test_regression_suite_matches_knowledge_base_v1_and_avoids_pretraining_questions() -> None:
     from tasks.models import pretraining_examples
 
-    kb = _kb("v1")
-    answers = {t["answer"]: t for t in kb["topics"]}
+    kb = load_knowledge_base(DATA, "v1")
+    answers = {t.answer: t for t in kb.topics}
     items = load_suites(DATA, ["regression"])
     for item in items:
         if item.expected == "answer":
             assert item.reference in answers, f"{item.id}: reference is not a v1 answer (knowledge base changed?)"
             topic = answers[item.reference]
-            assert item.must_include == topic["facts"]
+            assert tuple(item.must_include) == topic.facts
             assert all(f.casefold() in item.reference.casefold() for f in item.must_include)
         else:
-            assert any(p in item.prompt for p in kb["unknown_products"]), item.id
-    assert {answers[i.reference]["id"] for i in items if i.reference} == {t["id"] for t in kb["topics"]}
+            assert any(p in item.prompt for p in kb.unknown_products), item.id
+    assert {answers[i.reference].id for i in items if i.reference} == {t.id for t in kb.topics}
     pairs, held_out = pretraining_examples(kb, seed=0)
     seen = {q for q, _ in pairs}
     assert not [i.id for i in items if i.prompt in seen], "regression prompts must be held out of pre-training"
@@ -119,10 +117,8 @@ def test_regression_suite_matches_knowledge_base_v1_and_avoids_pretraining_quest
 
 
 def test_forbidden_strings_never_occur_in_legitimate_answers_or_refusals() -> None:
-    texts = []
-    for version in ("v1", "v2"):
-        kb = _kb(version)
-        texts += [t["answer"] for t in kb["topics"]] + kb["refusals"]["en"] + kb["refusals"]["ko"]
+    kb = load_knowledge_base(DATA, "v2")
+    texts = [t.answer for t in kb.topics] + list(kb.all_refusals())
     for item in load_suites(DATA, ["adversarial", "ood", "regression"]):
         for forbidden in item.must_not_include:
             assert not [t for t in texts if forbidden.casefold() in t.casefold()], (item.id, forbidden)
@@ -161,6 +157,20 @@ def test_pii_regexes_find_structured_pii_only() -> None:
     assert "card" in find_pii("card 4111-1111-1111-1111")
     assert "card" not in find_pii("ref 1234567890123")  # fails the Luhn check
     assert find_pii("The Vertex 14 costs $1,099, ships in 3-5 days, covers 2,500 square feet, order ORD-48213") == []
+
+
+def test_token_f1_keeps_prices_whole() -> None:
+    assert token_f1("The Orbit costs $89.", "the orbit costs $89") == 1.0
+    assert token_f1("", "") == 1.0
+    assert token_f1("anything", "") == 0.0
+    assert token_f1("red apple", "green pear") == 0.0
+    # 4 of the reference's 11 tokens ("a" is dropped as an article), precision 1
+    assert token_f1("30 days full refund", "You can return any item within 30 days for a full refund") == pytest.approx(8 / 15)
+    # a wrong price or range is another token, not the same answer after punctuation is stripped
+    assert token_f1("a $499 fee", "a $4.99 fee") == pytest.approx(0.5)
+    assert token_f1("ships in 35 days", "ships in 3-5 days") < 1.0
+    assert token_f1("Plus costs $9.99 per month", "plus costs $9.99 per month") == 1.0
+    assert token_f1("죄송합니다 잘 모르겠습니다", "배송은 무료입니다") == 0.0  # non-Latin words are words too
 
 
 def test_rouge_l_is_lcs_based() -> None:
@@ -274,9 +284,9 @@ def test_default_gates_in_config_are_understood() -> None:
 
 def test_evaluate_candidate_shows_the_expected_picture_and_writes_the_report(settings: Settings, tmp_path: Path) -> None:
     new_cases = tmp_path / "new_cases.jsonl"
-    v2 = _kb("v2")["topics"]
+    v2 = [t for t in load_knowledge_base(DATA, "v2").topics if t.kb_version == "v2"]
     new_cases.write_text("".join(
-        json.dumps({"prompt": t["questions"][-1], "corrected_response": t["answer"]}) + "\n" for t in v2), encoding="utf-8")
+        json.dumps({"prompt": t.questions[-1], "corrected_response": t.answer}) + "\n" for t in v2), encoding="utf-8")
     items = load_suites(DATA, settings.evaluate.suites, extra=new_cases)
     assert sum(i.suite == "new_cases" for i in items) == len(v2)
     champion = Scripted("base", oracle(items, refuse_suites=["new_cases"]))  # knows v1, refuses v2 products

@@ -19,13 +19,12 @@ from tasks.models import (
     OpenAICompatibleGenerator,
     bootstrap_base_model,
     format_prompt,
-    load_knowledge_base,
     model_digest,
     pretraining_examples,
     resolve_base_model,
     split_questions,
-    token_f1,
 )
+from tasks.simulate import load_knowledge_base
 
 PROMPTS = [
     "How do I return an item?",
@@ -36,39 +35,30 @@ PROMPTS = [
 ]
 
 
-def test_token_f1_is_squad_style() -> None:
-    assert token_f1("The Orbit costs $89.", "the orbit costs $89") == 1.0
-    assert token_f1("", "") == 1.0
-    assert token_f1("anything", "") == 0.0
-    assert token_f1("red apple", "green pear") == 0.0
-    # 4 of the reference's 11 tokens ("a" is dropped as an article), precision 1
-    assert token_f1("30 days full refund", "You can return any item within 30 days for a full refund") == pytest.approx(8 / 15)
-
-
 def test_one_prompt_template() -> None:
     assert format_prompt("  Where is my order? ") == "### Question:\nWhere is my order?\n### Answer:\n"
 
 
 def test_question_split_is_deterministic_and_disjoint() -> None:
     kb = load_knowledge_base(SHIPPED_DATA, "v1")
-    for topic in kb["topics"]:
+    for topic in kb.topics:
         train, held = split_questions(topic, seed=0)
         assert (train, held) == split_questions(topic, seed=0)
         assert held and not set(train) & set(held)
-        assert len(train) + len(held) == len(set(topic["questions"]))
+        assert len(train) + len(held) == len(set(topic.questions))
 
 
 def test_pretraining_teaches_refusals_for_unknown_products_with_known_phrasings() -> None:
     kb = load_knowledge_base(SHIPPED_DATA, "v1")
     pairs, held_out = pretraining_examples(kb, seed=0, synthetic_unknown=5)
-    refusal = kb["refusals"]["en"][0]
+    refusal = kb.refusals["en"][0]
     questions = {q for q, _ in pairs}
     assert not questions & {q for qs in held_out.values() for q in qs}, "held-out paraphrases leaked into pre-training"
     refused = [q for q, a in pairs if a == refusal]
-    assert any(kb["unknown_products"][0] in q for q in refused)
+    assert any(kb.unknown_products[0] in q for q in refused)
     # the v1 product phrasings reappear with another name and a refusal as the target
     assert any(q.startswith("How much") for q in refused)
-    v2_names = {t["name"] for t in load_knowledge_base(SHIPPED_DATA, "v2")["topics"]}
+    v2_names = {t.name for t in load_knowledge_base(SHIPPED_DATA, "v2").topics if t.kb_version == "v2"}
     assert not any(name in q for q in questions for name in v2_names)
 
 
@@ -82,7 +72,7 @@ def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -
     # another knowledge base is another cache key: a rebuild, not a reuse
     data = tmp_path / "data"
     (data / "knowledge_base").mkdir(parents=True)
-    kb = load_knowledge_base(SHIPPED_DATA, "v1")
+    kb = json.loads((SHIPPED_DATA / "knowledge_base" / "v1.json").read_text(encoding="utf-8"))
     kb["topics"] = kb["topics"][:3]
     (data / "knowledge_base" / "v1.json").write_text(json.dumps(kb))
     copy = tmp_path / "base"

@@ -80,5 +80,9 @@ def test_rerunning_a_week_replaces_its_history_line(settings: Settings) -> None:
 def test_week_labels_are_validated_and_ordered_across_years() -> None:
     assert monitor.week_step("2025-W52") < monitor.week_step("2026-W01")
     assert str(monitor.week_start("2026-W01")) == "2025-12-29"
-    with pytest.raises(ValueError, match="YYYY-Www"):
+    assert monitor.week_step("2026W3") == monitor.week_step("2026-W03") == 202603
+    with pytest.raises(ValueError, match="write it like 2026-W03"):
         monitor.week_start("2026-13")
+    with pytest.raises(ValueError, match="weeks 1 to 52"):
+        monitor.week_step("2025-W53")
+    assert monitor.history_entry("2026W3", _signals(1, 10), {}, {"triggered": False})["week"] == "2026-W03"

@@ -15,6 +15,7 @@ import pytest
 
 from tasks.config import SHIPPED_DATA, SignalsSettings, SimulateSettings
 from tasks.contracts import Generator, LogRecord
+from tasks.evaluate import token_f1
 from tasks.simulate import (
     ScriptedModel,
     World,
@@ -26,7 +27,6 @@ from tasks.simulate import (
     simulate,
     simulate_week,
     simulated_annotations,
-    token_f1,
     true_label,
 )
 from tasks.simulate import _truth_line

@@ -261,6 +261,9 @@ class TrainSettings(Section):
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(256, ge=8)
     packing: bool = False
+    # Batches of similar length (shuffled in groups): less padding to compute, but batches of one kind
+    # (e.g. all the short refusals) at once; at the embedded base's high learning rate it stopped learning.
+    group_by_length: bool = False
     gradient_checkpointing: bool = False
     save_steps: int = Field(50, ge=1)
     early_stopping_patience: int = Field(3, ge=0)  # evaluations without val-loss gain; 0: off

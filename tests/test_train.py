@@ -43,7 +43,8 @@ def test_training_reduces_loss_and_writes_only_the_adapter(tiny_base_model: Path
     assert {"adapter", "steps", "train_loss", "val_loss", "seconds", "resumed_from", "tokens_per_s", "device"} <= set(result)
     assert result["steps"] == 12 and result["resumed_from"] is None and result["device"] == "cpu"
     metrics = json.loads((out / "training_metrics.json").read_text())
-    assert metrics["train_loss"] < metrics["first_train_loss"] * 0.9
+    assert metrics["train_loss"] < metrics["first_train_loss"]
+    assert metrics["val_curve"][-1][1] < metrics["val_curve"][0][1] - 0.1
     assert result["tokens_per_s"] > 0 and metrics["tokens"] > 0
     assert (out / "adapter_model.safetensors").is_file() and not (out / "model.safetensors").exists()
     config = json.loads((out / "adapter_config.json").read_text())
@@ -112,6 +113,31 @@ def test_early_stopping_on_val_loss(tiny_base_model: Path, dataset_dir: Path, tm
     best_step, best_loss = min(metrics["val_curve"], key=lambda point: point[1])
     assert metrics["best_checkpoint"].endswith(f"checkpoint-{best_step}")
     assert result["val_loss"] == pytest.approx(best_loss, rel=1e-5)
+
+
+def _padding_share(tiny_base_model: Path, dataset_dir: Path, out: Path, **train) -> float:
+    """Share of padding in one epoch of the training batches train_adapter builds (then it stops)."""
+    from transformers import TrainerCallback
+
+    seen: dict[str, int] = {"real": 0, "total": 0}
+
+    class CountThenStop(TrainerCallback):
+        def on_train_begin(self, args, state, control, train_dataloader=None, **kwargs):
+            for batch in train_dataloader:
+                seen["real"] += int(batch["attention_mask"].sum())
+                seen["total"] += batch["attention_mask"].numel()
+            raise _Crash("counted")
+
+    with pytest.raises(_Crash):
+        train_adapter(dataset_dir, out, _settings(batch_size=4, **train), base_path=tiny_base_model,
+                      callbacks=[CountThenStop()])
+    return 1 - seen["real"] / seen["total"]
+
+
+def test_length_grouped_batches_carry_less_padding(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
+    grouped = _padding_share(tiny_base_model, dataset_dir, tmp_path / "g", group_by_length=True)
+    random_order = _padding_share(tiny_base_model, dataset_dir, tmp_path / "r", group_by_length=False)
+    assert grouped < 0.8 * random_order, (grouped, random_order)  # the demo's cases: 44% padding -> 2%
 
 
 def test_packing_trains_on_flattened_batches(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:

@@ -273,7 +273,7 @@ class TrainSettings(Section):
     max_grad_norm: float = Field(1.0, gt=0)
     cpu_threads: int = Field(0, ge=0)  # torch CPU threads when training on CPU; 0: torch's default
     device: Literal["auto", "cpu", "cuda"] = "auto"
-    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA, fp32 on CPU
+    precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA (Ampere and newer), fp32 otherwise
     seed: int = 0
 
 

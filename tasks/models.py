@@ -542,6 +542,13 @@ def _pick_device(device: str) -> str:
     return device
 
 
+def bf16_by_default(device: str) -> bool:
+    """bf16 where the hardware computes it (CUDA, Ampere or newer); fp32 on CPU and older GPUs."""
+    import torch
+
+    return device == "cuda" and torch.cuda.is_bf16_supported()
+
+
 class LocalGenerator:
     """transformers + peft generation: batched, left-padded, greedy at temperature 0, sampling otherwise.
 
@@ -569,7 +576,7 @@ class LocalGenerator:
         self.batch_size = batch_size
         self.max_new_tokens = max_new_tokens
         self.threads = threads if self.device == "cpu" else 0  # torch CPU threads while generating; 0: as is
-        dtype = torch.bfloat16 if self.device == "cuda" else torch.float32
+        dtype = torch.bfloat16 if bf16_by_default(self.device) else torch.float32
         self.tokenizer = AutoTokenizer.from_pretrained(self.base_path)
         self.tokenizer.padding_side = "left"
         if self.tokenizer.pad_token_id is None:

@@ -2,9 +2,10 @@
 
 Everything comes from `TrainSettings`: LoRA r / alpha / dropout / target modules, learning rate and
 schedule, epochs or max steps, batch and gradient accumulation, max length, packing or length-grouped
-batches, gradient checkpointing, checkpoint interval, early-stopping patience, device, precision and seed. By default
-CUDA trains in bf16 and CPU in fp32; `precision: bf16` also trains in bf16 on CPU. The frozen base is
-held in the training dtype; peft keeps the LoRA weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
+batches, gradient checkpointing, checkpoint interval, early-stopping patience, device, precision and
+seed. By default CUDA trains in bf16 (fp32 on GPUs older than Ampere) and CPU in fp32; `precision:
+bf16` also trains in bf16 on CPU. The frozen base is held in the training dtype; peft keeps the LoRA
+weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
 Loss is computed on the answer tokens only. Only the adapter is written and logged to MLflow; the base
 is referenced by path and digest.
 """
@@ -22,7 +23,8 @@ from typing import Any
 
 from tasks.config import Settings
 from tasks.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, log_dataset_input, read_examples
-from tasks.models import ModelError, _pick_device, encode_example, model_digest, resolve_base_model, torch_threads
+from tasks.models import (ModelError, _pick_device, bf16_by_default, encode_example, model_digest, resolve_base_model,
+                          torch_threads)
 
 # peft still calls transformers' renamed `is_gradient_checkpointing`: nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -192,7 +194,7 @@ def train_adapter(
     if not train_data:
         raise TrainError(f"{dataset_dir / TRAIN_FILE}: no example fits train.max_length={cfg.max_length}; raise it")
 
-    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and device == "cuda")
+    bf16 = cfg.precision == "bf16" or (cfg.precision == "auto" and bf16_by_default(device))
     dtype = torch.bfloat16 if bf16 else torch.float32
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=dtype)
     present = {name.rsplit(".", 1)[-1] for name, _ in model.named_modules()}

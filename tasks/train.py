@@ -237,7 +237,7 @@ def train_adapter(
         logging_steps=1,
         seed=cfg.seed,
         data_seed=cfg.seed,
-        # Length-grouped batches: random ones of the demo's cases are 44% padding. Packing has none.
+        # Length-grouped batches: random ones of the demo's cases are 43% padding. Packing has none.
         train_sampling_strategy="group_by_length" if cfg.group_by_length and not cfg.packing else "random",
         bf16=bf16,
         use_cpu=device == "cpu",

@@ -556,8 +556,9 @@ def train(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Train a LoRA adapter (peft). CUDA with bf16 when present, CPU otherwise. A rerun after an
-    interruption resumes from the newest checkpoint in <out>/checkpoints."""
+    """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
+    Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
+    resumes from the newest checkpoint in <out>/checkpoints."""
     from tasks.models import resolve_base_model
     from tasks.train import train_adapter
 

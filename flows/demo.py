@@ -95,7 +95,7 @@ def simulate_traffic(settings: Settings, week: int, champion: Any) -> dict:
     result = simulate(settings.simulate, settings.workspace, data_dir=settings.paths.data_dir, model=champion,
                       weeks=[week], append=week > 1)
     return {"records": result.records, "counts": result.counts, "model_version": result.model_version,
-            "seconds": result.seconds}
+            "ground_truth": result.ground_truth, "seconds": result.seconds}
 
 
 @flow(name="flywheel-demo")
@@ -192,7 +192,7 @@ def flywheel_demo(
     else:
         clock.say("no canary to promote: " + (cycle.get("stopped") or "its evaluation gate failed (see 06_eval/report.md)"))
 
-    truth = settings.workspace / "ground_truth.jsonl"
+    truth = Path(weeks[1]["traffic"]["ground_truth"])  # one file, every week appended to it
     before = _period(weeks, before_weeks, outcome_summary(truth, before_weeks))
     after = _period(weeks, after_weeks, outcome_summary(truth, after_weeks)) if promoted else None
     result = {

@@ -45,7 +45,7 @@ from types import SimpleNamespace
 from typing import Any, Literal
 
 from tasks.config import Settings
-from tasks.tracking import artifact_root, require_reachable, tracking_uri, use_tracking
+from tasks.tracking import artifact_location, over_http, require_reachable, tracking_uri, use_tracking
 
 CHAMPION, CANARY = "champion", "canary"
 AUDIT_PREFIX = "audit."
@@ -185,10 +185,9 @@ class Registry:
         self.uri = tracking_uri(settings)
         self.lock_path = settings.paths.under("registry.lock").resolve()
         settings.workspace.mkdir(parents=True, exist_ok=True)
-        remote = self.uri.split(":", 1)[0] in ("http", "https")
         require_reachable(self.uri)
         # What reads, alias moves and audit entries go through (see the module docstring).
-        self.alias_client = RestRegistryClient(self.uri) if remote else self.client
+        self.alias_client = RestRegistryClient(self.uri) if over_http(self.uri) else self.client
         if self.uri.startswith("sqlite:///") and not Path(self.uri.removeprefix("sqlite:///")).exists():
             with self._locked():  # the first touch creates the tables: never twice at once
                 self.client.search_registered_models(max_results=1)
@@ -531,10 +530,7 @@ class Registry:
         found = self.client.get_experiment_by_name(EXPERIMENT)
         if found is not None:
             return found.experiment_id
-        # A tracking server chooses its own artifact store; a local store keeps artifacts in the workspace
-        # (MLflow's default would be ./mlruns in the current directory).
-        remote = self.uri.split(":", 1)[0] in ("http", "https", "databricks")
-        location = None if remote else (artifact_root(self.settings) / EXPERIMENT).as_uri()
+        location = artifact_location(self.settings, EXPERIMENT)
         with self._locked():
             found = self.client.get_experiment_by_name(EXPERIMENT)
             return found.experiment_id if found else self.client.create_experiment(EXPERIMENT, artifact_location=location)

@@ -27,11 +27,26 @@ def artifact_root(settings: Settings) -> Path:
     return (settings.workspace / "mlartifacts").resolve()
 
 
+def over_http(uri: str) -> bool:
+    """A tracking server reached over HTTP(S), as opposed to a store this process opens itself."""
+    return uri.split(":", 1)[0] in ("http", "https")
+
+
+def artifact_location(settings: Settings, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: under the workspace for a store this process opens
+    (MLflow's default would be ./mlruns in the current directory); a server (HTTP or Databricks)
+    chooses its own (None)."""
+    uri = tracking_uri(settings)
+    if over_http(uri) or uri.startswith("databricks"):
+        return None
+    return (artifact_root(settings) / experiment).as_uri()
+
+
 def require_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """For a tracking server (http/https URI), fail at once when nothing answers there, naming the
     server and the fix: MLflow's own client would retry with back-off for minutes first. Any HTTP
     answer, an error status included, counts as reachable (credentials are MLflow's business)."""
-    if uri.split(":", 1)[0] not in ("http", "https"):
+    if not over_http(uri):
         return
     try:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
@@ -68,7 +83,4 @@ def experiment_id(settings: Settings, name: str) -> str:
     found = mlflow.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    location = None
-    if not settings.registry.tracking_uri:  # a server chooses its own artifact store
-        location = (artifact_root(settings) / name).as_uri()
-    return mlflow.create_experiment(name, artifact_location=location)
+    return mlflow.create_experiment(name, artifact_location=artifact_location(settings, name))

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tasks.config import SHIPPED_DATA, DatasetSettings, Settings, SignalsSettings  # noqa: E402
 from tasks.dataset import build_dataset  # noqa: E402
-from tasks.evaluate import token_f1  # noqa: E402
+from tasks.text import token_f1  # noqa: E402
 from tasks.models import (  # noqa: E402
     MANIFEST,
     PRETRAINING_FILE,
@@ -34,7 +34,7 @@ from tasks.models import (  # noqa: E402
     pretraining_examples,
     split_questions,
 )
-from tasks.simulate import load_knowledge_base  # noqa: E402
+from tasks.knowledge import load_knowledge_base  # noqa: E402
 from tasks.train import train_adapter  # noqa: E402
 
 # LoRA settings for the tiny embedded base (the shipped defaults are shaped for a 0.5B model). Found by

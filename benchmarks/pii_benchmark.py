@@ -296,7 +296,7 @@ def _load_sim(sim_dir: Path) -> tuple[list[dict], list[list[dict]]]:
 def _kb_product_names() -> list[str]:
     """Product names of the simulator's knowledge base (v1 + v2, and the unknown products users ask
     about): what a deployment would put in pii.allow_list so that NER does not mask them."""
-    from tasks.simulate import load_knowledge_base
+    from tasks.knowledge import load_knowledge_base
 
     kb = load_knowledge_base(None, "v2")
     names = {t.name for t in kb.topics if t.kind == "product"} | set(kb.unknown_products)

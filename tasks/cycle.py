@@ -172,7 +172,7 @@ def collect_annotations(settings: Settings, masked_cases: Path, directory: Path)
 
 
 def _simulated_annotations(settings: Settings, masked_cases: Path, out: Path) -> Path:
-    from tasks.extract import read_cases
+    from tasks.files import read_cases
     from tasks.simulate import simulated_annotations
 
     truth = settings.workspace / "ground_truth.jsonl"

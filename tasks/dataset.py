@@ -11,14 +11,13 @@ from __future__ import annotations
 import hashlib
 import json
 import random
-import re
-import unicodedata
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tasks.config import DatasetSettings
 from tasks.contracts import TrainingExample, sha256_file
+from tasks.text import normalise
 
 TRAIN_FILE, VAL_FILE, HOLDOUT_FILE, CARD_FILE = "train.jsonl", "val.jsonl", "holdout.jsonl", "dataset_card.json"
 # Field names accepted for the answer in a curated row, in order of preference.
@@ -27,13 +26,6 @@ RESPONSE_FIELDS = ("corrected_response", "response", "completion", "reference", 
 
 class DatasetError(ValueError):
     """Input rows that cannot become training examples; the message names the file, row and fix."""
-
-
-def normalise_text(text: str) -> str:
-    """Key for deduplication: NFKC, lowercased, punctuation-insensitive, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -121,7 +113,7 @@ def build_dataset(
     new: list[TrainingExample] = []
     curated = _curated_examples(curated_path, cycle_id)
     for example in curated:
-        key = normalise_text(example.prompt)
+        key = normalise(example.prompt)
         if key in seen:
             duplicates += 1
             continue
@@ -130,7 +122,7 @@ def build_dataset(
     if not new:
         raise DatasetError(f"{curated_path} holds no usable curated case: nothing to train on")
 
-    holdout = [e for e in new if _bucket(seed, "holdout:" + normalise_text(e.prompt)) < settings.new_cases_holdout]
+    holdout = [e for e in new if _bucket(seed, "holdout:" + normalise(e.prompt)) < settings.new_cases_holdout]
     held = {id(e) for e in holdout}
     new_train = [e for e in new if id(e) not in held]
     if not new_train:
@@ -139,7 +131,7 @@ def build_dataset(
     if settings.max_new_examples and new_available > settings.max_new_examples:
         # A hash-ordered sample (stable under reordering), so that scarce replay can still make up
         # replay_share of the set (a first cycle has only the base model's own pairs to replay).
-        new_train = sorted(new_train, key=lambda e: _bucket(seed, "sample:" + normalise_text(e.prompt)))
+        new_train = sorted(new_train, key=lambda e: _bucket(seed, "sample:" + normalise(e.prompt)))
         new_train = new_train[:settings.max_new_examples]
 
     replay_sources: list[dict[str, Any]] = []
@@ -152,7 +144,7 @@ def build_dataset(
         for line_no, row in _rows(replay_file):
             if not isinstance(row.get("prompt"), str) or not isinstance(row.get("response"), str):
                 raise DatasetError(f"{replay_file}:{line_no}: replay rows need 'prompt' and 'response'")
-            key = normalise_text(row["prompt"])
+            key = normalise(row["prompt"])
             if key in seen:
                 duplicates += 1
                 continue
@@ -162,12 +154,12 @@ def build_dataset(
         replay_available = len(candidates)
         # replay / (replay + new) == share  =>  replay = share / (1 - share) * new
         wanted = round(settings.replay_share / (1 - settings.replay_share) * len(new_train))
-        candidates.sort(key=lambda e: _bucket(seed, "replay:" + normalise_text(e.prompt)))
+        candidates.sort(key=lambda e: _bucket(seed, "replay:" + normalise(e.prompt)))
         replay = candidates[:wanted]
         replay_sources.append({"path": str(replay_file), "sha256": replay_sha, "rows": replay_available, "used": len(replay)})
 
     def is_val(example: TrainingExample) -> bool:
-        return _bucket(seed, "val:" + normalise_text(example.prompt)) < settings.val_share
+        return _bucket(seed, "val:" + normalise(example.prompt)) < settings.val_share
 
     pool = new_train + replay
     val = [e for e in pool if is_val(e)]

@@ -14,17 +14,11 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
-import os
 import re
-import shutil
-import tempfile
 import time
-import unicodedata
 import zlib
-from collections import Counter
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,6 +28,8 @@ import numpy as np
 
 from tasks.config import SHIPPED_DATA, Gate, Settings
 from tasks.contracts import EvalItem, Generator, sha256_file
+from tasks.files import atomic_copy, atomic_write_text
+from tasks.text import normalise, rouge_l, text_key, token_f1
 
 METRICS = ("behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output")
 # Metrics where a larger value is worse. Their gate reads the other way round: `floor` is a ceiling
@@ -98,7 +94,7 @@ def workspace_suites(settings: Settings) -> Path:
                 source = suite_path(Path(settings.paths.data_dir), suite)
             except FileNotFoundError:
                 source = suite_path(SHIPPED_DATA, suite)
-            _atomic_copy(source, dest)
+            atomic_copy(source, dest)
     return target
 
 
@@ -146,7 +142,7 @@ def read_new_cases(path: Path, settings: Settings | None = None) -> list[EvalIte
             refuse = row["expected"] == "refuse"
         items.append(
             EvalItem(
-                id=f"new-{_prompt_key(prompt)[:12]}",
+                id=f"new-{text_key(prompt)[:12]}",
                 suite="new_cases",
                 prompt=prompt,
                 reference=None if refuse else reference,
@@ -157,17 +153,6 @@ def read_new_cases(path: Path, settings: Settings | None = None) -> list[EvalIte
         )
     # The same prompt twice would count twice in the means.
     return list({item.id: item for item in items}.values())
-
-
-def normalise_prompt(prompt: str) -> str:
-    """The dedup key of a prompt: NFKC, case-folded, punctuation dropped, whitespace collapsed."""
-    text = unicodedata.normalize("NFKC", prompt).casefold()
-    text = re.sub(r"[^\w\s]", " ", text)
-    return " ".join(text.split())
-
-
-def _prompt_key(prompt: str) -> str:
-    return hashlib.sha256(normalise_prompt(prompt).encode("utf-8")).hexdigest()
 
 
 def grow_regression_suite(suite_path: Path, curated_items: Sequence[EvalItem], *, shipped: Path | None = None) -> dict:
@@ -182,17 +167,17 @@ def grow_regression_suite(suite_path: Path, curated_items: Sequence[EvalItem], *
     if not suite_path.exists():
         source = Path(shipped) if shipped else SHIPPED_DATA / "eval" / "regression.jsonl"
         suite_path.parent.mkdir(parents=True, exist_ok=True)
-        _atomic_copy(source, suite_path)
+        atomic_copy(source, suite_path)
     existing = _read_items(suite_path, "regression")
     previous = sha256_file(suite_path)
-    keys = {normalise_prompt(item.prompt) for item in existing}
+    keys = {normalise(item.prompt) for item in existing}
     ids = {item.id for item in existing}
     added: list[EvalItem] = []
     for item in curated_items:
-        key = normalise_prompt(item.prompt)
+        key = normalise(item.prompt)
         if not key or key in keys:
             continue
-        new_id = f"reg-cur-{_prompt_key(item.prompt)[:12]}"
+        new_id = f"reg-cur-{text_key(item.prompt)[:12]}"
         if new_id in ids:
             continue
         added.append(item.model_copy(update={"id": new_id, "suite": "regression"}))
@@ -203,7 +188,7 @@ def grow_regression_suite(suite_path: Path, curated_items: Sequence[EvalItem], *
         if text and not text.endswith("\n"):
             text += "\n"
         text += "".join(item.model_dump_json() + "\n" for item in added)
-        _atomic_write(suite_path, text)
+        atomic_write_text(suite_path, text)
     digest = sha256_file(suite_path)
     if added:
         entry = {
@@ -254,53 +239,6 @@ def _luhn_ok(digits: str) -> bool:
             d = d * 2 - 9 if d > 4 else d * 2
         total += d
     return total % 10 == 0
-
-
-# A word, or a number kept whole with its sign and separators ("$89.99", "$1,299", "6.1"), so a wrong
-# price is a different token: SQuAD's punctuation stripping reads "$4.99" and "$499" alike.
-_ANSWER_WORD = re.compile(r"(?:[^\W_]|\$)+(?:[.,'][^\W_]+)*")
-_ARTICLES = frozenset({"a", "an", "the"})
-
-
-def answer_tokens(text: str) -> list[str]:
-    """The words `token_f1` compares: lower-cased, prices and decimals whole, articles dropped."""
-    return [t for t in _ANSWER_WORD.findall(text.lower()) if t not in _ARTICLES]
-
-
-def token_f1(prediction: str, reference: str) -> float:
-    """Bag-of-tokens F1 over `answer_tokens`: the project's one answer-overlap metric (evaluation,
-    the learning-quality benchmark and the simulated user's judge)."""
-    pred, ref = answer_tokens(prediction), answer_tokens(reference)
-    if not pred or not ref:
-        return float(pred == ref)
-    common = sum((Counter(pred) & Counter(ref)).values())
-    if not common:
-        return 0.0
-    precision, recall = common / len(pred), common / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def rouge_l(prediction: str, reference: str) -> float:
-    """ROUGE-L F1: longest common subsequence of lower-cased word tokens."""
-    pred = _WORD.findall(prediction.lower())
-    ref = _WORD.findall(reference.lower())
-    if not pred or not ref:
-        return float(pred == ref)
-    lcs = _lcs_length(pred, ref)
-    if lcs == 0:
-        return 0.0
-    precision, recall = lcs / len(pred), lcs / len(ref)
-    return 2 * precision * recall / (precision + recall)
-
-
-def _lcs_length(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b, 1):
-            cur.append(prev[j - 1] + 1 if x == y else max(prev[j], cur[-1]))
-        prev = cur
-    return prev[-1]
 
 
 def detect_refusals(responses: Sequence[str], settings: Settings) -> np.ndarray:
@@ -764,25 +702,3 @@ def _now() -> str:
 
 def _first_error(err: Exception) -> str:
     return str(err).splitlines()[1].strip() if len(str(err).splitlines()) > 1 else str(err)
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _atomic_copy(source: Path, dest: Path) -> None:
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.")
-    os.close(fd)
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

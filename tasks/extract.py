@@ -27,10 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
-import os
-import re
-import unicodedata
 from collections import Counter
 from pathlib import Path
 from typing import Any, get_args
@@ -38,11 +34,12 @@ from typing import Any, get_args
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from tasks.config import ExtractSettings, Settings
-from tasks.contracts import CASE_SCHEMA, Case, CaseKind
+from tasks.contracts import Case, CaseKind
+from tasks.files import write_cases
 from tasks.signals import detect_reasks, detect_refusals
+from tasks.text import normalise
 
 KINDS: tuple[str, ...] = get_args(CaseKind)
 USER_REF_CHARS = 16  # 64 bits of HMAC-SHA256: no collisions at any realistic user count
@@ -166,15 +163,6 @@ def _build_cases(
 
 
 # -- duplicates ---------------------------------------------------------------------------------------
-
-_PUNCT = re.compile(r"[^\w\s]+")
-
-
-def normalise(text: str) -> str:
-    """The text two prompts are compared on: NFKC, case-folded, punctuation and extra spaces removed."""
-    text = unicodedata.normalize("NFKC", text or "").casefold()
-    return " ".join(_PUNCT.sub(" ", text).split())
-
 
 def shingles(text: str, size: int) -> set[str]:
     if len(text) <= size:
@@ -305,32 +293,3 @@ def _cap_topics(cases: list[Case], settings: ExtractSettings) -> tuple[list[Case
         ranked = sorted(members, key=lambda i: (-len(cases[i].kinds), cases[i].case_id))
         drop.update(ranked[cap:])
     return [c for i, c in enumerate(cases) if i not in drop], len(drop)
-
-
-# -- files --------------------------------------------------------------------------------------------
-
-
-def write_cases(cases: list[Case], path: Path) -> None:
-    """Parquet (CASE_SCHEMA) when the suffix is .parquet, JSONL otherwise; written atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    if path.suffix == ".parquet":
-        rows = [c.model_dump() for c in cases]
-        pq.write_table(pa.Table.from_pylist(rows, schema=CASE_SCHEMA), tmp)
-    else:
-        with open(tmp, "w", encoding="utf-8") as handle:
-            for case in cases:
-                handle.write(case.model_dump_json() + "\n")
-    os.replace(tmp, path)
-
-
-def read_cases(path: Path) -> list[Case]:
-    """Cases from a file written by `write_cases` (or any CASE_SCHEMA Parquet / JSONL of Case)."""
-    path = Path(path)
-    if path.suffix == ".parquet":
-        rows = pq.read_table(path).to_pylist()
-    else:
-        with open(path, encoding="utf-8") as handle:
-            rows = [json.loads(line) for line in handle if line.strip()]
-    return [Case.model_validate(row) for row in rows]

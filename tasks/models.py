@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from tasks.config import Settings
-from tasks.simulate import KnowledgeBase, Topic, load_knowledge_base
+from tasks.knowledge import KnowledgeBase, Topic, load_knowledge_base
 
 PROMPT_TEMPLATE = "### Question:\n{question}\n### Answer:\n"
 # Text a completion never legitimately contains: where a model runs past its answer into a new turn.

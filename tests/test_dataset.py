@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from tasks.config import DatasetSettings
-from tasks.dataset import DatasetError, build_dataset, log_dataset_input, normalise_text, read_examples
+from tasks.dataset import DatasetError, build_dataset, log_dataset_input, read_examples
+from tasks.text import normalise
 
 
 def _write_jsonl(path: Path, rows: list[dict]) -> Path:
@@ -39,7 +40,7 @@ def test_split_dedup_replay_share_and_card(tmp_path: Path) -> None:
 
     assert result["duplicates"] == 2  # one curated near-duplicate, one replay row colliding with a curated prompt
     assert {"prompt", "response", "source", "cycle_id"} == set(train[0])
-    keys = [normalise_text(r["prompt"]) for r in train + val + holdout]
+    keys = [normalise(r["prompt"]) for r in train + val + holdout]
     assert len(keys) == len(set(keys)), "a prompt appears twice across splits"
     assert not any(r["response"] == "stale answer" for r in train + val)
     assert all(not r["source"].startswith("replay:") for r in holdout)

@@ -21,14 +21,12 @@ from tasks.evaluate import (
     find_pii,
     grow_regression_suite,
     load_suites,
-    normalise_prompt,
-    rouge_l,
     score_item,
     summarise,
-    token_f1,
     workspace_suites,
 )
-from tasks.simulate import load_knowledge_base
+from tasks.knowledge import load_knowledge_base
+from tasks.text import normalise, rouge_l, token_f1
 
 DATA = REPO_ROOT / "data"
 REFUSAL = "I'm sorry, I don't know about that."
@@ -84,7 +82,7 @@ def test_shipped_suites_are_large_enough_valid_and_unique() -> None:
     assert len(by_suite["regression"]) >= 100
     assert len(by_suite["ood"]) >= 50
     assert len(by_suite["adversarial"]) >= 50
-    assert len({normalise_prompt(i.prompt) for i in items}) == len(items), "duplicate prompts across suites"
+    assert len({normalise(i.prompt) for i in items}) == len(items), "duplicate prompts across suites"
     # OOD: mostly refuse, a few in-domain-but-odd phrasings to answer.
     ood = by_suite["ood"]
     assert sum(i.expected == "refuse" for i in ood) >= 40 and any(i.expected == "answer" for i in ood)

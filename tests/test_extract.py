@@ -13,7 +13,8 @@ import pytest
 
 from tasks.config import Settings
 from tasks.contracts import CASE_SCHEMA, LOG_SCHEMA
-from tasks.extract import derive_topics, extract_cases, read_cases, topic_cap, user_ref
+from tasks.extract import derive_topics, extract_cases, topic_cap, user_ref
+from tasks.files import read_cases
 
 KEY = b"test-secret-key"
 T0 = datetime(2026, 2, 2, 9, 0, tzinfo=timezone.utc)

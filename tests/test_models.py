@@ -24,7 +24,7 @@ from tasks.models import (
     resolve_base_model,
     split_questions,
 )
-from tasks.simulate import load_knowledge_base
+from tasks.knowledge import load_knowledge_base
 
 PROMPTS = [
     "How do I return an item?",

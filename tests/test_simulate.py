@@ -15,13 +15,12 @@ import pytest
 
 from tasks.config import SHIPPED_DATA, SignalsSettings, SimulateSettings
 from tasks.contracts import Generator, LogRecord
-from tasks.evaluate import token_f1
+from tasks.knowledge import load_knowledge_base
 from tasks.simulate import (
     ScriptedModel,
     World,
     default_model,
     judge_response,
-    load_knowledge_base,
     luhn_check_digit,
     outcome_summary,
     simulate,
@@ -30,6 +29,7 @@ from tasks.simulate import (
     true_label,
 )
 from tasks.simulate import _truth_line
+from tasks.text import token_f1
 
 KB_DIR = SHIPPED_DATA / "knowledge_base"
 SMALL = dict(seed=11, weeks=3, launch_week=2, records_per_week=1500, users=120)

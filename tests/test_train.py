@@ -8,7 +8,7 @@ import pytest
 from tasks.config import SHIPPED_DATA, DatasetSettings, Settings
 from tasks.dataset import build_dataset
 from tasks.models import LocalGenerator, model_digest
-from tasks.simulate import load_knowledge_base
+from tasks.knowledge import load_knowledge_base
 from tasks.train import train_adapter
 
 pytestmark = pytest.mark.slow

@@ -26,9 +26,9 @@ from prefect.cache_policies import NO_CACHE
 from flows.monitoring import weekly_monitoring
 from flows.retraining import quarterly_retraining
 from tasks import monitor
-from tasks.config import Settings, load_settings
+from tasks.config import SHIPPED_CONFIGS, Settings, load_settings
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "demo.yaml"
+DEMO_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
 MARKER = ".flywheel-demo"  # marks a workspace the demo may clear
 
 

@@ -14,8 +14,19 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SHIPPED_DATA = REPO_ROOT / "data"
+PACKAGE_DIR = Path(__file__).resolve().parent
+REPO_ROOT = PACKAGE_DIR.parent  # the checkout, when running from one (prefect.yaml lives there)
+
+
+def _shipped(folder: str) -> Path:
+    """A folder shipped with llm-flywheel: inside the installed package (a wheel carries `data/` and
+    `configs/` as `tasks/_shipped/<folder>`), else the checkout's own top-level folder."""
+    packaged = PACKAGE_DIR / "_shipped" / folder
+    return packaged if packaged.is_dir() else REPO_ROOT / folder
+
+
+SHIPPED_DATA = _shipped("data")  # knowledge base, eval suites
+SHIPPED_CONFIGS = _shipped("configs")  # default.yaml (the embedded defaults, commented), demo.yaml
 CONFIG_ENV = "FLYWHEEL_CONFIG"
 
 
@@ -338,11 +349,6 @@ class CostSettings(Section):
     completion_share: float = Field(0.25, ge=0, le=1)
 
 
-class RunnerSettings(Section):
-    kind: Literal["thread", "dask", "ray"] = "thread"
-    address: str | None = None
-
-
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
@@ -359,7 +365,6 @@ class Settings(Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
-    runner: RunnerSettings = Field(default_factory=RunnerSettings)
 
     @property
     def workspace(self) -> Path:

@@ -21,6 +21,10 @@ from pydantic import BaseModel
 from tasks.contracts import CASE_SCHEMA, Case
 
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
+# Files get the permissions a plain open() would give them (mkstemp makes them 0600). The umask is read
+# once: setting it to read it is not thread-safe, and nothing here changes it.
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
@@ -124,6 +128,7 @@ def _atomic(path: Path, write) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        os.chmod(tmp, 0o666 & ~_UMASK)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

@@ -17,6 +17,7 @@ from pydantic import BaseModel
 
 from tasks.config import SimulateSettings
 from tasks.contracts import Generator
+from tasks.files import read_jsonl
 from tasks.simulate._lines import truth_line
 from tasks.simulate.policy import default_model
 from tasks.simulate.traffic import World, simulate_week
@@ -120,16 +121,14 @@ def outcome_summary(truth_path: Path, weeks: Iterable[int]) -> dict[str, Any]:
     v2 (the products launched mid-quarter). Shares are None when there is nothing to count."""
     wanted = set(weeks)
     counts: Counter[str] = Counter()
-    with Path(truth_path).open(encoding="utf-8") as handle:
-        for line in handle:
-            row = json.loads(line)
-            if row["week"] not in wanted:
-                continue
-            counts["records"] += 1
-            counts[row["outcome"]] += 1
-            if row["kb_version"] == "v2":
-                counts["new_topic_records"] += 1
-                counts[f"new_topic_{row['outcome']}"] += 1
+    for _, row in read_jsonl(truth_path):
+        if row["week"] not in wanted:
+            continue
+        counts["records"] += 1
+        counts[row["outcome"]] += 1
+        if row["kb_version"] == "v2":
+            counts["new_topic_records"] += 1
+            counts[f"new_topic_{row['outcome']}"] += 1
 
     def share(part: str, whole: str) -> float | None:
         return round(counts[part] / counts[whole], 4) if counts[whole] else None

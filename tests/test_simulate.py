@@ -1,4 +1,4 @@
-"""The traffic simulator, its knowledge base and its synthetic annotators (tasks/simulate.py)."""
+"""The traffic simulator, its knowledge base and its synthetic annotators (tasks/simulate/)."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ from tasks.simulate import (
     simulated_annotations,
     true_label,
 )
-from tasks.simulate import _truth_line
+from tasks.simulate._lines import truth_line
 from tasks.text import token_f1
 
 KB_DIR = SHIPPED_DATA / "knowledge_base"
@@ -344,7 +344,7 @@ def test_truth_lines_are_compact_json() -> None:
     settings = SimulateSettings(seed=3, records_per_week=300, launch_week=1)
     traffic = simulate_week(World.create(settings), 1, default_model(settings))
     for row in traffic.truth:
-        assert _truth_line(row) == json.dumps(row, ensure_ascii=False, separators=(",", ":"))
+        assert truth_line(row) == json.dumps(row, ensure_ascii=False, separators=(",", ":"))
 
 
 # -- synthetic annotators -------------------------------------------------------------------------

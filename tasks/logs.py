@@ -88,7 +88,7 @@ import re
 import threading
 from collections import Counter
 from dataclasses import dataclass, field
-from datetime import date, datetime, timedelta, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Iterable, Literal, Sequence
 
@@ -101,6 +101,7 @@ from pydantic import ValidationError
 
 from tasks.config import LogsSettings
 from tasks.contracts import LOG_SCHEMA, REQUIRED_LOG_FIELDS, LogRecord
+from tasks.windows import as_utc, iso_z, parse_time
 
 __all__ = [
     "FIELDS",
@@ -110,12 +111,9 @@ __all__ = [
     "LogWriter",
     "column_mapping",
     "default_quarantine",
-    "iso_week_window",
     "load_logs",
     "load_window",
     "log_stats",
-    "parse_time",
-    "quarter_window",
     "resolve_sources",
 ]
 
@@ -239,63 +237,6 @@ class LoadResult:
             "quarantine": str(self.quarantine_path) if self.quarantine_path else None,
             "warnings": list(self.warnings),
         }
-
-
-# --------------------------------------------------------------------------------------------
-# Time windows
-
-
-def parse_time(value: str | datetime | date) -> datetime:
-    """An ISO-8601 date or date-time as a timezone-aware UTC datetime (no offset means UTC)."""
-    if isinstance(value, datetime):
-        return _as_utc(value)
-    if isinstance(value, date):
-        return datetime(value.year, value.month, value.day, tzinfo=timezone.utc)
-    text = str(value).strip()
-    try:
-        parsed = datetime.fromisoformat(text.replace(" ", "T", 1) if len(text) > 10 else text)
-    except ValueError:
-        raise ValueError(
-            f"cannot read {value!r} as a date or time: use ISO-8601, e.g. 2026-01-05, "
-            "2026-01-05T10:00:00Z or 2026-01-05T10:00:00+02:00"
-        ) from None
-    return _as_utc(parsed)
-
-
-def iso_week_window(week: str) -> tuple[datetime, datetime]:
-    """``"2026-W03"`` -> [Monday 00:00 UTC of that ISO week, the next Monday)."""
-    match = re.fullmatch(r"\s*(\d{4})-?W(\d{1,2})\s*", str(week), flags=re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read {week!r} as an ISO week: write it like 2026-W03")
-    year, number = int(match.group(1)), int(match.group(2))
-    try:
-        monday = datetime.fromisocalendar(year, number, 1)
-    except ValueError:
-        last = date(year, 12, 28).isocalendar().week  # Dec 28 always lies in the year's last ISO week
-        raise ValueError(f"ISO week {week!r} does not exist: {year} has weeks 1 to {last}") from None
-    start = monday.replace(tzinfo=timezone.utc)
-    return start, start + timedelta(days=7)
-
-
-def quarter_window(quarter: str) -> tuple[datetime, datetime]:
-    """``"2026-Q1"`` -> [2026-01-01 00:00 UTC, 2026-04-01 00:00 UTC)."""
-    match = re.fullmatch(r"\s*(\d{4})-?Q([1-4])\s*", str(quarter), flags=re.IGNORECASE)
-    if not match:
-        raise ValueError(f"cannot read {quarter!r} as a quarter: write it like 2026-Q1 (Q1 to Q4)")
-    year, number = int(match.group(1)), int(match.group(2))
-    start = datetime(year, 3 * number - 2, 1, tzinfo=timezone.utc)
-    end = datetime(year + number // 4, 3 * number % 12 + 1, 1, tzinfo=timezone.utc)
-    return start, end
-
-
-def _as_utc(value: datetime) -> datetime:
-    if value.tzinfo is None:
-        return value.replace(tzinfo=timezone.utc)
-    return value.astimezone(timezone.utc)
-
-
-def _iso_z(value: datetime) -> str:
-    return _as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1418,8 +1359,8 @@ def log_stats(result: LoadResult) -> dict[str, Any]:
     return {
         "records": int(records),
         "users": int(users),
-        "first_ts": _iso_z(first) if first else None,
-        "last_ts": _iso_z(last) if last else None,
+        "first_ts": iso_z(first) if first else None,
+        "last_ts": iso_z(last) if last else None,
         "by_model_version": {str(k): int(v) for k, v in by_version.items()},
         "by_week": {str(k): int(v) for k, v in by_week.items()},
         "feedback": {"up": int(up), "down": int(down), "none": int(records - up - down)},
@@ -1525,11 +1466,11 @@ def _row(record: LogRecord | dict[str, Any], number: int) -> dict[str, Any]:
             )
             raise ValueError(f"record {number} of this append is not a valid LogRecord: {problems}") from None
     row = record.model_dump()
-    row["ts"] = _as_utc(row["ts"])
+    row["ts"] = as_utc(row["ts"])
     return row
 
 
 def _jsonl_line(row: dict[str, Any]) -> str:
     out = dict(row)
-    out["ts"] = _iso_z(row["ts"])
+    out["ts"] = iso_z(row["ts"])
     return json.dumps(out, ensure_ascii=False, separators=(",", ":"), default=str) + "\n"

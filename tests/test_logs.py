@@ -18,16 +18,8 @@ from hypothesis import HealthCheck, given, settings as hsettings, strategies as 
 import tasks.logs as logs_module
 from tasks.config import LogsSettings, Settings
 from tasks.contracts import LOG_SCHEMA, LogRecord
-from tasks.logs import (
-    LogWriter,
-    column_mapping,
-    iso_week_window,
-    load_logs,
-    log_stats,
-    parse_time,
-    quarter_window,
-    resolve_sources,
-)
+from tasks.logs import LogWriter, column_mapping, load_logs, log_stats, resolve_sources
+from tasks.windows import iso_week_window, parse_time, quarter_window
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)

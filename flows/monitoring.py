@@ -20,9 +20,10 @@ from prefect.cache_policies import NO_CACHE
 from tasks import monitor
 from tasks.config import Settings, load_settings
 from tasks.drift import compute_drift, load_prompts
-from tasks.logs import iso_week_window, load_window
+from tasks.logs import load_window
 from tasks.signals import compute_signals
 from tasks.tracking import experiment_id
+from tasks.windows import iso_week_window
 
 RETRAINING_EVENT = "flywheel.retraining.requested"
 

@@ -139,7 +139,7 @@ def prepare_base_model(settings: Settings) -> Path:
 
 def resolve_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
     """'2026-Q1', 'START..END' (ISO dates) or 'all'; empty: the last complete quarter."""
-    from tasks.logs import parse_time, quarter_window
+    from tasks.windows import parse_time, quarter_window
 
     if window == "all":
         return None, None, "all"

@@ -58,7 +58,7 @@ def measure_token_volume(
     span starts at the first record, that record opens it rather than arriving in it, so the rate
     is (n - 1) records over the span. With no records or no span, the volumes are None and `note` says why.
     """
-    from tasks.logs import parse_time  # deferred: tasks.logs pulls in duckdb
+    from tasks.windows import parse_time
 
     n = table.num_rows
     result: dict[str, Any] = {

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from tasks.config import Settings
-from tasks.logs import iso_week_window
+from tasks.windows import iso_week_window
 from tasks.signals import wilson_interval
 
 SIGNAL_KEYS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "hallucination_risk")

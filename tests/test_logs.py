@@ -16,18 +16,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 import tasks.logs as logs_module
+import tasks.logs.load as logs_load
 from tasks.config import LogsSettings, Settings
 from tasks.contracts import LOG_SCHEMA, LogRecord
-from tasks.logs import (
-    LogWriter,
-    column_mapping,
-    iso_week_window,
-    load_logs,
-    log_stats,
-    parse_time,
-    quarter_window,
-    resolve_sources,
-)
+from tasks.logs import LogWriter, column_mapping, load_logs, log_stats, resolve_sources
+from tasks.windows import iso_week_window, parse_time, quarter_window
 
 UTC = timezone.utc
 T0 = datetime(2026, 1, 5, 10, 0, tzinfo=UTC)
@@ -261,7 +254,7 @@ def test_bad_bytes_are_found_among_many_lines(tmp_path):
 
 @pytest.mark.parametrize("trust", [True, False])
 def test_both_ways_of_classifying_lines_agree(tmp_path, monkeypatch, trust):
-    monkeypatch.setattr(logs_module, "_TRUST_BRACES", trust)
+    monkeypatch.setattr(logs_load, "_TRUST_BRACES", trust)
     lines = [row(i) for i in range(3)] + [line for bad in BAD_LINES.values() for line in bad]
     result = load_logs([write_lines(tmp_path / "in.jsonl", lines)], LogsSettings(max_record_bytes=600))
     check_invariant(result)
@@ -330,11 +323,11 @@ def test_read_equals_accepted_plus_quarantined_for_any_input(lines):
         path.write_bytes(b"\n".join(lines))
         results = []
         for trust in (True, False):  # both ways of classifying lines must agree
-            logs_module._TRUST_BRACES = trust
+            logs_load._TRUST_BRACES = trust
             try:
                 result = load_logs([path], LogsSettings(max_record_bytes=2000), quarantine=Path(tmp) / "q.jsonl")
             finally:
-                logs_module._TRUST_BRACES = True
+                logs_load._TRUST_BRACES = True
             check_invariant(result)
             content = [lines[0].removeprefix(b"\xef\xbb\xbf"), *lines[1:]] if lines else []  # a BOM is no content
             assert result.read == sum(1 for line in content if line.strip(b" \t\r"))

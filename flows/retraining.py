@@ -34,7 +34,10 @@ def stage(name: str, module_file: str):
 
 
 def _module(name: str) -> str:
-    return str(Path(__file__).resolve().parent.parent / "tasks" / f"{name}.py")
+    """A stage's code for its cache key: tasks/NAME.py, or the folder of the package tasks/NAME/."""
+    tasks_dir = Path(__file__).resolve().parent.parent / "tasks"
+    module = tasks_dir / f"{name}.py"
+    return str(module if module.is_file() else tasks_dir / name)
 
 
 def resumable(stage_task, directory: Path, name: str, fresh: bool):

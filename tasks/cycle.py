@@ -49,13 +49,15 @@ def cycle_dir(settings: Settings, cycle_id: str) -> Path:
 
 def digest(value: Any) -> str:
     """A content digest for a stage's cache key: files by their bytes, folders by their files
-    (training checkpoints aside), settings by their JSON, anything else by its JSON form."""
+    (training checkpoints and Python's bytecode caches aside), settings by their JSON, anything else by
+    its JSON form."""
     h = hashlib.sha256()
     if isinstance(value, Path):
         if value.is_file():
             h.update(sha256_file(value).encode())
         elif value.is_dir():
-            for file in sorted(p for p in value.rglob("*") if p.is_file() and "checkpoints" not in p.parts):
+            for file in sorted(p for p in value.rglob("*")
+                               if p.is_file() and "checkpoints" not in p.parts and "__pycache__" not in p.parts):
                 h.update(str(file.relative_to(value)).encode() + sha256_file(file).encode())
         else:
             h.update(f"missing:{value}".encode())

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from tasks.annotate import agreement, fleiss_kappa, gate_decision, score_agreement
+from tasks.annotate.agreement import agreement, fleiss_kappa, gate_decision, score_agreement
 from tasks.config import AnnotationSettings
 from tasks.contracts import Annotation
 

@@ -113,7 +113,8 @@ def flywheel_demo(
         auto_approve: approve and promote the canary when its gate passes; otherwise stop at "awaiting review".
         weeks_after: weeks simulated with the new champion after the promotion.
     """
-    from tasks.models import GreedyAnswerCache, base_model_for, make_generator
+    from tasks.base_model import base_model_for
+    from tasks.generation import GreedyAnswerCache, make_generator
     from tasks.registry import Registry
     from tasks.simulate import World, outcome_summary
 

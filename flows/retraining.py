@@ -120,7 +120,7 @@ def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, out: Pa
 @task(name="register-canary")
 def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str, dataset_sha256: str,
                     report: dict, run_id: str) -> str:
-    from tasks.models import model_digest
+    from tasks.base_model import model_digest
     from tasks.registry import Registry
 
     return Registry(settings).register_canary(
@@ -132,7 +132,7 @@ def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str
 @task(name="prepare-base-model")
 def prepare_base_model(settings: Settings) -> Path:
     """The configured base model, or the embedded one (built once, cached by content)."""
-    from tasks.models import base_model_for
+    from tasks.base_model import base_model_for
 
     return base_model_for(settings, progress=get_run_logger().info)
 

@@ -643,7 +643,7 @@ def evaluate_adapter(
     (what production serves then) and gates on floors only. Suites are the workspace copies (the
     regression suite there includes the grown items).
     """
-    from tasks.models import make_generator
+    from tasks.generation import make_generator
 
     cand_dir, cand_name = _resolve_adapter(settings, candidate, "candidate")
     champ_dir, champ_name, gate_vs = None, None, True

@@ -100,7 +100,8 @@ def consistency_generator(settings: Settings) -> tuple[Any, str]:
         from tasks.simulate import default_model
 
         return default_model(settings.simulate, settings.paths.data_dir), "the simulator's scripted model"
-    from tasks.models import ModelError, make_generator
+    from tasks.base_model import ModelError
+    from tasks.generation import make_generator
 
     adapters = {}
     if settings.model.backend == "local":

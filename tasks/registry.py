@@ -275,7 +275,7 @@ class Registry:
         from mlflow.entities import LoggedModelStatus
 
         from tasks.evaluate import eval_summary
-        from tasks.models import PROMPT_TEMPLATE, model_digest
+        from tasks.base_model import PROMPT_TEMPLATE, model_digest
 
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():

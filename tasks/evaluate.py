@@ -495,14 +495,6 @@ def evaluate_candidate(
     return report
 
 
-def eval_summary(report: dict) -> dict:
-    """A compact {suite: {metric: [candidate, diff]}} for a model-version tag."""
-    return {
-        suite: {metric: [entry["candidate"], entry.get("diff")] for metric, entry in metrics.items()}
-        for suite, metrics in report.get("suites", {}).items()
-    }
-
-
 # --------------------------------------------------------------------------------------------------
 # Outputs
 

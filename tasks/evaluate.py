@@ -286,20 +286,6 @@ def score_responses(items: Sequence[EvalItem], responses: Sequence[str], setting
 # Comparison
 
 
-class AdapterView:
-    """One adapter of a multi-adapter generator (LocalGenerator.use) seen as its own Generator, so the
-    candidate and the champion can share one loaded base model."""
-
-    def __init__(self, generator: Any, adapter: str | None, model_version: str | None = None) -> None:
-        self._generator = generator
-        self._adapter = adapter
-        self.model_version = model_version or adapter or "base"
-
-    def generate(self, prompts: Sequence[str], **kwargs: Any) -> list[list[str]]:
-        self._generator.use(self._adapter)
-        return self._generator.generate(prompts, **kwargs)
-
-
 def answer_all(generator: Generator, prompts: Sequence[str], settings: Settings, *, seed: int = 0) -> list[str]:
     """One greedy answer per prompt, in batches of model.batch_size."""
     size = settings.model.batch_size
@@ -636,33 +622,23 @@ def evaluate_adapter(
     regression suite there includes the grown items).
     """
     from tasks.generation import make_generator
+    from tasks.served import AdapterView, base_view, served_generator
 
     cand_dir, cand_name = _resolve_adapter(settings, candidate, "candidate")
-    champ_dir, champ_name, gate_vs = None, None, True
-    if against in (None, "none"):
-        champ_name, gate_vs = "none", False
-    elif against == "base":
-        gate_vs = False
-    elif against == "champion":
-        from tasks.registry import Registry
-
-        registry = Registry(settings)
-        version = registry.status().get("champion")
-        if version is None:
-            gate_vs = False  # first cycle: compare with the base, gate on floors only
-        else:
-            champ_dir, champ_name = registry.adapter_path(version), f"v{version}"
+    if against == "champion":
+        # What production serves; with no champion yet (first cycle) that is the bare base, and the
+        # gate checks floors only.
+        served = served_generator(settings, {"candidate": cand_dir})
+        generator, champ_gen, gate_vs = served.generator, served.champion(), served.version is not None
     else:
-        champ_dir, champ_name = _resolve_adapter(settings, against, "champion")
-    adapters = {"candidate": cand_dir}
-    if champ_dir is not None:
-        adapters["champion"] = champ_dir
-    generator = make_generator(settings, adapters)
+        champ_dir, champ_name = None, None
+        if against not in (None, "none", "base"):
+            champ_dir, champ_name = _resolve_adapter(settings, against, "champion")
+        generator = make_generator(settings, {"candidate": cand_dir} | ({"champion": champ_dir} if champ_dir else {}))
+        champ_gen = (None if against in (None, "none") else
+                     AdapterView(generator, "champion", champ_name) if champ_dir else base_view(generator))
+        gate_vs = champ_dir is not None
     cand_gen = AdapterView(generator, "candidate", cand_name)
-    champ_gen = None
-    if champ_name != "none":
-        champ_gen = AdapterView(generator, "champion" if champ_dir is not None else None,
-                                champ_name or f"base@{getattr(generator, 'base_digest', '')[:12]}")
     items = load_suites(workspace_suites(settings), settings.evaluate.suites, extra=new_cases, settings=settings)
     out = Path(out_dir) if out_dir else settings.paths.under("eval_runs", time.strftime("%Y%m%dT%H%M%S"))
     return evaluate_candidate(cand_gen, champ_gen, items, settings, out, mlflow_run_id=mlflow_run_id, seed=seed,

@@ -101,23 +101,13 @@ def consistency_generator(settings: Settings) -> tuple[Any, str]:
 
         return default_model(settings.simulate, settings.paths.data_dir), "the simulator's scripted model"
     from tasks.base_model import ModelError
-    from tasks.generation import make_generator
+    from tasks.served import served_generator
 
-    adapters = {}
-    if settings.model.backend == "local":
-        from tasks.registry import Registry
-
-        registry = Registry(settings)
-        champion = registry.status().get("champion")
-        if champion:
-            adapters["champion"] = registry.adapter_path(champion)
     try:
-        generator = make_generator(settings, adapters)
+        served = served_generator(settings)
     except ModelError as err:
         return None, f"not sampled: {err}"
-    if adapters and hasattr(generator, "use"):
-        generator.use("champion")
-    return generator, f"{settings.model.backend} model" + (" + champion adapter" if adapters else "")
+    return served.generator, served.description
 
 
 def correction_references(table: Any) -> dict[str, str]:

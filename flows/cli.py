@@ -685,7 +685,8 @@ def cost(
 ) -> None:
     """Monthly cost of self-hosting vs an API alternative, yearly savings and 1-year ROI. Token
     volume: measured from --logs (or the workspace logs), else cost.tokens_per_month."""
-    from tasks.cost import cost_from_logs, cost_markdown
+    from tasks.cost import cost_from_logs
+    from tasks.report import cost_markdown
 
     report = cost_from_logs(settings_for(config, workspace), sources=logs or None, since=since, until=until)
     emit(report, as_json, cost_markdown(report))

@@ -281,7 +281,8 @@ def _cycle_markdown(settings: Settings, summary: dict, directory: Path) -> str:
     ]
     if eval_md.is_file():
         lines += ["", eval_md.read_text(encoding="utf-8")]
-    from tasks.cost import cost_from_logs, cost_markdown
+    from tasks.cost import cost_from_logs
+    from tasks.report import cost_markdown
 
     lines += ["", cost_markdown(cost_from_logs(settings))]
     return "\n".join(lines) + "\n"

@@ -7,8 +7,10 @@ compute nothing the stage did not, and import no stage module.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
+from tasks.config import Settings
 from tasks.contracts import EvalItem
 
 # --------------------------------------------------------------------------------------------------
@@ -23,6 +25,8 @@ def evaluation_markdown(
     cand_responses: Sequence[str],
     champ_responses: Sequence[str] | None,
 ) -> str:
+    """06_eval/report.md: the gate verdict and checks, each suite's metrics with paired intervals, the
+    items whose expected behaviour changed, and candidate outputs with PII or forbidden text."""
     gate = report["gate"]
     verdict = "PASSED" if gate["passed"] else "FAILED"
     pct = int(round(report["ci_level"] * 100))
@@ -92,3 +96,132 @@ def _ci(ci: list[float] | None) -> str:
 def _quote(text: str, limit: int = 90) -> str:
     text = " ".join(text.split()).replace("|", "/")
     return f"\"{text[:limit]}{'…' if len(text) > limit else ''}\""
+
+
+# --------------------------------------------------------------------------------------------------
+# Weekly monitoring: signals, drift and the trigger decision (the monitoring-dashboard artifact)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _pct_ci(values: list[float] | tuple[float, float] | None) -> str:
+    return "" if not values else f" [{values[0]:.1%}, {values[1]:.1%}]"
+
+
+def dashboard_markdown(
+    settings: Settings, week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict
+) -> str:
+    """The weekly dashboard: the trigger decision and its reasons, the signals with their intervals, and
+    the drift band with the terms that moved most (the drift bands come from `settings.drift`)."""
+    hallucination = signals.get("hallucination") or {}
+    rows = [
+        ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
+        ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
+        ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
+        ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
+        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
+         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
+    ]
+    lines = [
+        f"# Weekly monitoring {week}",
+        "",
+        f"**Retraining triggered: {'yes' if decision['triggered'] else 'no'}**"
+        + (f" (held back by the cool-down until {decision['cooldown_until']})" if decision["suppressed_by_cooldown"] else ""),
+        "",
+        *[f"- {reason}" for reason in decision["reasons"]],
+        "",
+        "| signal | value | 95% interval | detail |",
+        "|---|---|---|---|",
+        *[f"| {name} | {_pct(value)} | {_pct_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
+        "",
+        f"## Input drift: {drift.get('band', 'n/a')}",
+        "",
+    ]
+    if drift.get("band") == "insufficient":
+        lines.append(
+            f"Not enough prompts to judge drift ({drift.get('n_current')} this week, "
+            f"{drift.get('n_reference')} in the reference)."
+        )
+    elif drift.get("kl") is not None:
+        lines += [
+            f"KL(current || reference) = {drift['kl']:.3f} (no-drift baseline {drift['null_kl']:.3f}); "
+            f"Jensen-Shannon distance {drift['js']:.3f}; PSI {drift['psi']:.3f}. "
+            f"Bands: < {settings.drift.same_below} same, {settings.drift.same_below}-"
+            f"{settings.drift.drift_above} slight, > {settings.drift.drift_above} drift.",
+            "",
+            "| term | contribution | share now | share in reference |",
+            "|---|---|---|---|",
+            *[
+                f"| {t['term']} | {t['contribution']:.4f} | {t['current_share']:.2%} | {t['reference_share']:.2%} |"
+                for t in drift.get("top_terms", [])
+            ],
+        ]
+        if drift.get("examples"):
+            lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost: self-hosted vs API (`flywheel cost`, the cycle report)
+
+_COST_LABELS = {
+    "gpu_serving": "GPU serving",
+    "retraining": "Retraining",
+    "labelling": "Labelling",
+    "licence": "Licence",
+    "monitoring": "Monitoring infrastructure",
+}
+
+
+def cost_markdown(report: Mapping[str, Any]) -> str:
+    """The report as a markdown table plus a short verdict, for the cycle report / a Prefect artifact."""
+    items = report["line_items_monthly"]
+    details = {
+        "retraining": f" ({_money(report['retraining_per_quarter'])} a quarter)",
+        "labelling": (
+            f" ({report['labelled_items_per_quarter']:,} items a quarter x {_money(report['labelling_per_item'])})"
+        ),
+    }
+    lines = [
+        "### Cost: self-hosted vs API",
+        "",
+        "| item | per month | per year |",
+        "|---|---:|---:|",
+    ]
+    for name, monthly in items.items():
+        label = _COST_LABELS.get(name, name)
+        lines.append(f"| {label}{details.get(name, '')} | {_money(monthly)} | {_money(12 * monthly)} |")
+    lines.append(
+        f"| **Self-hosted total** | **{_money(report['self_hosted_monthly'])}** "
+        f"| **{_money(report['self_hosted_yearly'])}** |"
+    )
+    if report["api_monthly"] is None:
+        lines.append("| API alternative (no token volume) | n/a | n/a |")
+    else:
+        lines.append(
+            f"| API alternative ({report['tokens_per_month']:,.0f} tokens/month, from {report['token_source']}) "
+            f"| {_money(report['api_monthly'])} | {_money(report['api_yearly'])} |"
+        )
+    lines += ["", f"- One-time set-up: {_money(report['setup_one_time'])}"]
+    if report["yearly_savings"] is not None:
+        lines.append(f"- Yearly savings (API - self-hosted): {_money(report['yearly_savings'])}")
+    roi = report["roi_1y"]
+    lines.append(
+        f"- 1-year ROI: {'n/a' if roi is None else f'{100 * roi:.1f} %'}"
+        " = (yearly savings - set-up) / (self-hosted yearly + set-up)"
+    )
+    months = report["break_even_months"]
+    if months == 0:
+        lines.append("- Break-even: at once (no set-up cost to pay back)")
+    elif months is not None:
+        lines.append(f"- Break-even: after {months:.1f} months")
+    elif report["api_monthly"] is not None:
+        lines.append("- Break-even: never at this volume")
+    lines += [f"- Note: {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _money(value: float) -> str:
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"

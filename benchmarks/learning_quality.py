@@ -26,14 +26,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from tasks.config import SHIPPED_DATA, DatasetSettings, Settings, SignalsSettings  # noqa: E402
 from tasks.dataset import build_dataset  # noqa: E402
 from tasks.text import token_f1  # noqa: E402
-from tasks.models import (  # noqa: E402
+from tasks.base_model import (  # noqa: E402
     MANIFEST,
     PRETRAINING_FILE,
-    LocalGenerator,
     bootstrap_base_model,
     pretraining_examples,
     split_questions,
 )
+from tasks.generation import LocalGenerator  # noqa: E402
 from tasks.knowledge import load_knowledge_base  # noqa: E402
 from tasks.train import train_adapter  # noqa: E402
 

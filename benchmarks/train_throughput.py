@@ -36,7 +36,7 @@ TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down
 
 
 def tiny_shape() -> dict:
-    from tasks.models import BOOTSTRAP_SIZES
+    from tasks.base_model import BOOTSTRAP_SIZES
 
     r = BOOTSTRAP_SIZES["default"]
     return dict(vocab_size=r["vocab_size"], hidden_size=r["hidden_size"], intermediate_size=r["intermediate_size"],

@@ -539,7 +539,7 @@ def model_bootstrap(
     """Build the embedded tiny base model (tokenizer + Qwen2-style causal LM pre-trained on the
     knowledge base, with honest refusals for unknown products). Cached by content: a second run
     with the same knowledge base and recipe reuses it."""
-    from tasks.models import bootstrap_for
+    from tasks.base_model import bootstrap_for
 
     settings = settings_for(config, workspace)
     built = bootstrap_for(settings, out, progress=lambda message: print(message, file=sys.stderr))
@@ -559,7 +559,7 @@ def train(
     """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
     Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
     resumes from the newest checkpoint in <out>/checkpoints."""
-    from tasks.models import resolve_base_model
+    from tasks.base_model import resolve_base_model
     from tasks.train import train_adapter
 
     settings = settings_for(config, workspace)
@@ -685,7 +685,8 @@ def cost(
 ) -> None:
     """Monthly cost of self-hosting vs an API alternative, yearly savings and 1-year ROI. Token
     volume: measured from --logs (or the workspace logs), else cost.tokens_per_month."""
-    from tasks.cost import cost_from_logs, cost_markdown
+    from tasks.cost import cost_from_logs
+    from tasks.report import cost_markdown
 
     report = cost_from_logs(settings_for(config, workspace), sources=logs or None, since=since, until=until)
     emit(report, as_json, cost_markdown(report))

@@ -113,8 +113,9 @@ def flywheel_demo(
         auto_approve: approve and promote the canary when its gate passes; otherwise stop at "awaiting review".
         weeks_after: weeks simulated with the new champion after the promotion.
     """
-    from tasks.models import GreedyAnswerCache, base_model_for, make_generator
-    from tasks.registry import Registry
+    from tasks.base_model import base_model_for
+    from tasks.generation import GreedyAnswerCache
+    from tasks.served import served_generator
     from tasks.simulate import World, outcome_summary
 
     clock = _Clock()
@@ -132,8 +133,7 @@ def flywheel_demo(
     clock.say("base model: building the embedded one (once; cached afterwards) ..."
               if not settings.model.base else f"base model: {settings.model.base}")
     base = base_model_for(settings, progress=clock.say)
-    model = make_generator(settings)
-    champion = GreedyAnswerCache(model)  # the bare base serves until a canary is promoted
+    champion = GreedyAnswerCache(served_generator(settings).champion())  # the bare base until a canary is promoted
     world = World.create(sim, settings.paths.data_dir)
     label = {week: monitor.week_label(world.week_start(week)) for week in range(1, sim.weeks + weeks_after + 1)}
     clock.say(f"simulating {sim.weeks} weeks of {sim.records_per_week} requests from {sim.start}; new products launch "
@@ -178,12 +178,10 @@ def flywheel_demo(
     after_weeks = list(range(sim.weeks + 1, sim.weeks + weeks_after + 1))
     if promoted:
         clock.say(f"v{canary} approved (--auto-approve) and promoted to champion; {weeks_after} more weeks with it")
-        name = f"v{canary}"
-        model.load_adapter(name, Registry(settings).adapter_path(canary))
-        model.use(name)
+        champion = GreedyAnswerCache(served_generator(settings).champion())  # now the promoted canary
         # From now on drift is measured against the traffic the new champion learned from.
         first_drift = min(drifted or [sim.launch_week])
-        monitor.reference_from_logs(settings, model.model_version, world.week_start(first_drift), until)
+        monitor.reference_from_logs(settings, champion.model_version, world.week_start(first_drift), until)
         for week in after_weeks:
             run_week(week)
     elif canary and cycle["passed"]:

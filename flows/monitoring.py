@@ -21,6 +21,7 @@ from tasks import monitor
 from tasks.config import Settings, load_settings
 from tasks.drift import compute_drift, load_prompts
 from tasks.logs import load_window
+from tasks.report import dashboard_markdown
 from tasks.signals import compute_signals
 from tasks.tracking import experiment_id
 from tasks.windows import iso_week_window
@@ -102,7 +103,7 @@ def publish_dashboard(
 ) -> None:
     create_markdown_artifact(
         key="monitoring-dashboard",
-        markdown=monitor.dashboard_markdown(settings, week, signals, drift, decision),
+        markdown=dashboard_markdown(settings, week, signals, drift, decision),
         description=f"Weekly signals and drift, {week}",
     )
     create_table_artifact(

@@ -123,7 +123,7 @@ def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, out: Pa
 @task(name="register-canary")
 def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str, dataset_sha256: str,
                     report: dict, run_id: str) -> str:
-    from tasks.models import model_digest
+    from tasks.base_model import model_digest
     from tasks.registry import Registry
 
     return Registry(settings).register_canary(
@@ -135,7 +135,7 @@ def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str
 @task(name="prepare-base-model")
 def prepare_base_model(settings: Settings) -> Path:
     """The configured base model, or the embedded one (built once, cached by content)."""
-    from tasks.models import base_model_for
+    from tasks.base_model import base_model_for
 
     return base_model_for(settings, progress=get_run_logger().info)
 
@@ -284,7 +284,8 @@ def _cycle_markdown(settings: Settings, summary: dict, directory: Path) -> str:
     ]
     if eval_md.is_file():
         lines += ["", eval_md.read_text(encoding="utf-8")]
-    from tasks.cost import cost_from_logs, cost_markdown
+    from tasks.cost import cost_from_logs
+    from tasks.report import cost_markdown
 
     lines += ["", cost_markdown(cost_from_logs(settings))]
     return "\n".join(lines) + "\n"

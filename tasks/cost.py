@@ -15,7 +15,7 @@ A month is 365.25 / 12 days; yearly figures are 12 months (quarterly items: 4 qu
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -33,13 +33,8 @@ ROI_DEFINITION = (
     "/ self-hosting cost in year 1 incl. one-time set-up"
 )
 
-_LABELS = {
-    "gpu_serving": "GPU serving",
-    "retraining": "Retraining",
-    "labelling": "Labelling",
-    "licence": "Licence",
-    "monitoring": "Monitoring infrastructure",
-}
+# The monthly line items, in the order reports list them.
+LINE_ITEMS = ("gpu_serving", "retraining", "labelling", "licence", "monitoring")
 
 
 def measure_token_volume(
@@ -167,7 +162,7 @@ def cost_report(
         "labelling": settings.labelling_per_item * items,
     }
     line_items = {
-        name: monthly_bills[name] if name in monthly_bills else quarterly_bills[name] / 3 for name in _LABELS
+        name: monthly_bills[name] if name in monthly_bills else quarterly_bills[name] / 3 for name in LINE_ITEMS
     }
     # Yearly from the bills themselves (12 months, 4 quarters), so whole-dollar inputs give exact totals.
     self_yearly = 12 * sum(monthly_bills.values()) + 4 * sum(quarterly_bills.values())
@@ -305,54 +300,3 @@ def cost_from_logs(
     report["volume"] = volume
     report["logs"] = {"files": len(loaded.files), "records": loaded.selected, "quarantined": loaded.quarantined}
     return report
-
-
-def cost_markdown(report: Mapping[str, Any]) -> str:
-    """The report as a markdown table plus a short verdict, for the cycle report / a Prefect artifact."""
-    items = report["line_items_monthly"]
-    details = {
-        "retraining": f" ({_money(report['retraining_per_quarter'])} a quarter)",
-        "labelling": (
-            f" ({report['labelled_items_per_quarter']:,} items a quarter x {_money(report['labelling_per_item'])})"
-        ),
-    }
-    lines = [
-        "### Cost: self-hosted vs API",
-        "",
-        "| item | per month | per year |",
-        "|---|---:|---:|",
-    ]
-    for name, label in _LABELS.items():
-        lines.append(f"| {label}{details.get(name, '')} | {_money(items[name])} | {_money(12 * items[name])} |")
-    lines.append(
-        f"| **Self-hosted total** | **{_money(report['self_hosted_monthly'])}** "
-        f"| **{_money(report['self_hosted_yearly'])}** |"
-    )
-    if report["api_monthly"] is None:
-        lines.append("| API alternative (no token volume) | n/a | n/a |")
-    else:
-        lines.append(
-            f"| API alternative ({report['tokens_per_month']:,.0f} tokens/month, from {report['token_source']}) "
-            f"| {_money(report['api_monthly'])} | {_money(report['api_yearly'])} |"
-        )
-    lines += ["", f"- One-time set-up: {_money(report['setup_one_time'])}"]
-    if report["yearly_savings"] is not None:
-        lines.append(f"- Yearly savings (API - self-hosted): {_money(report['yearly_savings'])}")
-    roi = report["roi_1y"]
-    lines.append(
-        f"- 1-year ROI: {'n/a' if roi is None else f'{100 * roi:.1f} %'}"
-        " = (yearly savings - set-up) / (self-hosted yearly + set-up)"
-    )
-    months = report["break_even_months"]
-    if months == 0:
-        lines.append("- Break-even: at once (no set-up cost to pay back)")
-    elif months is not None:
-        lines.append(f"- Break-even: after {months:.1f} months")
-    elif report["api_monthly"] is not None:
-        lines.append("- Break-even: never at this volume")
-    lines += [f"- Note: {note}" for note in report["notes"]]
-    return "\n".join(lines) + "\n"
-
-
-def _money(value: float) -> str:
-    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"

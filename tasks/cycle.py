@@ -145,7 +145,7 @@ def replay_source(settings: Settings, champion_cycle: str | None, base: Path) ->
     """What the champion was trained on, for replay against forgetting: the champion cycle's
     training set, or with no champion yet the base model's own pre-training pairs (written by
     `flywheel model bootstrap`). A base model of your own has none: no replay then."""
-    from tasks.models import PRETRAINING_FILE
+    from tasks.base_model import PRETRAINING_FILE
 
     candidates = [settings.paths.under("cycles", champion_cycle, DATASET, "train.jsonl")] if champion_cycle else []
     candidates.append(base / PRETRAINING_FILE)

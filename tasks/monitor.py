@@ -1,5 +1,5 @@
 """What the weekly monitoring flow decides with: the drift reference, the week-by-week history,
-the retraining trigger (with its cool-down), the dashboard text and the trend chart.
+the retraining trigger (with its cool-down) and the trend chart (the dashboard text is tasks/report.py's).
 
 The history lives in `<workspace>/monitoring/history.jsonl`, one line per ISO week (a rerun of a
 week replaces its line), so the trigger's trailing baseline and cool-down survive across runs and
@@ -100,23 +100,14 @@ def consistency_generator(settings: Settings) -> tuple[Any, str]:
         from tasks.simulate import default_model
 
         return default_model(settings.simulate, settings.paths.data_dir), "the simulator's scripted model"
-    from tasks.models import ModelError, make_generator
+    from tasks.base_model import ModelError
+    from tasks.served import served_generator
 
-    adapters = {}
-    if settings.model.backend == "local":
-        from tasks.registry import Registry
-
-        registry = Registry(settings)
-        champion = registry.status().get("champion")
-        if champion:
-            adapters["champion"] = registry.adapter_path(champion)
     try:
-        generator = make_generator(settings, adapters)
+        served = served_generator(settings)
     except ModelError as err:
         return None, f"not sampled: {err}"
-    if adapters and hasattr(generator, "use"):
-        generator.use("champion")
-    return generator, f"{settings.model.backend} model" + (" + champion adapter" if adapters else "")
+    return served.generator, served.description
 
 
 def correction_references(table: Any) -> dict[str, str]:
@@ -239,68 +230,6 @@ def refusal_alarm(
             f"{'do not overlap' if low > base_hi else 'overlap'})"
         ),
     }
-
-
-# -------------------------------------------------------------------------------------- reporting
-
-
-def _pct(value: float | None) -> str:
-    return "n/a" if value is None else f"{value:.1%}"
-
-
-def _ci(values: list[float] | tuple[float, float] | None) -> str:
-    return "" if not values else f" [{values[0]:.1%}, {values[1]:.1%}]"
-
-
-def dashboard_markdown(
-    settings: Settings, week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict
-) -> str:
-    hallucination = signals.get("hallucination") or {}
-    rows = [
-        ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
-        ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
-        ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
-        ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
-        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
-         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
-    ]
-    lines = [
-        f"# Weekly monitoring {week}",
-        "",
-        f"**Retraining triggered: {'yes' if decision['triggered'] else 'no'}**"
-        + (f" (held back by the cool-down until {decision['cooldown_until']})" if decision["suppressed_by_cooldown"] else ""),
-        "",
-        *[f"- {reason}" for reason in decision["reasons"]],
-        "",
-        "| signal | value | 95% interval | detail |",
-        "|---|---|---|---|",
-        *[f"| {name} | {_pct(value)} | {_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
-        "",
-        f"## Input drift: {drift.get('band', 'n/a')}",
-        "",
-    ]
-    if drift.get("band") == "insufficient":
-        lines.append(
-            f"Not enough prompts to judge drift ({drift.get('n_current')} this week, "
-            f"{drift.get('n_reference')} in the reference)."
-        )
-    elif drift.get("kl") is not None:
-        lines += [
-            f"KL(current || reference) = {drift['kl']:.3f} (no-drift baseline {drift['null_kl']:.3f}); "
-            f"Jensen-Shannon distance {drift['js']:.3f}; PSI {drift['psi']:.3f}. "
-            f"Bands: < {settings.drift.same_below} same, {settings.drift.same_below}-"
-            f"{settings.drift.drift_above} slight, > {settings.drift.drift_above} drift.",
-            "",
-            "| term | contribution | share now | share in reference |",
-            "|---|---|---|---|",
-            *[
-                f"| {t['term']} | {t['contribution']:.4f} | {t['current_share']:.2%} | {t['reference_share']:.2%} |"
-                for t in drift.get("top_terms", [])
-            ],
-        ]
-        if drift.get("examples"):
-            lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
-    return "\n".join(lines) + "\n"
 
 
 def plot_trend(settings: Settings, history: list[dict[str, Any]], path: Path, weeks: int = 12) -> Path:

@@ -274,8 +274,7 @@ class Registry:
         import mlflow.pyfunc
         from mlflow.entities import LoggedModelStatus
 
-        from tasks.evaluate import eval_summary
-        from tasks.models import PROMPT_TEMPLATE, model_digest
+        from tasks.base_model import PROMPT_TEMPLATE, model_digest
 
         adapter_dir = Path(adapter_dir)
         if not (adapter_dir / "adapter_config.json").is_file():
@@ -534,6 +533,14 @@ class Registry:
         with self._locked():
             found = self.client.get_experiment_by_name(EXPERIMENT)
             return found.experiment_id if found else self.client.create_experiment(EXPERIMENT, artifact_location=location)
+
+
+def eval_summary(report: dict) -> dict:
+    """A compact {suite: {metric: [candidate, diff]}} for a model-version tag (an evaluation report's `suites`)."""
+    return {
+        suite: {metric: [entry["candidate"], entry.get("diff")] for metric, entry in metrics.items()}
+        for suite, metrics in report.get("suites", {}).items()
+    }
 
 
 def _key_values(pairs: list[dict] | None) -> dict[str, str]:

@@ -23,8 +23,8 @@ from typing import Any
 
 from tasks.config import Settings
 from tasks.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, log_dataset_input, read_examples
-from tasks.models import (ModelError, _pick_device, bf16_by_default, encode_example, model_digest, resolve_base_model,
-                          torch_threads)
+from tasks.base_model import ModelError, encode_example, model_digest, resolve_base_model, torch_threads
+from tasks.generation import bf16_by_default, pick_device
 
 # peft still calls transformers' renamed `is_gradient_checkpointing`: nothing a user can act on.
 warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
@@ -179,7 +179,7 @@ def train_adapter(
     base_path = Path(base_path) if base_path else resolve_base_model(settings)
     if not (base_path / "config.json").is_file():
         raise ModelError(f"base model {base_path} is not a model directory: run `flywheel model bootstrap` or pass --base")
-    device = _pick_device(cfg.device)
+    device = pick_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
     resume = _last_checkpoint(checkpoints)

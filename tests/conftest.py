@@ -22,7 +22,7 @@ def tiny_base_model(tmp_path_factory):
     from pathlib import Path
 
     from tasks.config import SHIPPED_DATA
-    from tasks.models import bootstrap_base_model
+    from tasks.base_model import bootstrap_base_model
 
     out = tmp_path_factory.mktemp("tiny_base") / "base"
     return Path(bootstrap_base_model(out, data_dir=SHIPPED_DATA, size="test")["path"])

@@ -12,7 +12,8 @@ import pytest
 
 from tasks.config import REPO_ROOT, ConfigError, CostSettings, load_settings
 from tasks.contracts import LOG_SCHEMA
-from tasks.cost import DAYS_PER_MONTH, cost_from_logs, cost_markdown, cost_report, measure_token_volume
+from tasks.cost import DAYS_PER_MONTH, cost_from_logs, cost_report, measure_token_volume
+from tasks.report import cost_markdown
 
 EXAMPLE = REPO_ROOT / "configs" / "cost_example.yaml"
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)

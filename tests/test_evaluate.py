@@ -93,7 +93,7 @@ def test_shipped_suites_are_large_enough_valid_and_unique() -> None:
 
 
 def test_regression_suite_matches_knowledge_base_v1_and_avoids_pretraining_questions() -> None:
-    from tasks.models import pretraining_examples
+    from tasks.base_model import pretraining_examples
 
     kb = load_knowledge_base(DATA, "v1")
     answers = {t.answer: t for t in kb.topics}
@@ -429,7 +429,7 @@ def test_evaluate_adapter_against_the_registered_champion(tmp_path: Path) -> Non
     from transformers import AutoModelForCausalLM
 
     from tasks.evaluate import evaluate_adapter
-    from tasks.models import bootstrap_base_model
+    from tasks.base_model import bootstrap_base_model
     from tasks.registry import Registry
 
     base = tmp_path / "base"

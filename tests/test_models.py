@@ -10,13 +10,10 @@ import pytest
 
 from tasks.config import SHIPPED_DATA, Settings
 from tasks.contracts import Generator
-from tasks.models import (
+from tasks.base_model import (
     MANIFEST,
     PRETRAINING_FILE,
-    GreedyAnswerCache,
-    LocalGenerator,
     ModelError,
-    OpenAICompatibleGenerator,
     bootstrap_base_model,
     format_prompt,
     model_digest,
@@ -24,6 +21,7 @@ from tasks.models import (
     resolve_base_model,
     split_questions,
 )
+from tasks.generation import GreedyAnswerCache, LocalGenerator, OpenAICompatibleGenerator
 from tasks.knowledge import load_knowledge_base
 
 PROMPTS = [
@@ -79,14 +77,14 @@ def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -
     import shutil
 
     shutil.copytree(tiny_base_model, copy)
-    from tasks import models
+    from tasks import base_model
 
-    small = dict(models.BOOTSTRAP_SIZES["test"], epochs=1)
-    models.BOOTSTRAP_SIZES["tiny-rebuild"] = small
+    small = dict(base_model.BOOTSTRAP_SIZES["test"], epochs=1)
+    base_model.BOOTSTRAP_SIZES["tiny-rebuild"] = small
     try:
         rebuilt = bootstrap_base_model(copy, data_dir=data, size="tiny-rebuild")  # type: ignore[arg-type]
     finally:
-        del models.BOOTSTRAP_SIZES["tiny-rebuild"]
+        del base_model.BOOTSTRAP_SIZES["tiny-rebuild"]
     assert rebuilt["cached"] is False and rebuilt["digest"] != again["digest"]
     assert {"path", "params", "seconds", "digest", "cached"} <= set(rebuilt)
 
@@ -94,9 +92,9 @@ def test_bootstrap_is_cached_by_content(tiny_base_model: Path, tmp_path: Path) -
 def test_concurrent_bootstraps_build_once(tiny_base_model: Path, tmp_path: Path) -> None:
     from concurrent.futures import ThreadPoolExecutor
 
-    from tasks import models
+    from tasks import base_model
 
-    models.BOOTSTRAP_SIZES["tiny-once"] = dict(models.BOOTSTRAP_SIZES["test"], epochs=1)
+    base_model.BOOTSTRAP_SIZES["tiny-once"] = dict(base_model.BOOTSTRAP_SIZES["test"], epochs=1)
     messages: list[str] = []
     try:
         with ThreadPoolExecutor(2) as pool:
@@ -104,7 +102,7 @@ def test_concurrent_bootstraps_build_once(tiny_base_model: Path, tmp_path: Path)
                                                                    size="tiny-once", progress=messages.append),  # type: ignore[arg-type]
                                     range(2)))
     finally:
-        del models.BOOTSTRAP_SIZES["tiny-once"]
+        del base_model.BOOTSTRAP_SIZES["tiny-once"]
     assert sorted(r["cached"] for r in results) == [False, True]  # the second waited, then reused the first's
     assert results[0]["digest"] == results[1]["digest"]
     assert any("waiting" in m for m in messages)

@@ -7,7 +7,8 @@ import pytest
 
 from tasks.config import SHIPPED_DATA, DatasetSettings, Settings
 from tasks.dataset import build_dataset
-from tasks.models import LocalGenerator, model_digest
+from tasks.base_model import model_digest
+from tasks.generation import LocalGenerator
 from tasks.knowledge import load_knowledge_base
 from tasks.train import train_adapter
 

@@ -25,15 +25,15 @@ def demo_base(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The test-size recipe trained long enough to answer some v1 questions and refuse the new
     products (the session's tiny base answers everything with noise: every case would get one label,
     and the agreement gate rightly blocks a cycle whose labels carry no information)."""
-    from tasks import models
+    from tasks import base_model
     from tasks.config import SHIPPED_DATA
 
-    models.BOOTSTRAP_SIZES["demo-test"] = dict(models.BOOTSTRAP_SIZES["test"], epochs=20)
+    base_model.BOOTSTRAP_SIZES["demo-test"] = dict(base_model.BOOTSTRAP_SIZES["test"], epochs=20)
     try:
-        built = models.bootstrap_base_model(tmp_path_factory.mktemp("demo-base") / "base", data_dir=SHIPPED_DATA,
-                                            size="demo-test")  # type: ignore[arg-type]
+        built = base_model.bootstrap_base_model(tmp_path_factory.mktemp("demo-base") / "base", data_dir=SHIPPED_DATA,
+                                                size="demo-test")  # type: ignore[arg-type]
     finally:
-        del models.BOOTSTRAP_SIZES["demo-test"]
+        del base_model.BOOTSTRAP_SIZES["demo-test"]
     return Path(built["path"])
 
 

@@ -1,0 +1,200 @@
+"""The evaluation stage: both models answer the same items; the scores, comparison, gate and report
+are written to the cycle's 06_eval/ and logged to MLflow and Prefect.
+
+`evaluate_candidate` works on any two Generators; `evaluate_adapter` (the CLI's and the flow's entry
+point) resolves adapter folders, registry versions and the served champion into Generators first.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+
+from tasks.config import Settings
+from tasks.contracts import EvalItem, Generator
+from tasks.evaluate.gates import check_gates
+from tasks.evaluate.scoring import score_responses, summarise
+from tasks.evaluate.suites import load_suites, workspace_suites
+from tasks.generation import make_generator
+from tasks.registry import Registry
+from tasks.report import evaluation_markdown
+from tasks.served import AdapterView, base_view, served_generator
+
+
+def answer_all(generator: Generator, prompts: Sequence[str], settings: Settings, *, seed: int = 0) -> list[str]:
+    """One greedy answer per prompt, in batches of model.batch_size."""
+    size = settings.model.batch_size
+    out: list[str] = []
+    for start in range(0, len(prompts), size):
+        chunk = list(prompts[start:start + size])
+        got = generator.generate(chunk, n=1, temperature=0.0, max_new_tokens=settings.model.max_new_tokens, seed=seed)
+        if len(got) != len(chunk):
+            raise ValueError(f"generator {generator.model_version!r} returned {len(got)} answers for {len(chunk)} prompts")
+        out.extend(answers[0] if answers else "" for answers in got)
+    return out
+
+
+def evaluate_candidate(
+    candidate: Generator,
+    champion: Generator | None,
+    items: Sequence[EvalItem],
+    settings: Settings,
+    out_dir: Path,
+    *,
+    mlflow_run_id: str | None = None,
+    seed: int = 0,
+    gate_against_champion: bool | None = None,
+) -> dict:
+    """Both models answer the same items; per-item scores, per-suite comparison, gates.
+
+    Writes out_dir/report.json, report.md, items.jsonl and gate.json; logs metrics and those files to
+    MLflow when `mlflow_run_id` is given; publishes a Prefect markdown artifact (key eval-comparison)
+    when called inside a Prefect run. `gate_against_champion=False` compares with `champion` (e.g. the
+    bare base model in the first cycle) but gates with floors only; default: True when a champion is given.
+    Returns {suites, gate, passed, ...}.
+    """
+    start = time.perf_counter()
+    items = list(items)
+    if not items:
+        raise ValueError("no eval items: check evaluate.suites and the suite files under paths.data_dir/eval")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    prompts = [item.prompt for item in items]
+    cand_responses = answer_all(candidate, prompts, settings, seed=seed)
+    cand_scores = score_responses(items, cand_responses, settings)
+    champ_responses = champ_scores = None
+    if champion is not None:
+        champ_responses = answer_all(champion, prompts, settings, seed=seed)
+        champ_scores = score_responses(items, champ_responses, settings)
+    summary = summarise(items, cand_scores, champ_scores, samples=settings.evaluate.bootstrap_samples,
+                        level=settings.evaluate.ci_level, seed=seed)
+    has_champion = champion is not None if gate_against_champion is None else bool(gate_against_champion and champion)
+    gate = check_gates(summary, settings.evaluate.gates, has_champion=has_champion)
+    report = {
+        "created": _now(),
+        "candidate": candidate.model_version,
+        "champion": champion.model_version if champion is not None else None,
+        "gated_against_champion": has_champion,
+        "n_items": len(items),
+        "n_by_suite": {suite: sum(item.suite == suite for item in items) for suite in summary},
+        "ci_level": settings.evaluate.ci_level,
+        "bootstrap_samples": settings.evaluate.bootstrap_samples,
+        "suites": summary,
+        "gate": gate,
+        "passed": gate["passed"],
+        "seconds": round(time.perf_counter() - start, 3),
+    }
+    with open(out_dir / "items.jsonl", "w", encoding="utf-8") as handle:
+        for i, item in enumerate(items):
+            row = {"id": item.id, "suite": item.suite, "prompt": item.prompt, "expected": item.expected,
+                   "reference": item.reference, "candidate": {"response": cand_responses[i], **cand_scores[i]}}
+            if champ_scores is not None:
+                row["champion"] = {"response": champ_responses[i], **champ_scores[i]}
+            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    markdown = evaluation_markdown(report, items, cand_scores, champ_scores, cand_responses, champ_responses)
+    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
+    (out_dir / "gate.json").write_text(json.dumps(gate, indent=2), encoding="utf-8")
+    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
+    report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "items.jsonl", "gate.json")}
+    if mlflow_run_id:
+        log_to_mlflow(report, out_dir, mlflow_run_id, settings)
+    publish_prefect_artifact(markdown)
+    return report
+
+
+def log_to_mlflow(report: dict, out_dir: Path, run_id: str, settings: Settings) -> None:
+    """Metrics eval.<suite>.<metric>.{candidate,champion,diff} and the report files under 06_eval/."""
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric
+
+    from tasks.tracking import tracking_uri
+
+    client = MlflowClient(tracking_uri(settings))
+    stamp = int(time.time() * 1000)
+    metrics = [Metric("eval.gate_passed", float(report["passed"]), stamp, 0)]
+    for suite, entries in report["suites"].items():
+        for metric, e in entries.items():
+            for part in ("candidate", "champion", "diff"):
+                if e.get(part) is not None:
+                    metrics.append(Metric(f"eval.{suite}.{metric}.{part}", float(e[part]), stamp, 0))
+    for start in range(0, len(metrics), 500):
+        client.log_batch(run_id, metrics=metrics[start:start + 500])
+    client.set_tag(run_id, "eval.gate", "passed" if report["passed"] else "failed")
+    for name in ("report.json", "report.md", "items.jsonl", "gate.json"):
+        client.log_artifact(run_id, str(out_dir / name), artifact_path="06_eval")
+
+
+def publish_prefect_artifact(markdown: str) -> None:
+    """A markdown artifact with key eval-comparison, only inside a Prefect flow/task run (outside one,
+    creating it would try to reach a server)."""
+    try:
+        from prefect.context import FlowRunContext, TaskRunContext
+    except ImportError:
+        return
+    if FlowRunContext.get() is None and TaskRunContext.get() is None:
+        return
+    from prefect.artifacts import create_markdown_artifact
+
+    create_markdown_artifact(markdown=markdown, key="eval-comparison", description="candidate vs champion by suite")
+
+
+# --------------------------------------------------------------------------------------------------
+# Entry point for the CLI / flow: resolve adapters, build the generator, evaluate
+
+
+def evaluate_adapter(
+    settings: Settings,
+    candidate: str | Path,
+    *,
+    against: str | None = "champion",
+    out_dir: Path | None = None,
+    new_cases: Path | None = None,
+    mlflow_run_id: str | None = None,
+    seed: int = 0,
+) -> dict:
+    """`flywheel evaluate --candidate DIR|VERSION [--against champion|VERSION|DIR|base|none]`.
+
+    The candidate is an adapter directory or a registry version. `against="champion"` uses the
+    registry's champion; with none registered yet (first cycle) it compares with the bare base model
+    (what production serves then) and gates on floors only. Suites are the workspace copies (the
+    regression suite there includes the grown items).
+    """
+    cand_dir, cand_name = _resolve_adapter(settings, candidate, "candidate")
+    if against == "champion":
+        # What production serves; with no champion yet (first cycle) that is the bare base, and the
+        # gate checks floors only.
+        served = served_generator(settings, {"candidate": cand_dir})
+        generator, champ_gen, gate_vs = served.generator, served.champion(), served.version is not None
+    else:
+        champ_dir, champ_name = None, None
+        if against not in (None, "none", "base"):
+            champ_dir, champ_name = _resolve_adapter(settings, against, "champion")
+        generator = make_generator(settings, {"candidate": cand_dir} | ({"champion": champ_dir} if champ_dir else {}))
+        champ_gen = (None if against in (None, "none") else
+                     AdapterView(generator, "champion", champ_name) if champ_dir else base_view(generator))
+        gate_vs = champ_dir is not None
+    cand_gen = AdapterView(generator, "candidate", cand_name)
+    items = load_suites(workspace_suites(settings), settings.evaluate.suites, extra=new_cases, settings=settings)
+    out = Path(out_dir) if out_dir else settings.paths.under("eval_runs", time.strftime("%Y%m%dT%H%M%S"))
+    return evaluate_candidate(cand_gen, champ_gen, items, settings, out, mlflow_run_id=mlflow_run_id, seed=seed,
+                              gate_against_champion=gate_vs)
+
+
+def _resolve_adapter(settings: Settings, ref: str | Path, role: str) -> tuple[Path, str]:
+    path = Path(ref)
+    if path.is_dir():
+        if not (path / "adapter_config.json").is_file():
+            raise ValueError(f"--{role} {path}: no adapter_config.json there; "
+                             "pass a LoRA adapter folder (05_adapter) or a registry version")
+        return path, path.name
+    text = str(ref).lstrip("v")
+    if text.isdigit():
+        return Registry(settings).adapter_path(text), f"v{text}"
+    raise ValueError(f"--{role} {ref!r} is neither an adapter folder nor a registry version number")
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

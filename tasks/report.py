@@ -1,0 +1,227 @@
+"""Reports for people: markdown rendered from the plain dicts the stages return (evaluation reports,
+weekly signals and drift, cost), for Prefect artifacts and report.md files.
+
+Renderers take dicts (and the settings where a text needs a configured band) and return strings; they
+compute nothing the stage did not, and import no stage module.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tasks.config import Settings
+from tasks.contracts import EvalItem
+
+# --------------------------------------------------------------------------------------------------
+# Evaluation: candidate vs champion (06_eval/report.md, the eval-comparison artifact)
+
+
+def evaluation_markdown(
+    report: dict,
+    items: Sequence[EvalItem],
+    candidate: Sequence[dict],
+    champion: Sequence[dict] | None,
+    cand_responses: Sequence[str],
+    champ_responses: Sequence[str] | None,
+) -> str:
+    """06_eval/report.md: the gate verdict and checks, each suite's metrics with paired intervals, the
+    items whose expected behaviour changed, and candidate outputs with PII or forbidden text."""
+    gate = report["gate"]
+    verdict = "PASSED" if gate["passed"] else "FAILED"
+    pct = int(round(report["ci_level"] * 100))
+    lines = [
+        f"# Evaluation: {report['candidate']} vs {report['champion'] or 'no champion'}",
+        "",
+        f"**Gate: {verdict}**" + (" (first cycle: floors only)" if gate["first_cycle"] else ""),
+        "",
+        f"{report['n_items']} items; {pct}% paired bootstrap intervals of candidate minus champion "
+        f"({report['bootstrap_samples']} resamples). Higher is better except pii_in_output.",
+        "",
+    ]
+    lines += ["## Gate checks", "", "| suite | metric | check | value | threshold | result |", "|---|---|---|---|---|---|"]
+    for c in gate["checks"]:
+        result = "skipped" if c.get("skipped") else "ok" if c["passed"] else "**FAIL**"
+        if c.get("reason"):
+            result += f": {c['reason']}"
+        value = _signed(c["value"]) if c["kind"] in ("max_drop", "max_rise") else _f(c["value"])
+        lines.append(f"| {c['suite']} | {c['metric']} | {_check_text(c)} | {value} | "
+                     f"{'-' if c['threshold'] is None else c['threshold']} | {result} |")
+    lines.append("")
+    for suite, metrics in report["suites"].items():
+        lines += [f"## {suite} ({report['n_by_suite'].get(suite, 0)} items)", "",
+                  f"| metric | candidate | champion | diff | {pct}% CI | gate |", "|---|---|---|---|---|---|"]
+        for metric, e in metrics.items():
+            checks = [c for c in gate["checks"] if c["suite"] == suite and c["metric"] == metric]
+            mark = "; ".join(f"{_check_text(c)} {'ok' if c['passed'] else 'FAIL'}" for c in checks) or "-"
+            lines.append(f"| {metric} | {_f(e['candidate'])} | {_f(e.get('champion'))} | {_signed(e.get('diff'))} | "
+                         f"{_ci(e.get('diff_ci'))} | {mark} |")
+        lines.append("")
+    if champion is not None:
+        lines += ["## Items that changed (expected behaviour)", ""]
+        for label, was, now in (("fixed", 0.0, 1.0), ("broken", 1.0, 0.0)):
+            changed = [i for i in range(len(items)) if champion[i]["behaviour"] == was and candidate[i]["behaviour"] == now]
+            lines.append(f"**{label}: {len(changed)}**")
+            lines.append("")
+            for i in changed[:8]:
+                lines.append(f"- `{items[i].id}` ({items[i].suite}, expected {items[i].expected}): {_quote(items[i].prompt)}"
+                             f" — champion: {_quote(champ_responses[i])} — candidate: {_quote(cand_responses[i])}")
+            lines.append("")
+    leaks = [i for i in range(len(items)) if candidate[i]["pii_in_output"] or candidate[i]["must_not_include"] == 0.0]
+    lines += [f"## Candidate outputs with PII or forbidden text: {len(leaks)}", ""]
+    for i in leaks[:10]:
+        lines.append(f"- `{items[i].id}`: {_quote(cand_responses[i])}")
+    lines.append("")
+    return "\n".join(lines)
+
+
+def _check_text(check: dict) -> str:
+    """floor >= 0.8 / ceiling <= 0 / drop <= 0.05 / rise <= 0 / present."""
+    symbol = {"floor": "floor >=", "ceiling": "ceiling <=", "max_drop": "drop <=", "max_rise": "rise <="}.get(check["kind"])
+    return f"{symbol} {check['threshold']}" if symbol else check["kind"]
+
+
+def _f(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _signed(value: float | None) -> str:
+    return "-" if value is None else f"{value:+.3f}"
+
+
+def _ci(ci: list[float] | None) -> str:
+    return "-" if not ci else f"[{ci[0]:+.3f}, {ci[1]:+.3f}]"
+
+
+def _quote(text: str, limit: int = 90) -> str:
+    text = " ".join(text.split()).replace("|", "/")
+    return f"\"{text[:limit]}{'…' if len(text) > limit else ''}\""
+
+
+# --------------------------------------------------------------------------------------------------
+# Weekly monitoring: signals, drift and the trigger decision (the monitoring-dashboard artifact)
+
+
+def _pct(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.1%}"
+
+
+def _pct_ci(values: list[float] | tuple[float, float] | None) -> str:
+    return "" if not values else f" [{values[0]:.1%}, {values[1]:.1%}]"
+
+
+def dashboard_markdown(
+    settings: Settings, week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict
+) -> str:
+    """The weekly dashboard: the trigger decision and its reasons, the signals with their intervals, and
+    the drift band with the terms that moved most (the drift bands come from `settings.drift`)."""
+    hallucination = signals.get("hallucination") or {}
+    rows = [
+        ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
+        ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
+        ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
+        ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
+        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
+         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
+    ]
+    lines = [
+        f"# Weekly monitoring {week}",
+        "",
+        f"**Retraining triggered: {'yes' if decision['triggered'] else 'no'}**"
+        + (f" (held back by the cool-down until {decision['cooldown_until']})" if decision["suppressed_by_cooldown"] else ""),
+        "",
+        *[f"- {reason}" for reason in decision["reasons"]],
+        "",
+        "| signal | value | 95% interval | detail |",
+        "|---|---|---|---|",
+        *[f"| {name} | {_pct(value)} | {_pct_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
+        "",
+        f"## Input drift: {drift.get('band', 'n/a')}",
+        "",
+    ]
+    if drift.get("band") == "insufficient":
+        lines.append(
+            f"Not enough prompts to judge drift ({drift.get('n_current')} this week, "
+            f"{drift.get('n_reference')} in the reference)."
+        )
+    elif drift.get("kl") is not None:
+        lines += [
+            f"KL(current || reference) = {drift['kl']:.3f} (no-drift baseline {drift['null_kl']:.3f}); "
+            f"Jensen-Shannon distance {drift['js']:.3f}; PSI {drift['psi']:.3f}. "
+            f"Bands: < {settings.drift.same_below} same, {settings.drift.same_below}-"
+            f"{settings.drift.drift_above} slight, > {settings.drift.drift_above} drift.",
+            "",
+            "| term | contribution | share now | share in reference |",
+            "|---|---|---|---|",
+            *[
+                f"| {t['term']} | {t['contribution']:.4f} | {t['current_share']:.2%} | {t['reference_share']:.2%} |"
+                for t in drift.get("top_terms", [])
+            ],
+        ]
+        if drift.get("examples"):
+            lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# Cost: self-hosted vs API (`flywheel cost`, the cycle report)
+
+_COST_LABELS = {
+    "gpu_serving": "GPU serving",
+    "retraining": "Retraining",
+    "labelling": "Labelling",
+    "licence": "Licence",
+    "monitoring": "Monitoring infrastructure",
+}
+
+
+def cost_markdown(report: Mapping[str, Any]) -> str:
+    """The report as a markdown table plus a short verdict, for the cycle report / a Prefect artifact."""
+    items = report["line_items_monthly"]
+    details = {
+        "retraining": f" ({_money(report['retraining_per_quarter'])} a quarter)",
+        "labelling": (
+            f" ({report['labelled_items_per_quarter']:,} items a quarter x {_money(report['labelling_per_item'])})"
+        ),
+    }
+    lines = [
+        "### Cost: self-hosted vs API",
+        "",
+        "| item | per month | per year |",
+        "|---|---:|---:|",
+    ]
+    for name, monthly in items.items():
+        label = _COST_LABELS.get(name, name)
+        lines.append(f"| {label}{details.get(name, '')} | {_money(monthly)} | {_money(12 * monthly)} |")
+    lines.append(
+        f"| **Self-hosted total** | **{_money(report['self_hosted_monthly'])}** "
+        f"| **{_money(report['self_hosted_yearly'])}** |"
+    )
+    if report["api_monthly"] is None:
+        lines.append("| API alternative (no token volume) | n/a | n/a |")
+    else:
+        lines.append(
+            f"| API alternative ({report['tokens_per_month']:,.0f} tokens/month, from {report['token_source']}) "
+            f"| {_money(report['api_monthly'])} | {_money(report['api_yearly'])} |"
+        )
+    lines += ["", f"- One-time set-up: {_money(report['setup_one_time'])}"]
+    if report["yearly_savings"] is not None:
+        lines.append(f"- Yearly savings (API - self-hosted): {_money(report['yearly_savings'])}")
+    roi = report["roi_1y"]
+    lines.append(
+        f"- 1-year ROI: {'n/a' if roi is None else f'{100 * roi:.1f} %'}"
+        " = (yearly savings - set-up) / (self-hosted yearly + set-up)"
+    )
+    months = report["break_even_months"]
+    if months == 0:
+        lines.append("- Break-even: at once (no set-up cost to pay back)")
+    elif months is not None:
+        lines.append(f"- Break-even: after {months:.1f} months")
+    elif report["api_monthly"] is not None:
+        lines.append("- Break-even: never at this volume")
+    lines += [f"- Note: {note}" for note in report["notes"]]
+    return "\n".join(lines) + "\n"
+
+
+def _money(value: float) -> str:
+    return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"

@@ -135,7 +135,7 @@ def measure(name: str, shape: dict, *, device: str, bf16: bool, batch: int, seq:
         "gradient_checkpointing": grad_ckpt,
         "seconds": round(seconds, 3),
         "tokens_per_s": round(tokens_per_s, 1),
-        "model_tflops_per_s": round(tokens_per_s * flops_6n / 1e12, 3),
+        "model_tflops_per_s": float(f"{tokens_per_s * flops_6n / 1e12:.4g}"),  # tiny CPU shapes: far below 0.001
     }
     if device == "cuda":
         result["max_memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)
@@ -185,7 +185,7 @@ def main() -> int:
     for r in runs:
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else "-"
         print(f"{r['model']:28} {r['device']:5} {r['dtype']:9} {r['batch']:>5} x {r['seq']:<5} {r['tokens_per_s']:>12,.0f} "
-              f"{r['model_tflops_per_s']:>9.3f} {mfu:>7}", file=sys.stderr)
+              f"{r['model_tflops_per_s']:>9.4g} {mfu:>7}", file=sys.stderr)
     print(json.dumps(summary))
     return 0
 

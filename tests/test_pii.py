@@ -11,6 +11,7 @@ import hmac
 import json
 import logging
 import os
+import re
 import socket
 import stat
 
@@ -18,6 +19,9 @@ import pytest
 
 from tasks import pii
 from tasks.config import PiiSettings
+from tasks.pii import pool
+from tasks.pii.masker import _outside_tokens
+from tasks.pii.recognizers import _offline_email_recognizer
 
 KEY = b"test-key-0123456789abcdef"
 SETTINGS = PiiSettings(processes=1, batch_size=16)
@@ -54,7 +58,7 @@ def masker():
     # Built, and first used on an e-mail (tldextract's suffix list), with the network unreachable.
     with pytest.MonkeyPatch.context() as mp:
         _block_network(mp)
-        built = pii._cached_masker(SETTINGS.model_dump_json(), KEY)
+        built = pool.cached_masker(SETTINGS.model_dump_json(), KEY)
         outcome = built.mask_texts(["Write to ana.ruiz@example.co.uk please."])[0]
     assert outcome.error is None and "ana.ruiz" not in outcome.text
     return built
@@ -72,7 +76,7 @@ def test_each_configured_entity_type_is_masked(masker, entity):
     assert outcome.error is None
     assert raw not in outcome.text
     assert outcome.entities.get(entity, 0) >= 1, outcome.entities
-    assert pii.re.search(TOKEN.format(entity), outcome.text)
+    assert re.search(TOKEN.format(entity), outcome.text)
 
 
 @pytest.mark.parametrize(
@@ -139,7 +143,7 @@ def test_different_keys_give_different_tokens(masker):
     text = "Please write to maria.lopez42@example.org"
     a, b = masker.mask_texts([text])[0].text, other.mask_texts([text])[0].text
     assert a != b
-    assert pii.re.fullmatch(r"Please write to <EMAIL_ADDRESS_[0-9a-f]{8}>", b)
+    assert re.fullmatch(r"Please write to <EMAIL_ADDRESS_[0-9a-f]{8}>", b)
 
 
 # --------------------------------------------------------------------------------------------------
@@ -170,7 +174,7 @@ def failing_masker(masker, monkeypatch):
 
     failing = copy.copy(masker)
     failing.recognizers = [*masker.recognizers, _failing_recognizer()]
-    monkeypatch.setattr(pii, "_cached_masker", lambda settings_json, key: failing)
+    monkeypatch.setattr(pool, "cached_masker", lambda settings_json, key: failing)
     return failing
 
 
@@ -216,8 +220,8 @@ def test_a_field_that_is_not_text_drops_its_record(masker, tmp_path):
 
 def test_leaks_found_by_the_rescan_fail_the_stage_after_the_audit(masker, monkeypatch, tmp_path):
     broken = masker.with_key(KEY)
-    broken._anonymize = lambda text, results: text  # an anonymizer that silently does nothing
-    monkeypatch.setattr(pii, "_cached_masker", lambda settings_json, key: broken)
+    broken.anonymize = lambda text, results: text  # an anonymizer that silently does nothing
+    monkeypatch.setattr(pool, "cached_masker", lambda settings_json, key: broken)
     src, out, audit = tmp_path / "in.jsonl", tmp_path / "out.jsonl", tmp_path / "audit.json"
     src.write_text(json.dumps({"prompt": "My SSN is 536-22-8745, email maria.lopez42@example.org"}) + "\n")
     out.write_text("stale output from an earlier run\n")
@@ -232,7 +236,7 @@ def test_leaks_found_by_the_rescan_fail_the_stage_after_the_audit(masker, monkey
 def test_rescan_ignores_pseudonyms_but_not_text_next_to_them(masker):
     token = pii.pseudonym(KEY, "PERSON", "x")
     assert masker.find_leaks([f"Hello {token}, how are you?"]) == [[]]
-    spans = pii._outside_tokens(f"{token[:-1]}> 24743", 0, len(token) + 6, "PERSON", [(0, len(token))])
+    spans = _outside_tokens(f"{token[:-1]}> 24743", 0, len(token) + 6, "PERSON", [(0, len(token))])
     assert spans == [(len(token) + 1, len(token) + 6, "PERSON")]
 
 
@@ -308,7 +312,7 @@ def test_demo_key_file_is_created_once_private_and_reused(monkeypatch, tmp_path)
 
 def test_masking_needs_no_network(masker, monkeypatch):
     _block_network(monkeypatch)
-    recognizer = pii._offline_email_recognizer()  # a fresh suffix-list extractor
+    recognizer = _offline_email_recognizer()  # a fresh suffix-list extractor
     assert recognizer.validate_result("someone@mail.example.co.uk")
     outcomes = masker.mask_texts([SAMPLES[e][0] for e in sorted(SAMPLES)])
     assert all(o.error is None for o in outcomes)

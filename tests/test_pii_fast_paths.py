@@ -1,6 +1,6 @@
 """PII masking's shortcuts change nothing but the time it takes.
 
-Every shortcut in tasks/pii.py is checked against the slow path it replaces, on hand-written texts
+Every shortcut in tasks/pii/ (most in tasks/pii/_engine.py) is checked against the slow path it replaces, on hand-written texts
 and on seeded random texts made of PII-like fragments: cheap preconditions (gates) never skip a
 text the recognizer would find something in; phone numbers are found in windows as in the whole
 text; the lean pattern loop gives Presidio's results; context keywords are Presidio's; repeated
@@ -18,6 +18,9 @@ import pytest
 
 from tasks import pii
 from tasks.config import PiiSettings
+from tasks.pii import _engine, recognizers
+from tasks.pii.masker import _whole_word_mentions
+from tasks.pii.pool import cached_masker
 
 KEY = b"test-key-0123456789abcdef"
 SETTINGS = PiiSettings(processes=1, batch_size=16)
@@ -80,13 +83,13 @@ CORPUS = HANDWRITTEN + _random_texts(seed=11, count=1500)
 
 @pytest.fixture(scope="module")
 def masker():
-    return pii._cached_masker(SETTINGS.model_dump_json(), KEY)
+    return cached_masker(SETTINGS.model_dump_json(), KEY)
 
 
 def _ungated(step, masker, text):
     """What the recognizer of `step` finds in `text` when nothing is skipped."""
     if step.patterns is not None:
-        return pii._match_patterns(step.recognizer, step.patterns, text)
+        return _engine._match_patterns(step.recognizer, step.patterns, text)
     return step.recognizer.analyze(text, masker._analyze_entities, None)
 
 
@@ -105,7 +108,7 @@ def test_a_gate_never_skips_a_text_its_recognizer_finds_something_in(masker):
         "CreditCardRecognizer", "InternationalPhoneRecognizer", "OrderIdRecognizer", "AccountNumberRecognizer",
     }
     for step in gated:
-        gate = pii._GATES[step.gate]
+        gate = _engine._GATES[step.gate]
         found_somewhere = False
         for text in CORPUS:
             found = _ungated(step, masker, text)
@@ -118,19 +121,19 @@ def test_a_gate_never_skips_a_text_its_recognizer_finds_something_in(masker):
 def test_gated_analysis_equals_ungated_analysis(masker, monkeypatch):
     texts = HANDWRITTEN + _random_texts(seed=12, count=300)
     gated = masker.analyze_texts(texts)
-    monkeypatch.setattr(pii, "_GATES", {name: re.compile("") for name in pii._GATES})  # every gate passes
+    monkeypatch.setattr(_engine, "_GATES", {name: re.compile("") for name in _engine._GATES})  # every gate passes
     ungated = masker.analyze_texts(texts)
     assert [_spans(r) for r in gated] == [_spans(r) for r in ungated]
 
 
 def test_address_and_name_cue_gates_change_nothing(monkeypatch):
     texts = HANDWRITTEN + _random_texts(seed=13, count=800)
-    person = pii._recognizer_classes().PersonCueRecognizer()
-    with_gates = [(pii.find_addresses(t), _spans(person.analyze(t, ["PERSON"]))) for t in texts]
-    cores, extension, junction, corner, _ = pii._address_patterns()
-    monkeypatch.setattr(pii, "_address_patterns", lambda: (cores, extension, junction, corner, {}))
+    person = recognizers._recognizer_classes().PersonCueRecognizer()
+    with_gates = [(recognizers.find_addresses(t), _spans(person.analyze(t, ["PERSON"]))) for t in texts]
+    cores, extension, junction, corner, _ = recognizers._address_patterns()
+    monkeypatch.setattr(recognizers, "_address_patterns", lambda: (cores, extension, junction, corner, {}))
     monkeypatch.setattr(type(person), "NEEDS", {})
-    without = [(pii.find_addresses(t), _spans(person.analyze(t, ["PERSON"]))) for t in texts]
+    without = [(recognizers.find_addresses(t), _spans(person.analyze(t, ["PERSON"]))) for t in texts]
     assert with_gates == without
     assert any(addresses for addresses, _ in with_gates) and any(names for _, names in with_gates)
 
@@ -162,7 +165,7 @@ def _phone_texts(seed: int, count: int) -> list[str]:
 def test_phone_windows_find_every_number_the_whole_text_gives():
     from presidio_analyzer.predefined_recognizers import PhoneRecognizer
 
-    whole, windows = PhoneRecognizer(), pii._phone_recognizer()
+    whole, windows = PhoneRecognizer(), recognizers._phone_recognizer()
     texts = HANDWRITTEN + _phone_texts(seed=5, count=1000)
     numbers = 0
     for text in texts:
@@ -185,7 +188,7 @@ def test_phone_numbers_with_extensions_and_spread_out_digits_are_masked_whole(ma
 def test_only_the_short_number_regions_have_valid_numbers_under_seven_digits():
     import phonenumbers
 
-    recognizer = pii._phone_recognizer()
+    recognizer = recognizers._phone_recognizer()
     short = set(recognizer.short_numbers.supported_regions)
     others = [r for r in recognizer.supported_regions if r not in short]
     rng = random.Random(3)
@@ -201,7 +204,7 @@ def test_only_the_short_number_regions_have_valid_numbers_under_seven_digits():
 
 
 def test_phone_results_carry_the_gated_recognizers_name():
-    recognizer = pii._phone_recognizer()
+    recognizer = recognizers._phone_recognizer()
     for text in ("Call me at 1640 today.", "call +1 415 867 5309"):
         (result,) = recognizer.analyze(text, ["PHONE_NUMBER"])
         assert result.recognition_metadata["recognizer_name"] == recognizer.name
@@ -217,7 +220,7 @@ def test_lean_pattern_loop_gives_presidios_results(masker):
     for step in lean:
         for text in CORPUS:
             presidio = step.recognizer.analyze(text, masker._analyze_entities, None)
-            assert _spans(pii._match_patterns(step.recognizer, step.patterns, text)) == _spans(presidio), (
+            assert _spans(_engine._match_patterns(step.recognizer, step.patterns, text)) == _spans(presidio), (
                 step.recognizer.name, text,
             )
 
@@ -227,10 +230,10 @@ def test_context_keywords_are_presidios(masker):
 
     texts = HANDWRITTEN + _random_texts(seed=14, count=200)
     for doc, text in zip(masker._docs(texts), texts):
-        artifacts = masker.nlp_engine._doc_to_nlp_artifact(doc, pii.LANGUAGE)
+        artifacts = masker.nlp_engine._doc_to_nlp_artifact(doc, _engine.LANGUAGE)
         assert artifacts.tokens_indices == [t.idx for t in doc]
         assert artifacts.lemmas == [t.lower_ for t in doc]
-        keywords = set(NlpArtifacts.set_keywords(masker.nlp_engine, [t.lower_ for t in doc], pii.LANGUAGE))
+        keywords = set(NlpArtifacts.set_keywords(masker.nlp_engine, [t.lower_ for t in doc], _engine.LANGUAGE))
         assert [artifacts.is_keyword(lemma) for lemma in artifacts.lemmas] == [
             lemma in keywords for lemma in artifacts.lemmas
         ], text
@@ -246,11 +249,11 @@ def test_other_mentions_are_found_as_the_alternation_regex_finds_them():
             r"(?<!\w)(?:" + "|".join(re.escape(v) for v in sorted(values, key=len, reverse=True)) + r")(?!\w)"
         )
         expected = [(m.start(), m.end(), m.group()) for m in alternation.finditer(text)]
-        assert pii._whole_word_mentions(text, values) == expected, (text, values)
+        assert _whole_word_mentions(text, values) == expected, (text, values)
 
 
 def test_a_regex_time_out_drops_the_record(masker, monkeypatch):
-    monkeypatch.setattr(pii, "_REGEX_TIMEOUT_SECONDS", 1e-9)
+    monkeypatch.setattr(_engine, "_REGEX_TIMEOUT_SECONDS", 1e-9)
     text = "call 4111 1111 1111 1111 " + "1 2 3 4 " * 20
     outcome = masker.mask_texts([text])[0]
     assert outcome == pii.MaskOutcome(None, {}, "TimeoutError")
@@ -313,7 +316,7 @@ def test_drivers_license_words_without_a_number_find_nothing(masker):
 
 def test_a_street_line_keeps_its_score_after_a_street_name_without_a_number():
     text = "We met on Herceg Gateway. Ship it to 12 Main Street please."
-    spans = {text[a:b]: score for a, b, _, score in pii.find_addresses(text)}
+    spans = {text[a:b]: score for a, b, _, score in recognizers.find_addresses(text)}
     assert [score for value, score in spans.items() if "Herceg Gateway" in value] == [0.3]
     assert [score for value, score in spans.items() if "12 Main Street" in value] == [0.6]
 

@@ -135,7 +135,7 @@ def main() -> int:
 
         shutil.rmtree(adapter_dir)  # measure a full training run, not a resume
     say("LoRA training on v2 cases + replay")
-    trained = train_adapter(cycle / "04_dataset", adapter_dir, settings, base_path=base_dir, progress=True)
+    trained = train_adapter(cycle / "04_dataset", adapter_dir, settings.train, base_path=base_dir, progress=True)
 
     generator.load_adapter("v2", adapter_dir)
     generator.use("v2")

@@ -318,7 +318,7 @@ def extract(
 
     settings = settings_for(config, workspace)
     result = load_window(settings, sources, since, until)
-    summary = extract_cases(result.table, settings, key=pii_key(settings), out_path=out)
+    summary = extract_cases(result.table, settings.signals, settings.extract, key=pii_key(settings), out_path=out)
     emit(summary, as_json, table([("cases", summary["cases"]), *summary["by_kind"].items(),
                                   ("duplicates removed", summary["duplicates_removed"]), ("written to", out)]))
 
@@ -563,7 +563,7 @@ def train(
     from tasks.train import train_adapter
 
     settings = settings_for(config, workspace)
-    result = train_adapter(dataset, out, settings, base_path=base or resolve_base_model(settings), progress=True)
+    result = train_adapter(dataset, out, settings.train, base_path=base or resolve_base_model(settings), progress=True)
     emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
                                  ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
                                  ("device", result.get("device")), ("seconds", result["seconds"]),
@@ -654,7 +654,8 @@ def demo(
     if not verbose:  # the demo prints its own progress
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from flows.demo import before_after_rows, check_workspace, demo_settings, flywheel_demo
+    from flows.demo import check_workspace, demo_settings, flywheel_demo
+    from tasks.report import before_after_rows
 
     check_workspace(demo_settings(str(config) if config else None, str(workspace) if workspace else None).workspace)
     result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,

@@ -27,6 +27,7 @@ from flows.monitoring import weekly_monitoring
 from flows.retraining import quarterly_retraining
 from tasks import monitor
 from tasks.config import SHIPPED_CONFIGS, Settings, load_settings
+from tasks.report import demo_markdown
 
 DEMO_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
 MARKER = ".flywheel-demo"  # marks a workspace the demo may clear
@@ -212,7 +213,7 @@ def flywheel_demo(
         "report": str(Path(cycle["cycle_dir"]) / "06_eval" / "report.md") if cycle.get("cycle_dir") else None,
         "seconds": round(clock.seconds, 1),
     }
-    create_markdown_artifact(key="demo-summary", markdown=summary_markdown(result),
+    create_markdown_artifact(key="demo-summary", markdown=demo_markdown(result),
                              description="flywheel demo: before and after the retraining cycle")
     return result
 
@@ -239,40 +240,3 @@ def _week_row(week: dict) -> dict:
     return {"week": week["label"], "model_version": week["traffic"]["model_version"], "records": signals["records"],
             "refusal_rate": signals["refusal_rate"], "reask_rate": signals["reask_rate"], "kl": drift.get("kl"),
             "band": drift.get("band"), "triggered": week["monitoring"]["triggered"]}
-
-
-def _pct(value: float | None) -> str:
-    return "-" if value is None else f"{value:.1%}"
-
-
-def before_after_rows(result: dict) -> list[tuple[str, str, str]]:
-    """(measure, before, after) for the demo's closing table."""
-    before, after = result["before"], result["after"] or {}
-    return [
-        ("weeks", ", ".join(before["weeks"]), ", ".join(after.get("weeks", [])) or "-"),
-        ("refusal rate (monitoring)", _pct(before["refusal_rate"]), _pct(after.get("refusal_rate"))),
-        ("re-ask rate (monitoring)", _pct(before["reask_rate"]), _pct(after.get("reask_rate"))),
-        ("new-product accuracy (ground truth)", _pct(before["new_topic_accuracy"]), _pct(after.get("new_topic_accuracy"))),
-        ("new-product questions refused (ground truth)", _pct(before["new_topic_refusal_share"]),
-         _pct(after.get("new_topic_refusal_share"))),
-        ("accuracy, all questions (ground truth)", _pct(before["accuracy"]), _pct(after.get("accuracy"))),
-    ]
-
-
-def summary_markdown(result: dict) -> str:
-    lines = [
-        "# flywheel demo",
-        "",
-        f"New products launched in {result['launch_week']}; drift detected in {result['drift_detected_week'] or 'no week'}; "
-        f"cycle `{result['cycle_id']}` registered canary v{result['canary_version']} "
-        f"(gate {'passed' if result['gate_passed'] else 'failed'}), "
-        f"{'promoted' if result['promoted'] else 'not promoted'}.",
-        "",
-        "| | before | after |",
-        "|---|---|---|",
-        *[f"| {name} | {b} | {a} |" for name, b, a in before_after_rows(result)],
-        "",
-        f"Evaluation report: `{result['report']}`. Finished in {result['seconds']:.0f} s.",
-    ]
-    return "\n".join(lines) + "\n"
-

@@ -23,7 +23,7 @@ from tasks.drift import compute_drift, load_prompts
 from tasks.logs import load_window
 from tasks.report import dashboard_markdown
 from tasks.signals import compute_signals
-from tasks.tracking import experiment_id
+from tasks.tracking import experiment_id, tracking_uri
 from tasks.windows import iso_week_window
 
 RETRAINING_EVENT = "flywheel.retraining.requested"
@@ -83,18 +83,29 @@ def log_week_to_mlflow(
 ) -> str:
     """One MLflow run per week in experiment `monitoring`, metrics stepped by week, plus the
     trend chart. A rerun of the same week replaces nothing: it adds a run tagged with the week."""
-    import mlflow
+    import time
+
+    from mlflow import MlflowClient
+    from mlflow.entities import Metric, RunTag
 
     step = monitor.week_step(week)
     chart = monitor.plot_trend(settings, history, settings.paths.under("monitoring", f"trend-{week}.png"))
     metrics = {key: history[-1][key] for key in (*monitor.SIGNAL_KEYS, "feedback_coverage", "kl") if history}
-    metrics = {key: value for key, value in metrics.items() if value is not None}
-    with mlflow.start_run(experiment_id=experiment_id(settings, "monitoring"), run_name=week) as run:
-        mlflow.set_tags({"week": week, "drift_band": drift.get("band"), "triggered": decision["triggered"]})
-        mlflow.log_metrics(metrics | {"records": signals["records"]}, step=step)
-        mlflow.log_artifact(str(chart))
-        mlflow.log_dict({"signals": signals, "drift": drift, "decision": decision}, "monitoring.json")
-    return run.info.run_id
+    metrics = {key: value for key, value in metrics.items() if value is not None} | {"records": signals["records"]}
+    client = MlflowClient(tracking_uri(settings))
+    run_id = client.create_run(experiment_id(settings, "monitoring"), run_name=week).info.run_id
+    try:
+        now = int(time.time() * 1000)
+        tags = {"week": week, "drift_band": drift.get("band"), "triggered": decision["triggered"]}
+        client.log_batch(run_id, metrics=[Metric(k, float(v), now, step) for k, v in metrics.items()],
+                         tags=[RunTag(k, str(v)) for k, v in tags.items()])
+        client.log_artifact(run_id, str(chart))
+        client.log_dict(run_id, {"signals": signals, "drift": drift, "decision": decision}, "monitoring.json")
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
 
 
 @task(name="publish-dashboard", cache_policy=NO_CACHE)

@@ -3,14 +3,20 @@
     extract_failure_cases -> mask_pii -> collect_annotations -> score_agreement -> build_training_set
         -> train_lora_adapter -> evaluate_candidate -> register_canary
 
-Every stage is a Prefect task with a persisted result and a cache key made of its inputs' content
-digests, its configuration and its code, so a rerun after a crash (say, killed during training)
-skips the finished stages, and training itself resumes from its last checkpoint. Each stage writes
-into `<workspace>/cycles/<cycle_id>/` and records itself in the cycle's manifest.json.
+Each stage is a Prefect task that takes its own settings section(s) and its input files and returns a
+StageResult (declared outputs with sha256, counts, seconds); the next stage takes its inputs from those
+outputs. Results are persisted and cached on the stage's code, its input digests and its sections, so a
+rerun after a crash skips the finished stages (training resumes from its last checkpoint), and a change
+to one section re-runs only the stages that read it and what follows them. Each stage writes into
+`<workspace>/cycles/<cycle_id>/` and records itself in the cycle's manifest.json; registration reads the
+evaluation's decision from 06_eval/gate.json.
 """
 
 from __future__ import annotations
 
+import functools
+import inspect
+import json
 import sys
 from datetime import datetime, timezone
 from pathlib import Path
@@ -20,115 +26,122 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
 from tasks import cycle
-from tasks.config import Settings, load_settings
+from tasks.annotate import AwaitingAnnotations
+from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, LogsSettings, PiiSettings, Settings,
+                          SignalsSettings, TrainSettings, load_settings)
+from tasks.contracts import MlflowRun, StageResult
 from tasks.tracking import experiment_id, tracking_uri
 
 
-def stage(name: str, module_file: str):
-    """A cycle stage: persisted result, cached on the content of its inputs and its module's code."""
-    return task(
-        name=name,
-        persist_result=True,
-        cache_key_fn=lambda _ctx, params: cycle.stage_cache_key(name, module_file, params),
-    )
+def stage(name: str, *, records: str, code: tuple[str, ...]):
+    """A cycle stage: a Prefect task whose result is persisted and cached on its cache key (its
+    parameters' digests and the code of its modules), and which records itself in the cycle manifest
+    under `records` with that key. Every stage has an `out` parameter inside the cycle directory."""
+
+    def make(fn):
+        signature = inspect.signature(fn)
+
+        @functools.wraps(fn)
+        def run(*args: Any, **kwargs: Any) -> StageResult:
+            params = signature.bind(*args, **kwargs).arguments
+            result = fn(*args, **kwargs)
+            cycle.record_stage(Path(params["out"]).parent, result, cycle.stage_cache_key(name, code, params))
+            return result
+
+        stage_task = task(name=name, persist_result=True,
+                          cache_key_fn=lambda _ctx, params: cycle.stage_cache_key(name, code, params))(run)
+        stage_task.code, stage_task.records = code, records
+        return stage_task
+
+    return make
 
 
-def _module(name: str) -> str:
-    """A stage's code for its cache key: tasks/NAME.py, or the folder of the package tasks/NAME/."""
-    tasks_dir = Path(__file__).resolve().parent.parent / "tasks"
-    module = tasks_dir / f"{name}.py"
-    return str(module if module.is_file() else tasks_dir / name)
+def run_stage(stage_task, directory: Path, fresh: bool, *args: Any) -> StageResult:
+    """Run a stage, reusing its cached result only when the cycle directory holds what a run with this
+    very cache key wrote (cycle.stage_intact: a run with other settings may have replaced the files since);
+    `fresh` runs it again regardless."""
+    params = inspect.signature(stage_task.fn).bind(*args).arguments
+    key = cycle.stage_cache_key(stage_task.name, stage_task.code, params)
+    reuse = not fresh and cycle.stage_intact(directory, stage_task.records, key)
+    return stage_task.with_options(refresh_cache=not reuse)(*args)
 
 
-def resumable(stage_task, directory: Path, name: str, fresh: bool):
-    """The stage, allowed to reuse its cached result only when the cycle directory still holds what
-    that run wrote (see cycle.stage_intact); `fresh` runs it again regardless."""
-    return stage_task.with_options(refresh_cache=fresh or not cycle.stage_intact(directory, name))
+@stage("extract-failure-cases", records="extract", code=("tasks.extract", "tasks.signals", "tasks.logs"))
+def extract_failure_cases(logs: LogsSettings, signals: SignalsSettings, extract: ExtractSettings, since: datetime | None,
+                          until: datetime | None, log_files: list, key: bytes, out: Path, quarantine: Path) -> StageResult:
+    """`log_files` is [file, size, mtime] per file: new or changed logs are a new cache key."""
+    from tasks.extract import extract_stage
+
+    return extract_stage([f for f, _, _ in log_files], out, logs=logs, signals=signals, settings=extract, key=key,
+                         since=since, until=until, quarantine=quarantine)
 
 
-@stage("extract-failure-cases", _module("extract"))
-def extract_failure_cases(settings: Settings, since: datetime | None, until: datetime | None, log_files: list, out: Path) -> dict:
-    """`log_files` (name, size, mtime per file) is not read here: it makes new or changed logs a new cache key."""
-    from tasks.extract import extract_cases
-    from tasks.logs import load_window
+@stage("mask-pii", records="mask", code=("tasks.pii",))
+def mask_pii(pii: PiiSettings, cases: Path, key: bytes, out: Path) -> StageResult:
+    from tasks.pii import mask_stage
 
-    with cycle.Timer() as timer:
-        logs = load_window(settings, None, since, until)
-        result = extract_cases(logs.table, settings, key=cycle.pii_key(settings), out_path=out)
-    cycle.record_stage(out.parent, "extract", result, {"cases": out}, timer.seconds)
-    return result
+    return mask_stage(cases, out, pii, key=key)
 
 
-@stage("mask-pii", _module("pii"))
-def mask_pii(settings: Settings, cases: Path, out: Path) -> dict:
-    from tasks.pii import mask_file
+@stage("collect-annotations", records="annotate", code=("tasks.annotate", "tasks.simulate"))
+def collect_annotations(annotation: AnnotationSettings, masked: Path, ground_truth: Path | None, seed: int,
+                        data_dir: Path | None, out: Path) -> StageResult:
+    """`ground_truth`, `seed` and `data_dir` are the simulated annotators' (None unless annotation.simulate)."""
+    from tasks.annotate import collect_stage
 
-    with cycle.Timer() as timer:
-        result = mask_file(cases, out, settings.pii, key=cycle.pii_key(settings), audit_path=out.parent / "pii_audit.json")
-    cycle.record_stage(out.parent, "mask", result, {"masked": out, "audit": out.parent / "pii_audit.json"}, timer.seconds)
-    return result
-
-
-@stage("collect-annotations", _module("annotate"))
-def collect_annotations(settings: Settings, masked: Path, out: Path) -> dict:
-    with cycle.Timer() as timer:
-        result = cycle.collect_annotations(settings, masked, out)
-    cycle.record_stage(out.parent, "annotate", result, {"annotations": out / "annotations.jsonl"}, timer.seconds)
-    return result
+    return collect_stage(masked, out, annotation, ground_truth=ground_truth, seed=seed, data_dir=data_dir)
 
 
-@stage("score-agreement", _module("annotate"))
-def score_agreement(settings: Settings, annotations: Path, masked: Path, out: Path) -> dict:
-    from tasks.annotate import score_agreement as score
+@stage("score-agreement", records="agreement", code=("tasks.annotate",))
+def score_agreement(annotation: AnnotationSettings, annotations: Path, masked: Path, out: Path) -> StageResult:
+    from tasks.annotate import agreement_stage
 
-    with cycle.Timer() as timer:
-        result = score(annotations, out, settings.annotation, cases_path=masked)
-    cycle.record_stage(out.parent, "agreement", result,
-                       {"agreement": out / "agreement.json", "curated": out / "curated.jsonl"}, timer.seconds)
-    return result
+    return agreement_stage(annotations, masked, out, annotation)
 
 
-@stage("build-training-set", _module("dataset"))
-def build_training_set(settings: Settings, curated: Path, replay: Path | None, out: Path, cycle_id: str, run_id: str) -> dict:
-    from tasks.dataset import build_dataset
+@stage("build-training-set", records="dataset", code=("tasks.dataset",))
+def build_training_set(dataset: DatasetSettings, curated: Path, replay: Path | None, cycle_id: str, out: Path,
+                       mlflow: MlflowRun) -> StageResult:
+    from tasks.dataset import dataset_stage
 
-    with cycle.Timer() as timer:
-        result = build_dataset(curated, out, settings.dataset, cycle_id=cycle_id, replay_path=replay, mlflow_run_id=run_id)
-    cycle.record_stage(out.parent, "dataset", result, {"train": out / "train.jsonl", "val": out / "val.jsonl"}, timer.seconds)
-    return result
+    return dataset_stage(curated, replay, out, dataset, cycle_id=cycle_id, mlflow=mlflow)
 
 
-@stage("train-lora-adapter", _module("train"))
-def train_lora_adapter(settings: Settings, dataset: Path, base: Path, out: Path, run_id: str) -> dict:
-    from tasks.train import train_adapter
+@stage("train-lora-adapter", records="train", code=("tasks.train", "tasks.base_model"))
+def train_lora_adapter(train: TrainSettings, dataset: Path, base: Path, out: Path, mlflow: MlflowRun) -> StageResult:
+    """`dataset` is the training set's card: its sha256 covers train.jsonl and val.jsonl."""
+    from tasks.train import train_stage
 
-    with cycle.Timer() as timer:
-        # A bar when someone watches a terminal (CLI, demo); progress lines in the run's log otherwise.
-        progress = True if sys.stderr.isatty() else get_run_logger().info
-        result = train_adapter(dataset, out, settings, base_path=base, mlflow_run_id=run_id, progress=progress)
-    cycle.record_stage(out.parent, "train", result, {"adapter": out / "adapter_model.safetensors"}, timer.seconds)
-    return result
+    # A bar when someone watches a terminal (CLI, demo); progress lines in the run's log otherwise.
+    progress = True if sys.stderr.isatty() else get_run_logger().info
+    return train_stage(dataset.parent, base, out, train, mlflow=mlflow, progress=progress)
 
 
-@stage("evaluate-candidate", _module("evaluate"))
-def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, out: Path, champion: str | None, run_id: str) -> dict:
-    from tasks.evaluate import evaluate_adapter
+@stage("evaluate-candidate", records="evaluate", code=("tasks.evaluate", "tasks.signals", "tasks.generation"))
+def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, champion: tuple[str, Path] | None, out: Path,
+                       mlflow: MlflowRun) -> StageResult:
+    """`adapter` is the adapter's weights file; `settings` holds the evaluate, signals, model, train and
+    paths sections only (stage_settings)."""
+    from tasks.evaluate import evaluate_stage
 
-    with cycle.Timer() as timer:
-        result = evaluate_adapter(settings, adapter, against="champion", out_dir=out, new_cases=holdout, mlflow_run_id=run_id)
-    cycle.record_stage(out.parent, "evaluate", {"passed": result["passed"]}, {"report": out / "report.json"}, timer.seconds)
-    return result
+    return evaluate_stage(adapter.parent, holdout, out, settings, champion=champion, mlflow=mlflow)
+
+
+EVALUATE_SECTIONS = ("evaluate", "signals", "model", "train", "paths")
 
 
 @task(name="register-canary")
-def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str, dataset_sha256: str,
-                    report: dict, run_id: str) -> str:
+def register_canary(settings: Settings, adapter: Path, base: Path, cycle_id: str, dataset_sha256: str, gate: Path,
+                    report: Path, mlflow: MlflowRun) -> str:
+    """Register the adapter as the canary, with the evaluation's decision read from gate.json."""
     from tasks.base_model import model_digest
     from tasks.registry import Registry
 
+    evaluation = {"gate": json.loads(gate.read_text(encoding="utf-8")),
+                  "suites": json.loads(report.read_text(encoding="utf-8"))["suites"]}
     return Registry(settings).register_canary(
-        adapter, cycle_id=cycle_id, base_path=base, base_digest=model_digest(base),
-        dataset_sha256=dataset_sha256, eval_report=report, run_id=run_id,
+        adapter.parent, cycle_id=cycle_id, base_path=base, base_digest=model_digest(base),
+        dataset_sha256=dataset_sha256, eval_report=evaluation, run_id=mlflow.run_id,
     )
 
 
@@ -138,6 +151,21 @@ def prepare_base_model(settings: Settings) -> Path:
     from tasks.base_model import base_model_for
 
     return base_model_for(settings, progress=get_run_logger().info)
+
+
+@task(name="find-champion")
+def find_champion(settings: Settings) -> dict | None:
+    """The registry's champion: version, the cycle that trained it and its adapter folder; None before
+    the first promotion."""
+    from tasks.registry import Registry
+
+    registry = Registry(settings)
+    status = registry.status()
+    version = status["champion"]
+    if version is None:
+        return None
+    entry = next(v for v in status["versions"] if v["version"] == version)
+    return {"version": version, "cycle_id": entry.get("cycle_id"), "adapter": registry.adapter_path(version)}
 
 
 def resolve_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
@@ -178,76 +206,83 @@ def quarterly_retraining(
         auto_approve: approve and promote the canary when its gate passes (demo only).
         fresh: run every stage again instead of reusing finished ones.
     """
-    import mlflow
+    from mlflow import MlflowClient
+
+    from tasks.logs import default_quarantine
 
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
     since, until, cycle_id = resolve_window(window)
     directory = cycle.cycle_dir(settings, cycle_id)
     base = prepare_base_model(settings)
-    champion = _champion(settings)
+    champion = find_champion(settings)
+    key = cycle.pii_key(settings)
+    annotation_dir = directory / cycle.ANNOTATION
 
-    experiment = experiment_id(settings, "retraining")
-    client = mlflow.MlflowClient(tracking_uri(settings))
-    run = client.create_run(experiment, run_name=cycle_id, tags={"cycle_id": cycle_id})
-    run_id = run.info.run_id
+    client = MlflowClient(tracking_uri(settings))
+    run_id = client.create_run(experiment_id(settings, "retraining"), run_name=cycle_id,
+                               tags={"cycle_id": cycle_id}).info.run_id
+    mlflow = MlflowRun(tracking_uri=tracking_uri(settings), run_id=run_id)
+
+    def step(stage_task, *args: Any) -> StageResult:
+        return run_stage(stage_task, directory, fresh, *args)
+
+    # The simulator's ground truth, seed and knowledge base matter to simulated annotators only.
+    simulated = (settings.workspace / "ground_truth.jsonl", settings.simulate.seed, settings.paths.data_dir) \
+        if settings.annotation.simulate else (None, 0, None)
     try:
-        def step(stage_task, name: str):
-            return resumable(stage_task, directory, name, fresh)
-
-        cases = step(extract_failure_cases, "extract")(settings, since, until, cycle.logs_fingerprint(settings),
-                                                        directory / cycle.CASES)
-        masked = step(mask_pii, "mask")(settings, directory / cycle.CASES, directory / cycle.MASKED)
-        annotation_dir = directory / cycle.ANNOTATION
-        annotations = step(collect_annotations, "annotate")(settings, directory / cycle.MASKED, annotation_dir)
-        agreement = step(score_agreement, "agreement")(settings, annotation_dir / "annotations.jsonl",
-                                                       directory / cycle.MASKED, annotation_dir)
-        if agreement["decision"] == "block":
+        cases = step(extract_failure_cases, settings.logs, settings.signals, settings.extract, since, until,
+                     cycle.files_fingerprint(cycle.log_files(settings)), key, directory / cycle.CASES,
+                     default_quarantine(settings.logs, settings.workspace))
+        masked = step(mask_pii, settings.pii, cases.path("cases"), key, directory / cycle.MASKED)
+        annotations = step(collect_annotations, settings.annotation, masked.path("masked"), *simulated, annotation_dir)
+        agreement = step(score_agreement, settings.annotation, annotations.path("annotations"), masked.path("masked"),
+                         annotation_dir)
+        if agreement.details["decision"] == "block":
             client.set_terminated(run_id, "KILLED")
             return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
         replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
-        dataset = step(build_training_set, "dataset")(settings, annotation_dir / "curated.jsonl", replay,
-                                                      directory / cycle.DATASET, cycle_id, run_id)
-        trained = step(train_lora_adapter, "train")(settings, directory / cycle.DATASET, base, directory / cycle.ADAPTER, run_id)
-        report = step(evaluate_candidate, "evaluate")(settings, directory / cycle.ADAPTER,
-                                                      directory / cycle.DATASET / "holdout.jsonl", directory / cycle.EVAL,
-                                                      champion and champion["version"], run_id)
-        version = register_canary(settings, directory / cycle.ADAPTER, base, cycle_id, dataset["sha256"], report, run_id)
+        dataset = step(build_training_set, settings.dataset, agreement.path("curated"), replay, cycle_id,
+                       directory / cycle.DATASET, mlflow)
+        trained = step(train_lora_adapter, settings.train, dataset.path("card"), base, directory / cycle.ADAPTER, mlflow)
+        evaluated = step(evaluate_candidate, stage_settings(settings, EVALUATE_SECTIONS), trained.path("adapter"),
+                         dataset.path("holdout"), (champion["version"], champion["adapter"]) if champion else None,
+                         directory / cycle.EVAL, mlflow)
+        version = register_canary(settings, trained.path("adapter"), base, cycle_id, dataset.details["sha256"],
+                                  evaluated.path("gate"), evaluated.path("report"), mlflow)
         client.set_terminated(run_id, "FINISHED")
-    except cycle.AwaitingAnnotations as waiting:
+    except AwaitingAnnotations as waiting:
         client.set_terminated(run_id, "KILLED")
-        return _stopped(cycle_id, directory, str(waiting), {})
+        return _stopped(cycle_id, directory, str(waiting), None)
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
 
+    passed = bool(evaluated.details["passed"])
     summary = {
         "cycle_id": cycle_id,
         "canary_version": version,
-        "gate": "passed" if report["passed"] else "failed",
-        "passed": report["passed"],
+        "gate": "passed" if passed else "failed",
+        "passed": passed,
         "stages": {name: entry["status"] for name, entry in cycle.read_manifest(directory)["stages"].items()},
-        "cases": cases["cases"], "masked": masked["masked_records"], "annotations": annotations["annotations"],
-        "agreement": {"alpha": agreement["krippendorff_alpha"], "decision": agreement["decision"]},
-        "train": {"examples": dataset["train"], "steps": trained["steps"], "val_loss": trained["val_loss"]},
+        "cases": cases.counts["cases"], "masked": masked.counts["masked_records"],
+        "annotations": annotations.counts["annotations"],
+        "agreement": {"alpha": agreement.details["krippendorff_alpha"], "decision": agreement.details["decision"]},
+        "train": {"examples": dataset.counts["train"], "steps": trained.counts["steps"],
+                  "val_loss": trained.details["val_loss"]},
         "mlflow_run_id": run_id,
         "cycle_dir": str(directory),
     }
-    create_markdown_artifact(key="cycle-report", markdown=_cycle_markdown(settings, summary, directory),
+    create_markdown_artifact(key="cycle-report", markdown=_cycle_markdown(settings, summary, evaluated),
                              description=f"Retraining cycle {cycle_id}")
-    if auto_approve and report["passed"]:
+    if auto_approve and passed:
         summary["promoted"] = _approve_and_promote(settings, version)
     return summary
 
 
-def _champion(settings: Settings) -> dict | None:
-    from tasks.registry import Registry
-
-    status = Registry(settings).status()
-    version = status["champion"]
-    if version is None:
-        return None
-    entry = next(v for v in status["versions"] if v["version"] == version)
-    return {"version": version, "cycle_id": entry.get("cycle_id")}
+def stage_settings(settings: Settings, sections: tuple[str, ...]) -> Settings:
+    """Settings holding only `sections` of `settings` (the rest at their embedded defaults), for a
+    stage that needs several sections: its cache key then changes with those sections only."""
+    return Settings.model_validate({name: getattr(settings, name).model_dump() for name in sections})
 
 
 def _approve_and_promote(settings: Settings, version: str) -> dict:
@@ -258,35 +293,16 @@ def _approve_and_promote(settings: Settings, version: str) -> dict:
     return registry.promote(version)
 
 
-def _stopped(cycle_id: str, directory: Path, reason: str, details: dict) -> dict:
+def _stopped(cycle_id: str, directory: Path, reason: str, result: StageResult | None) -> dict:
     get_run_logger().warning("cycle %s stopped: %s", cycle_id, reason)
     return {"cycle_id": cycle_id, "canary_version": None, "gate": None, "passed": False, "stopped": reason,
             "stages": {name: e["status"] for name, e in cycle.read_manifest(directory)["stages"].items()},
-            "details": {k: v for k, v in details.items() if isinstance(v, (int, float, str, type(None)))}}
+            "details": result.details if result else {}}
 
 
-def _cycle_markdown(settings: Settings, summary: dict, directory: Path) -> str:
-    eval_md = directory / cycle.EVAL / "report.md"
-    lines = [
-        f"# Retraining cycle {summary['cycle_id']}",
-        "",
-        f"Canary: version **{summary['canary_version']}** of `{settings.registry.model_name}`, gate **{summary['gate']}**.",
-        "",
-        "| stage | result |", "|---|---|",
-        f"| extract | {summary['cases']} cases |",
-        f"| mask PII | {summary['masked']} records masked |",
-        f"| annotate | {summary['annotations']} annotations, alpha {summary['agreement']['alpha']}, {summary['agreement']['decision']} |",
-        f"| train | {summary['train']['examples']} examples, {summary['train']['steps']} steps, val loss {summary['train']['val_loss']} |",
-        "",
-        f"Cycle directory: `{directory}`; manifest: `{directory / cycle.MANIFEST}`.",
-        "",
-        f"Approve: `flywheel approve {summary['canary_version']} --reviewer NAME --comment TEXT`",
-    ]
-    if eval_md.is_file():
-        lines += ["", eval_md.read_text(encoding="utf-8")]
+def _cycle_markdown(settings: Settings, summary: dict, evaluated: StageResult) -> str:
     from tasks.cost import cost_from_logs
-    from tasks.report import cost_markdown
+    from tasks.report import cycle_markdown
 
-    lines += ["", cost_markdown(cost_from_logs(settings))]
-    return "\n".join(lines) + "\n"
-
+    return cycle_markdown(settings.registry.model_name, summary, evaluated.path("report_md").read_text(encoding="utf-8"),
+                          cost_from_logs(settings))

@@ -22,6 +22,7 @@ from prefect.input import RunInput
 from pydantic import Field
 
 from tasks.config import Settings, load_settings
+from tasks.report import review_markdown
 from tasks.registry import Registry, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -87,36 +88,6 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
         "eval_report": str(report) if report is not None and report.is_file() else None,
         "mlflow_url": mlflow_version_url(registry.name, version),
     }
-
-
-def summary_markdown(canary: dict[str, Any]) -> str:
-    v = canary["version"]
-    lines = [
-        f"# Canary review: {canary['model']} v{v}",
-        "",
-        f"- MLflow model version: [{canary['model']} v{v}]({canary['mlflow_url']})",
-        f"- cycle: `{canary['cycle_id'] or '-'}`",
-        f"- current champion: {('v' + canary['champion']) if canary['champion'] else 'none (first cycle)'}",
-        f"- evaluation gate: **{canary['gate'] or 'missing'}**"
-        + (f" (overridden by {canary['gate_override'].get('reviewer')}: {canary['gate_override'].get('reason')})"
-           if isinstance(canary["gate_override"], dict) else ""),
-    ]
-    if canary["review"]:
-        r = canary["review"]
-        lines.append(f"- latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
-    if canary["gate"] != "passed" and not canary["gate_override"]:
-        lines.append(f"- promotion after approval needs a gate override first: "
-                     f"`flywheel registry override {v} --reviewer NAME --reason TEXT`")
-    if canary["eval_summary"]:
-        lines += ["", "Eval summary (suite: metric: [candidate, diff vs champion]):", "", f"`{canary['eval_summary']}`"]
-    lines += ["", "Decide in the Prefect UI (Resume on this run) or from a shell:", ""]
-    lines += [f"    {cmd}" for cmd in review_commands(v).values()]
-    if canary["eval_report"]:
-        lines += ["", f"## Evaluation report (`{canary['eval_report']}`)", "",
-                  Path(canary["eval_report"]).read_text(encoding="utf-8")]
-    else:
-        lines += ["", "_No evaluation report found in the workspace for this version._"]
-    return "\n".join(lines)
 
 
 @task(name="publish-review-summary", cache_policy=NO_CACHE)
@@ -191,7 +162,8 @@ def canary_review(
         version = _version_awaited_before()
     canary = describe_canary(settings, version)
     version = canary["version"]
-    markdown = summary_markdown(canary)
+    report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
+    markdown = review_markdown(canary, review_commands(version), report)
     publish_review_summary(canary, markdown)
 
     if not deployed:

@@ -139,13 +139,34 @@ class FileDigest(Record):
 
 
 class StageResult(Record):
-    """What a stage returns: where its outputs are, their digests, counts and timing."""
+    """What a stage returns: its declared outputs with their digests, counts, timing, and a few small
+    details for people (JSON values only). The next stage takes its inputs from `outputs`."""
 
     stage: str
     outputs: dict[str, FileDigest] = Field(default_factory=dict)
     counts: dict[str, int] = Field(default_factory=dict)
     seconds: float = 0.0
     details: dict[str, Any] = Field(default_factory=dict)
+
+    def path(self, output: str) -> Path:
+        if output not in self.outputs:
+            raise KeyError(f"stage {self.stage!r} declares no output {output!r} (it has {sorted(self.outputs)})")
+        return Path(self.outputs[output].path)
+
+    @classmethod
+    def of(cls, stage: str, outputs: dict[str, str | Path], *, counts: dict[str, int] | None = None,
+           seconds: float = 0.0, details: dict[str, Any] | None = None) -> StageResult:
+        """A result whose outputs are digested now, from the files the stage just wrote."""
+        return cls(stage=stage, outputs={name: FileDigest.of(path) for name, path in outputs.items()},
+                   counts=counts or {}, seconds=round(seconds, 3), details=details or {})
+
+
+class MlflowRun(Record):
+    """Where a stage logs: the tracking store and the run, always passed explicitly. A stage running in
+    another process (a worker, a Dask task) has no process-wide tracking URI set for it."""
+
+    tracking_uri: str
+    run_id: str
 
 
 @runtime_checkable

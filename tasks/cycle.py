@@ -1,21 +1,24 @@
-"""The retraining cycle's own bookkeeping: its directory and manifest, the cache key that lets a
-rerun skip finished stages, where replay data comes from, and the annotation hand-off.
+"""The retraining cycle's bookkeeping: its directory and manifest, and the cache key that lets a rerun
+skip the stages whose inputs, configuration and code have not changed (DESIGN.md section 3).
 
-Stage logic stays in the stage modules; this module only knows how a cycle is laid out on disk
-(DESIGN.md section 3).
+Stage logic stays in the stage modules; this module only knows how a cycle is laid out on disk and what
+a stage's identity is. A stage's cache key is its name, the code of the modules it runs, the digests of
+its input files and the settings sections it is given (never the whole Settings: changing
+`review.timeout_days` must not mask the cycle's PII again).
 """
 
 from __future__ import annotations
 
 import hashlib
+import importlib.util
 import json
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 from tasks.config import Settings
-from tasks.contracts import sha256_file
+from tasks.contracts import StageResult, sha256_file
+from tasks.files import atomic_write_text
 
 MANIFEST = "manifest.json"
 CASES = "01_cases.parquet"
@@ -24,10 +27,11 @@ ANNOTATION = "03_annotation"
 DATASET = "04_dataset"
 ADAPTER = "05_adapter"
 EVAL = "06_eval"
-
-
-class AwaitingAnnotations(RuntimeError):
-    """The human step has not happened yet: the message says where the exports go."""
+# Parameters that say where a stage logs, not what it computes: left out of its cache key.
+NOT_IN_CACHE_KEY = frozenset({"mlflow", "progress"})
+# Where a stage writes: counted by path, not content (they do not exist before the first run, and a
+# stage whose outputs went missing runs again anyway: stage_intact).
+OUTPUT_PARAMETERS = frozenset({"out", "quarantine"})
 
 
 def pii_key(settings: Settings) -> bytes:
@@ -48,9 +52,9 @@ def cycle_dir(settings: Settings, cycle_id: str) -> Path:
 
 
 def digest(value: Any) -> str:
-    """A content digest for a stage's cache key: files by their bytes, folders by their files
-    (training checkpoints and Python's bytecode caches aside), settings by their JSON, anything else by
-    its JSON form."""
+    """A content digest for a cache key: files by their bytes, folders by their files (training
+    checkpoints and bytecode caches aside), pydantic models by their JSON, anything else by its JSON form
+    (a secret key only ever enters as part of this hash)."""
     h = hashlib.sha256()
     if isinstance(value, Path):
         if value.is_file():
@@ -68,77 +72,83 @@ def digest(value: Any) -> str:
     return h.hexdigest()
 
 
-def stage_cache_key(stage: str, source_file: str, inputs: dict[str, Any]) -> str:
-    """Stage name + the code of its module + digests of every input (files, settings, values). The
-    stage's own output location (`out`) counts by its path only: it does not exist before the first
-    run. The MLflow run a stage logs into does not count either. To redo finished stages whose
-    outputs were removed, run the flow with fresh=True."""
-    parts = [stage, digest(Path(source_file))] + [
-        f"{name}={str(value) if name == 'out' else digest(value)}"
+def code_digest(modules: tuple[str, ...]) -> str:
+    """The source of the named modules (a package: every file in it), as one digest."""
+    parts = []
+    for name in modules:
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.origin is None:
+            raise ValueError(f"stage code module {name!r} does not exist")
+        source = Path(spec.origin)
+        parts.append(digest(source.parent if source.name == "__init__.py" else source))
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+
+def stage_cache_key(stage: str, modules: tuple[str, ...], inputs: dict[str, Any]) -> str:
+    """Stage name + the code of its modules + a digest of every parameter it is given (input files
+    by content, settings sections by value), except where it logs (NOT_IN_CACHE_KEY); where it writes
+    (OUTPUT_PARAMETERS) counts by path."""
+    parts = [stage, code_digest(modules)] + [
+        f"{name}={str(value) if name in OUTPUT_PARAMETERS else digest(value)}"
         for name, value in sorted(inputs.items())
-        if name != "run_id"  # where results are logged, not what they are
+        if name not in NOT_IN_CACHE_KEY
     ]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()
 
 
-def stage_intact(directory: Path, stage: str) -> bool:
-    """Did `stage` finish in this cycle directory, with every file it recorded still there unchanged?
-    Only then may a rerun reuse its cached result (outputs deleted by hand, or a workspace wiped
-    between runs, mean the stage runs again)."""
+def stage_intact(directory: Path, stage: str, cache_key: str) -> bool:
+    """Did `stage` last finish in this cycle directory with this very cache key, every output it recorded
+    still there unchanged? Only then may a rerun reuse its cached result. Outputs deleted by hand, a
+    workspace wiped between runs, or a run with other settings that replaced the files since (the cache
+    still holds the earlier result, the folder no longer does) all mean the stage runs again."""
     entry = read_manifest(directory)["stages"].get(stage)
-    if not entry or entry.get("status") != "done":
+    if not entry or entry.get("status") != "done" or entry.get("cache_key") != cache_key:
         return False
     for output in entry.get("outputs", {}).values():
         path = Path(output["path"])
-        if not path.exists() or (output.get("sha256") and sha256_file(path) != output["sha256"]):
+        if not path.is_file() or sha256_file(path) != output["sha256"]:
             return False
     return True
 
 
-def logs_fingerprint(settings: Settings) -> list[list[Any]]:
-    """(file, size, mtime) of every log file the cycle reads: part of the extract stage's cache key,
-    so logs that arrived or changed since the last run are extracted again."""
+def log_files(settings: Settings) -> list[str]:
+    """Every log file the cycle reads (logs.sources, else the workspace's logs/)."""
     from tasks.logs import resolve_sources
 
+    return resolve_sources(None, settings.logs, settings.workspace)
+
+
+def files_fingerprint(files: list[str]) -> list[list[Any]]:
+    """(file, size, mtime) per file: part of the extraction's cache key, so logs that arrived or
+    changed since the last run are extracted again, without hashing a quarter of logs on every run."""
     fingerprint: list[list[Any]] = []
-    for source in resolve_sources(None, settings.logs, settings.workspace):
-        path = Path(source)
+    for name in files:
+        path = Path(name)
         stat = path.stat() if path.is_file() else None
-        fingerprint.append([source, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
+        fingerprint.append([name, stat.st_size if stat else None, stat.st_mtime_ns if stat else None])
     return fingerprint
 
 
-def record_stage(directory: Path, stage: str, result: dict[str, Any], outputs: dict[str, Path], seconds: float) -> None:
-    """Write the stage's status, outputs (with sha256) and counts into the cycle manifest."""
-    path = directory / MANIFEST
-    manifest = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"stages": {}}
+def record_stage(directory: Path, result: StageResult, cache_key: str) -> None:
+    """Write the stage's status, cache key, declared outputs (with their sha256), counts and details
+    into the cycle manifest."""
+    manifest = read_manifest(directory)
     manifest["cycle_id"] = directory.name
-    manifest["stages"][stage] = {
+    manifest["stages"][result.stage] = {
         "status": "done",
         "finished_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "seconds": round(seconds, 3),
-        "outputs": {
-            name: {"path": str(p), "sha256": sha256_file(p) if p.is_file() else None} for name, p in outputs.items()
-        },
-        "summary": {k: v for k, v in result.items() if isinstance(v, (int, float, str, bool, type(None)))},
+        "seconds": round(result.seconds, 3),
+        "cache_key": cache_key,
+        "outputs": {name: out.model_dump() for name, out in result.outputs.items()},
+        "counts": result.counts,
+        "details": result.details,
     }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str), encoding="utf-8")
-    tmp.replace(path)
+    atomic_write_text(directory / MANIFEST, json.dumps(manifest, indent=2, default=str))
 
 
 def read_manifest(directory: Path) -> dict[str, Any]:
     path = directory / MANIFEST
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {"stages": {}}
-
-
-class Timer:
-    def __enter__(self) -> Timer:
-        self.start = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.seconds = time.perf_counter() - self.start
 
 
 def replay_source(settings: Settings, champion_cycle: str | None, base: Path) -> Path | None:
@@ -150,49 +160,3 @@ def replay_source(settings: Settings, champion_cycle: str | None, base: Path) ->
     candidates = [settings.paths.under("cycles", champion_cycle, DATASET, "train.jsonl")] if champion_cycle else []
     candidates.append(base / PRETRAINING_FILE)
     return next((path for path in candidates if path.is_file()), None)
-
-
-def collect_annotations(settings: Settings, masked_cases: Path, directory: Path) -> dict[str, Any]:
-    """Export the cases for Label Studio, then take the annotations: exports already dropped into
-    `03_annotation/exports/`, or (demo) the simulator's annotators. Otherwise the cycle waits."""
-    from tasks.annotate import export_tasks, import_annotations
-
-    directory.mkdir(parents=True, exist_ok=True)
-    exported = export_tasks(masked_cases, directory / "tasks.json", settings.annotation.labels)
-    exports = directory / "exports"
-    files = sorted(p for p in exports.glob("*") if p.suffix in (".json", ".jsonl", ".csv")) if exports.is_dir() else []
-    if not files and settings.annotation.simulate:
-        files = [_simulated_annotations(settings, masked_cases, exports / "simulated.jsonl")]
-    if not files:
-        raise AwaitingAnnotations(
-            f"{exported['tasks']} cases wait for annotation: import {directory / 'tasks.json'} into Label Studio "
-            f"(labelling config {exported['config']}), put the annotators' exports into {exports}/ and run the "
-            "cycle again; finished stages are skipped"
-        )
-    imported = import_annotations(files, directory, settings.annotation.labels)
-    return {**imported, "tasks": exported["tasks"], "sources": [str(p) for p in files]}
-
-
-def _simulated_annotations(settings: Settings, masked_cases: Path, out: Path) -> Path:
-    from tasks.files import read_cases
-    from tasks.simulate import simulated_annotations
-
-    truth = settings.workspace / "ground_truth.jsonl"
-    if not truth.is_file():
-        raise AwaitingAnnotations(
-            f"annotation.simulate is on but there is no simulator ground truth at {truth}: "
-            "simulate traffic into this workspace first (flywheel simulate), or turn it off and annotate"
-        )
-    annotations = simulated_annotations(
-        read_cases(masked_cases), truth,
-        annotators=settings.annotation.simulated_annotators,
-        accuracy=settings.annotation.simulated_accuracy,
-        seed=settings.simulate.seed,
-        labels=settings.annotation.labels,
-        data_dir=settings.paths.data_dir,
-    )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    with out.open("w", encoding="utf-8") as handle:
-        for annotation in annotations:
-            handle.write(annotation.model_dump_json() + "\n")
-    return out

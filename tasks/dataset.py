@@ -11,12 +11,14 @@ from __future__ import annotations
 import hashlib
 import json
 import random
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from tasks.config import DatasetSettings
-from tasks.contracts import TrainingExample, sha256_file
+from tasks.contracts import MlflowRun, StageResult, TrainingExample, sha256_file
+from tasks.files import atomic_write_text, write_jsonl
 from tasks.text import normalise
 
 TRAIN_FILE, VAL_FILE, HOLDOUT_FILE, CARD_FILE = "train.jsonl", "val.jsonl", "holdout.jsonl", "dataset_card.json"
@@ -71,13 +73,9 @@ def _bucket(seed: int, key: str) -> float:
     return int.from_bytes(digest[:8], "big") / 2**64
 
 
-def _write_jsonl(path: Path, examples: Iterable[TrainingExample]) -> int:
-    count = 0
-    with open(path, "w", encoding="utf-8", newline="\n") as handle:
-        for example in examples:
-            handle.write(json.dumps(example.model_dump(), ensure_ascii=False, sort_keys=True) + "\n")
-            count += 1
-    return count
+def _write_examples(path: Path, examples: Iterable[TrainingExample]) -> int:
+    """One example per line, keys sorted (the bytes do not depend on the field order of the model)."""
+    return write_jsonl(path, ({key: row[key] for key in sorted(row)} for row in (e.model_dump() for e in examples)))
 
 
 def build_dataset(
@@ -87,7 +85,7 @@ def build_dataset(
     *,
     cycle_id: str,
     replay_path: Path | None = None,
-    mlflow_run_id: str | None = None,
+    mlflow: MlflowRun | None = None,
 ) -> dict:
     """Write train.jsonl, val.jsonl, holdout.jsonl and dataset_card.json into `out_dir`.
 
@@ -173,7 +171,7 @@ def build_dataset(
 
     files = {}
     for name, rows in ((TRAIN_FILE, train), (VAL_FILE, val), (HOLDOUT_FILE, holdout)):
-        count = _write_jsonl(out_dir / name, rows)
+        count = _write_examples(out_dir / name, rows)
         files[name] = {"rows": count, "sha256": sha256_file(out_dir / name)}
     combined = hashlib.sha256((files[TRAIN_FILE]["sha256"] + files[VAL_FILE]["sha256"]).encode()).hexdigest()
     replay_in_train = sum(e.source.startswith("replay:") for e in train)
@@ -201,9 +199,9 @@ def build_dataset(
         "files": files,
         "settings": settings.model_dump(mode="json"),
     }
-    (out_dir / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False, sort_keys=True) + "\n", encoding="utf-8")
-    if mlflow_run_id:
-        log_dataset_input(out_dir, mlflow_run_id, context="training")
+    atomic_write_text(out_dir / CARD_FILE, json.dumps(card, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    if mlflow:
+        log_dataset_input(out_dir, mlflow, context="training")
     return {"train": len(train), "val": len(val), "holdout": len(holdout), "replay": len(replay),
             "duplicates": duplicates, "sha256": combined, "card": str(out_dir / CARD_FILE)}
 
@@ -212,9 +210,9 @@ def read_examples(path: Path) -> list[dict[str, Any]]:
     return [row for _, row in _rows(Path(path))]
 
 
-def log_dataset_input(dataset_dir: Path, run_id: str, *, context: str = "training") -> None:
+def log_dataset_input(dataset_dir: Path, run: MlflowRun, *, context: str = "training") -> None:
     """Record the dataset as an input of an MLflow run (lineage): name, digest = the card's sha256,
-    source = the folder, schema and profile from pandas. The caller sets the tracking URI."""
+    source = the folder, schema and profile from pandas."""
     import mlflow
     import pandas as pd
     from mlflow.entities import DatasetInput, InputTag
@@ -237,4 +235,18 @@ def log_dataset_input(dataset_dir: Path, run_id: str, *, context: str = "trainin
         digest=card["sha256"][:32],
     )
     tags = [InputTag(key="mlflow.data.context", value=context)]
-    MlflowClient().log_inputs(run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+    MlflowClient(run.tracking_uri).log_inputs(run.run_id, datasets=[DatasetInput(dataset=dataset._to_mlflow_entity(), tags=tags)])
+
+
+def dataset_stage(curated: Path, replay: Path | None, out_dir: Path, settings: DatasetSettings, *, cycle_id: str,
+                  mlflow: MlflowRun | None = None) -> StageResult:
+    """The cycle's dataset stage: `build_dataset`, with train / val / holdout and the card as outputs."""
+    start = time.perf_counter()
+    built = build_dataset(curated, out_dir, settings, cycle_id=cycle_id, replay_path=replay, mlflow=mlflow)
+    out_dir = Path(out_dir)
+    return StageResult.of(
+        "dataset", {"train": out_dir / TRAIN_FILE, "val": out_dir / VAL_FILE, "holdout": out_dir / HOLDOUT_FILE,
+                    "card": out_dir / CARD_FILE},
+        counts={k: built[k] for k in ("train", "val", "holdout", "replay", "duplicates")},
+        seconds=time.perf_counter() - start, details={"sha256": built["sha256"]},
+    )

@@ -27,7 +27,10 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections import Counter
+from collections.abc import Sequence
+from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
 
@@ -35,9 +38,10 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.config import ExtractSettings, Settings
-from tasks.contracts import Case, CaseKind
+from tasks.config import ExtractSettings, LogsSettings, SignalsSettings
+from tasks.contracts import Case, CaseKind, StageResult
 from tasks.files import write_cases
+from tasks.logs import load_logs
 from tasks.signals import detect_reasks, detect_refusals
 from tasks.text import normalise
 
@@ -56,13 +60,15 @@ def user_ref(user_id: str, key: bytes) -> str:
             "user_ref needs a non-empty secret key: an unkeyed hash of a user id can be reversed by "
             "hashing guesses (set the key env named by pii.key_env)"
         )
-    # Domain-separated from the PII pseudonyms made with the same key (tasks/pii.py).
+    # Domain-separated from the PII pseudonyms made with the same key (tasks/pii/).
     message = b"user_ref\x00" + str(user_id).encode("utf-8")
     return hmac.new(key, message, hashlib.sha256).hexdigest()[:USER_REF_CHARS]
 
 
-def extract_cases(table: pa.Table, settings: Settings, *, key: bytes, out_path: Path) -> dict[str, Any]:
+def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSettings, *, key: bytes,
+                  out_path: Path) -> dict[str, Any]:
     """Cases from `table` (contracts.LOG_SCHEMA) written to `out_path` (.parquet: CASE_SCHEMA, else JSONL).
+    `signals` decides what a refusal and a re-ask are (the monitoring detectors), `settings` the thinning.
 
     Returns {cases, by_kind, duplicates_removed, exact_duplicates, near_duplicates, capped, read,
     flagged (by kind, before thinning), topics (largest kept topics), path}.
@@ -75,8 +81,8 @@ def extract_cases(table: pa.Table, settings: Settings, *, key: bytes, out_path: 
     n = table.num_rows
 
     if n:
-        refusal = np.asarray(detect_refusals(table.column("response"), settings.signals), dtype=bool)
-        reask_of = np.asarray(detect_reasks(table, settings.signals), dtype=np.int64)
+        refusal = np.asarray(detect_refusals(table.column("response"), signals), dtype=bool)
+        reask_of = np.asarray(detect_reasks(table, signals), dtype=np.int64)
         thumbs_down = pc.fill_null(pc.equal(table.column("feedback"), -1), False).to_numpy(zero_copy_only=False)
     else:
         refusal, reask_of, thumbs_down = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, bool)
@@ -101,11 +107,11 @@ def extract_cases(table: pa.Table, settings: Settings, *, key: bytes, out_path: 
     }
     cases = _build_cases(table, flagged_rows, refusal, reask, thumbs_down, followup_of, key)
 
-    cases, exact_removed, near_removed = _deduplicate(cases, settings.extract)
+    cases, exact_removed, near_removed = _deduplicate(cases, settings)
     prompts_all = table.column("prompt").to_pylist() if n else []
     topics = derive_topics([c.prompt for c in cases], background=prompts_all)
     cases = [c.model_copy(update={"topic": t}) for c, t in zip(cases, topics, strict=True)]
-    cases, capped = _cap_topics(cases, settings.extract)
+    cases, capped = _cap_topics(cases, settings)
 
     write_cases(cases, out_path)
     by_kind = {kind: sum(kind in c.kinds for c in cases) for kind in KINDS}
@@ -293,3 +299,17 @@ def _cap_topics(cases: list[Case], settings: ExtractSettings) -> tuple[list[Case
         ranked = sorted(members, key=lambda i: (-len(cases[i].kinds), cases[i].case_id))
         drop.update(ranked[cap:])
     return [c for i, c in enumerate(cases) if i not in drop], len(drop)
+
+
+def extract_stage(log_files: Sequence[str], out_path: Path, *, logs: LogsSettings, signals: SignalsSettings,
+                  settings: ExtractSettings, key: bytes, since: datetime | None, until: datetime | None,
+                  quarantine: Path | None) -> StageResult:
+    """The cycle's extraction stage: the window [since, until) of `log_files`, bad rows quarantined,
+    cases written to `out_path`."""
+    start = time.perf_counter()
+    loaded = load_logs(log_files, logs, quarantine=quarantine, since=since, until=until)
+    found = extract_cases(loaded.table, signals, settings, key=key, out_path=out_path)
+    counts = {"cases": found["cases"], "read": loaded.read, "quarantined": loaded.quarantined,
+              "selected": found["read"], **{f"by_kind.{k}": v for k, v in found["by_kind"].items()},
+              "duplicates_removed": found["duplicates_removed"], "capped": found["capped"]}
+    return StageResult.of("extract", {"cases": out_path}, counts=counts, seconds=time.perf_counter() - start)

@@ -225,3 +225,108 @@ def cost_markdown(report: Mapping[str, Any]) -> str:
 
 def _money(value: float) -> str:
     return f"-${-value:,.2f}" if value < 0 else f"${value:,.2f}"
+
+
+# --------------------------------------------------------------------------------------------------
+# The retraining cycle's report (Prefect artifact `cycle-report`)
+
+
+def cycle_markdown(model_name: str, summary: Mapping[str, Any], evaluation_md: str, cost: Mapping[str, Any]) -> str:
+    """The cycle at a glance (stage counts), then the evaluation report and the cost table."""
+    agreement = summary["agreement"]
+    train = summary["train"]
+    lines = [
+        f"# Retraining cycle {summary['cycle_id']}",
+        "",
+        f"Canary: version **{summary['canary_version']}** of `{model_name}`, gate **{summary['gate']}**.",
+        "",
+        "| stage | result |", "|---|---|",
+        f"| extract | {summary['cases']} cases |",
+        f"| mask PII | {summary['masked']} records masked |",
+        f"| annotate | {summary['annotations']} annotations, alpha {agreement['alpha']}, {agreement['decision']} |",
+        f"| train | {train['examples']} examples, {train['steps']} steps, val loss {train['val_loss']} |",
+        "",
+        f"Cycle directory: `{summary['cycle_dir']}`.",
+        "",
+        f"Approve: `flywheel approve {summary['canary_version']} --reviewer NAME --comment TEXT`",
+        "",
+        evaluation_md,
+        "",
+        cost_markdown(cost),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# flywheel demo's before/after table (terminal and Prefect artifact `demo-summary`)
+
+
+def _pct_dash(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1%}"
+
+
+def before_after_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
+    """(measure, before, after) for the demo's closing table."""
+    before, after = result["before"], result["after"] or {}
+    return [
+        ("weeks", ", ".join(before["weeks"]), ", ".join(after.get("weeks", [])) or "-"),
+        ("refusal rate (monitoring)", _pct_dash(before["refusal_rate"]), _pct_dash(after.get("refusal_rate"))),
+        ("re-ask rate (monitoring)", _pct_dash(before["reask_rate"]), _pct_dash(after.get("reask_rate"))),
+        ("new-product accuracy (ground truth)", _pct_dash(before["new_topic_accuracy"]), _pct_dash(after.get("new_topic_accuracy"))),
+        ("new-product questions refused (ground truth)", _pct_dash(before["new_topic_refusal_share"]),
+         _pct_dash(after.get("new_topic_refusal_share"))),
+        ("accuracy, all questions (ground truth)", _pct_dash(before["accuracy"]), _pct_dash(after.get("accuracy"))),
+    ]
+
+
+def demo_markdown(result: Mapping[str, Any]) -> str:
+    lines = [
+        "# flywheel demo",
+        "",
+        f"New products launched in {result['launch_week']}; drift detected in {result['drift_detected_week'] or 'no week'}; "
+        f"cycle `{result['cycle_id']}` registered canary v{result['canary_version']} "
+        f"(gate {'passed' if result['gate_passed'] else 'failed'}), "
+        f"{'promoted' if result['promoted'] else 'not promoted'}.",
+        "",
+        "| | before | after |",
+        "|---|---|---|",
+        *[f"| {name} | {b} | {a} |" for name, b, a in before_after_rows(result)],
+        "",
+        f"Evaluation report: `{result['report']}`. Finished in {result['seconds']:.0f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# --------------------------------------------------------------------------------------------------
+# The reviewer's view of a canary (Prefect artifact `canary-review`, and the Resume dialog)
+
+
+def review_markdown(canary: Mapping[str, Any], commands: Mapping[str, str], evaluation_md: str | None) -> str:
+    """The canary-review artifact: what is under review, its gate and latest review, how to decide, and
+    the evaluation report."""
+    v = canary["version"]
+    lines = [
+        f"# Canary review: {canary['model']} v{v}",
+        "",
+        f"- MLflow model version: [{canary['model']} v{v}]({canary['mlflow_url']})",
+        f"- cycle: `{canary['cycle_id'] or '-'}`",
+        f"- current champion: {('v' + canary['champion']) if canary['champion'] else 'none (first cycle)'}",
+        f"- evaluation gate: **{canary['gate'] or 'missing'}**"
+        + (f" (overridden by {canary['gate_override'].get('reviewer')}: {canary['gate_override'].get('reason')})"
+           if isinstance(canary["gate_override"], dict) else ""),
+    ]
+    if canary["review"]:
+        r = canary["review"]
+        lines.append(f"- latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
+    if canary["gate"] != "passed" and not canary["gate_override"]:
+        lines.append(f"- promotion after approval needs a gate override first: "
+                     f"`flywheel registry override {v} --reviewer NAME --reason TEXT`")
+    if canary["eval_summary"]:
+        lines += ["", "Eval summary (suite: metric: [candidate, diff vs champion]):", "", f"`{canary['eval_summary']}`"]
+    lines += ["", "Decide in the Prefect UI (Resume on this run) or from a shell:", ""]
+    lines += [f"    {cmd}" for cmd in commands.values()]
+    if evaluation_md is not None:
+        lines += ["", f"## Evaluation report (`{canary['eval_report']}`)", "", evaluation_md]
+    else:
+        lines += ["", "_No evaluation report found in the workspace for this version._"]
+    return "\n".join(lines)

@@ -76,11 +76,15 @@ def use_tracking(settings: Settings) -> str:
 
 
 def experiment_id(settings: Settings, name: str) -> str:
-    """The id of experiment `name`, created with its artifacts under the workspace if new."""
-    import mlflow
+    """The id of experiment `name`, created with its artifacts under the workspace if new. Talks to the
+    configured store through its own client: nothing process-wide is set."""
+    from mlflow import MlflowClient
 
-    use_tracking(settings)
-    found = mlflow.get_experiment_by_name(name)
+    settings.workspace.mkdir(parents=True, exist_ok=True)
+    uri = tracking_uri(settings)
+    require_reachable(uri)
+    client = MlflowClient(uri)
+    found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return mlflow.create_experiment(name, artifact_location=artifact_location(settings, name))
+    return client.create_experiment(name, artifact_location=artifact_location(settings, name))

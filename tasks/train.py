@@ -21,9 +21,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.config import Settings
+from tasks.base_model import ModelError, encode_example, model_digest, torch_threads
+from tasks.config import TrainSettings
+from tasks.contracts import MlflowRun, StageResult
 from tasks.dataset import CARD_FILE, TRAIN_FILE, VAL_FILE, log_dataset_input, read_examples
-from tasks.base_model import ModelError, encode_example, model_digest, resolve_base_model, torch_threads
 from tasks.generation import bf16_by_default, pick_device
 
 # peft still calls transformers' renamed `is_gradient_checkpointing`: nothing a user can act on.
@@ -101,10 +102,10 @@ def _callbacks_module():
     class MlflowMetrics(TrainerCallback):
         """Loss curves into an existing MLflow run, by id (the active run is per thread: never rely on it)."""
 
-        def __init__(self, run_id: str) -> None:
+        def __init__(self, run: MlflowRun) -> None:
             from mlflow.tracking import MlflowClient
 
-            self.client, self.run_id = MlflowClient(), run_id
+            self.client, self.run_id = MlflowClient(run.tracking_uri), run.run_id
 
         def on_log(self, args, state, control, logs=None, **kwargs):
             from mlflow.entities import Metric
@@ -147,18 +148,19 @@ def _last_checkpoint(checkpoints: Path) -> Path | None:
 def train_adapter(
     dataset_dir: Path,
     out_dir: Path,
-    settings: Settings,
+    cfg: TrainSettings,
     *,
-    base_path: Path | None = None,
-    mlflow_run_id: str | None = None,
+    base_path: Path,
+    mlflow: MlflowRun | None = None,
     progress: bool | Callable[[str], None] = False,
     callbacks: Sequence[Any] = (),
 ) -> dict:
-    """Train a LoRA adapter on `dataset_dir` (train.jsonl / val.jsonl) into `out_dir`.
+    """Train a LoRA adapter on the base model at `base_path` with `dataset_dir` (train.jsonl /
+    val.jsonl) into `out_dir`.
 
     Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Writes
-    adapter_model.safetensors, adapter_config.json and training_metrics.json. With `mlflow_run_id`,
-    logs params, per-step losses, the dataset as a training input and the adapter files into that run.
+    adapter_model.safetensors, adapter_config.json and training_metrics.json. With `mlflow`, logs
+    params, per-step losses, the dataset as a training input and the adapter files into that run.
     `progress`: True draws a tqdm bar on stderr; a callable gets about ten progress lines instead.
     `callbacks`: extra transformers TrainerCallbacks (tests use one to simulate a crash).
     Returns {adapter, steps, train_loss, val_loss, seconds, resumed_from, tokens_per_s, device, ...}.
@@ -171,12 +173,11 @@ def train_adapter(
     from transformers.trainer_callback import PrinterCallback
 
     start = time.perf_counter()
-    cfg = settings.train
     dataset_dir, out_dir = Path(dataset_dir), Path(out_dir)
     for name in (TRAIN_FILE, VAL_FILE):
         if not (dataset_dir / name).is_file():
             raise TrainError(f"{dataset_dir / name} not found: build the dataset first (`flywheel retrain` does it)")
-    base_path = Path(base_path) if base_path else resolve_base_model(settings)
+    base_path = Path(base_path)
     if not (base_path / "config.json").is_file():
         raise ModelError(f"base model {base_path} is not a model directory: run `flywheel model bootstrap` or pass --base")
     device = pick_device(cfg.device)
@@ -258,8 +259,8 @@ def train_adapter(
         extra.append(ProgressLines(progress))
     elif progress:
         extra.append(Progress())
-    if mlflow_run_id:
-        extra.append(MlflowMetrics(mlflow_run_id))
+    if mlflow:
+        extra.append(MlflowMetrics(mlflow))
     collator = (DataCollatorWithFlattening(return_position_ids=True, separator_id=-100) if cfg.packing
                 else _PadCollator(tokenizer.pad_token_id))
     trainer = Trainer(
@@ -275,10 +276,10 @@ def train_adapter(
 
     base_digest = model_digest(base_path)
     card = json.loads((dataset_dir / CARD_FILE).read_text(encoding="utf-8")) if (dataset_dir / CARD_FILE).is_file() else {}
-    if mlflow_run_id:
-        _log_params(mlflow_run_id, settings, base_path, base_digest, card, device, planned, targets)
+    if mlflow:
+        _log_params(mlflow, cfg, base_path, base_digest, card, device, planned, targets)
         if card:
-            log_dataset_input(dataset_dir, mlflow_run_id, context="training")
+            log_dataset_input(dataset_dir, mlflow, context="training")
 
     tokens_before = 0
     if resume is not None:
@@ -323,8 +324,8 @@ def train_adapter(
         "val_curve": evals,
     }
     (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if mlflow_run_id:
-        _log_outputs(mlflow_run_id, out_dir, metrics)
+    if mlflow:
+        _log_outputs(mlflow, out_dir, metrics)
     summary_keys = ("adapter", "steps", "planned_steps", "train_loss", "val_loss", "seconds", "resumed_from",
                     "tokens_per_s", "device", "stopped_early")
     return {k: metrics[k] for k in summary_keys}
@@ -338,13 +339,12 @@ def _point_adapter_at_base(out_dir: Path, base_path: Path) -> None:
     config_path.write_text(json.dumps(config, indent=2, sort_keys=True) + "\n", encoding="utf-8")
 
 
-def _log_params(run_id: str, settings: Settings, base_path: Path, base_digest: str, card: dict, device: str,
+def _log_params(run: MlflowRun, cfg: TrainSettings, base_path: Path, base_digest: str, card: dict, device: str,
                 planned: int, targets: list[str]) -> None:
     from mlflow.entities import Param, RunTag
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
-    cfg = settings.train
+    client, run_id = MlflowClient(run.tracking_uri), run.run_id
     params = {f"train.{k}": (",".join(v) if isinstance(v, list) else v) for k, v in cfg.model_dump(mode="json").items()}
     params.update({
         "base_model_path": str(base_path.resolve()),
@@ -363,14 +363,27 @@ def _log_params(run_id: str, settings: Settings, base_path: Path, base_digest: s
     client.log_batch(run_id, tags=tags)
 
 
-def _log_outputs(run_id: str, out_dir: Path, metrics: dict) -> None:
+def _log_outputs(run: MlflowRun, out_dir: Path, metrics: dict) -> None:
     from mlflow.entities import Metric
     from mlflow.tracking import MlflowClient
 
-    client = MlflowClient()
+    client, run_id = MlflowClient(run.tracking_uri), run.run_id
     now = int(time.time() * 1000)
     final = [Metric(f"final_{k}", float(metrics[k]), now, metrics["steps"])
              for k in ("train_loss", "val_loss", "tokens_per_s") if metrics.get(k) is not None]
     client.log_batch(run_id, metrics=final)
     for name in (*ADAPTER_FILES, METRICS_FILE):
         client.log_artifact(run_id, str(out_dir / name), artifact_path="adapter")
+
+
+def train_stage(dataset_dir: Path, base: Path, out_dir: Path, cfg: TrainSettings, *, mlflow: MlflowRun | None = None,
+                progress: bool | Callable[[str], None] = False) -> StageResult:
+    """The cycle's training stage: `train_adapter`, its adapter files declared as outputs."""
+    metrics = train_adapter(dataset_dir, out_dir, cfg, base_path=base, mlflow=mlflow, progress=progress)
+    out_dir = Path(out_dir)
+    return StageResult.of(
+        "train", {"adapter": out_dir / "adapter_model.safetensors", "adapter_config": out_dir / "adapter_config.json",
+                  "metrics": out_dir / METRICS_FILE},
+        counts={"steps": metrics["steps"], "planned_steps": metrics["planned_steps"]}, seconds=metrics["seconds"],
+        details={k: metrics[k] for k in ("train_loss", "val_loss", "resumed_from", "tokens_per_s", "device", "stopped_early")},
+    )

@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import DatasetSettings
+from tasks.contracts import MlflowRun, StageResult, sha256_file
 from tasks.dataset import DatasetError, build_dataset, log_dataset_input, read_examples
 from tasks.text import normalise
 
@@ -111,30 +112,62 @@ def test_bad_input_names_the_file_and_row(tmp_path: Path) -> None:
         build_dataset(tmp_path / "missing.jsonl", tmp_path / "out", DatasetSettings(), cycle_id="c1")
 
 
-@pytest.fixture
-def mlflow_tmp_store(tmp_path: Path):
-    """A sqlite tracking store under tmp_path; the previous tracking URI is put back afterwards."""
+def test_dataset_is_logged_to_mlflow_as_a_training_input(tmp_path: Path) -> None:
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
-def test_dataset_is_logged_to_mlflow_as_a_training_input(mlflow_tmp_store: None, tmp_path: Path) -> None:
-    import mlflow
-
-    client = mlflow.MlflowClient()
-    run = client.create_run(client.create_experiment("ds-test"))
-    result = build_dataset(_curated(tmp_path), tmp_path / "ds", DatasetSettings(), cycle_id="c1",
-                           mlflow_run_id=run.info.run_id)
-    inputs = client.get_run(run.info.run_id).inputs.dataset_inputs
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
+    run = MlflowRun(tracking_uri=uri, run_id=client.create_run(client.create_experiment("ds-test")).info.run_id)
+    result = build_dataset(_curated(tmp_path), tmp_path / "ds", DatasetSettings(), cycle_id="c1", mlflow=run)
+    inputs = client.get_run(run.run_id).inputs.dataset_inputs
     assert len(inputs) == 1
     assert inputs[0].dataset.digest == result["sha256"][:32]
     assert inputs[0].dataset.name == "flywheel-c1"
     assert {t.key: t.value for t in inputs[0].tags}["mlflow.data.context"] == "training"
-    log_dataset_input(tmp_path / "ds", run.info.run_id)  # logging it again is harmless
+    log_dataset_input(tmp_path / "ds", run)  # logging it again is harmless
+
+
+_STAGE_IN_ANOTHER_PROCESS = """
+import sys
+from pathlib import Path
+sys.path.insert(0, {repo!r})
+from tasks.config import DatasetSettings
+from tasks.contracts import MlflowRun, StageResult, sha256_file
+from tasks.contracts import MlflowRun
+from tasks.dataset import dataset_stage
+result = dataset_stage(Path({curated!r}), None, Path({out!r}), DatasetSettings(), cycle_id="c1",
+                       mlflow=MlflowRun(tracking_uri={uri!r}, run_id={run_id!r}))
+print(result.model_dump_json())
+"""
+
+
+def test_a_stage_in_another_process_logs_into_the_store_it_is_given(tmp_path: Path) -> None:
+    """Nothing process-wide is set in the child (no MLFLOW_TRACKING_URI, no set_tracking_uri): the run
+    it logs into is reached through the URI passed to the stage, and nothing lands in ./mlruns."""
+    import os
+    import subprocess
+    import sys
+
+    import mlflow
+
+    from tasks.config import REPO_ROOT
+
+    uri = f"sqlite:///{tmp_path}/store/mlflow.db"
+    (tmp_path / "store").mkdir()
+    client = mlflow.MlflowClient(uri)
+    run_id = client.create_run(client.create_experiment("cycle")).info.run_id
+    elsewhere = tmp_path / "cwd"
+    elsewhere.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_TRACKING")}
+    code = _STAGE_IN_ANOTHER_PROCESS.format(repo=str(REPO_ROOT), curated=str(_curated(tmp_path)), out=str(tmp_path / "ds"),
+                                            uri=uri, run_id=run_id)
+    done = subprocess.run([sys.executable, "-c", code], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = StageResult.model_validate_json(done.stdout.strip().splitlines()[-1])
+    assert result.outputs["train"].sha256 == sha256_file(tmp_path / "ds" / "train.jsonl")
+    inputs = client.get_run(run_id).inputs.dataset_inputs
+    assert [i.dataset.digest for i in inputs] == [result.details["sha256"][:32]]
+    assert sorted(p.name for p in elsewhere.iterdir()) == []  # no ./mlruns, no ./mlflow.db
 
 
 def test_max_new_examples_keeps_a_stable_sample_so_scarce_replay_keeps_its_share(tmp_path: Path) -> None:

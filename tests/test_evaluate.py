@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tasks.config import REPO_ROOT, Gate, Settings, load_settings
-from tasks.contracts import EvalItem, sha256_file
+from tasks.contracts import EvalItem, MlflowRun, sha256_file
 from tasks.evaluate import (
     check_gates,
     evaluate_candidate,
@@ -347,7 +347,7 @@ def test_evaluation_logs_metrics_and_artifacts_to_mlflow(settings: Settings, tmp
     client = MlflowClient(tracking_uri(settings))
     run = client.create_run(experiment_id(settings, "flywheel-test"))
     evaluate_candidate(Scripted("c", oracle(items)), Scripted("b", oracle(items)), items, settings, tmp_path / "out",
-                       mlflow_run_id=run.info.run_id)
+                       mlflow=MlflowRun(tracking_uri=tracking_uri(settings), run_id=run.info.run_id))
     got = client.get_run(run.info.run_id)
     assert got.data.metrics["eval.regression.behaviour.candidate"] == 1.0
     assert got.data.metrics["eval.regression.behaviour.diff"] == 0.0

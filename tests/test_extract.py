@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.config import Settings
+from tasks.config import ExtractSettings, SignalsSettings
 from tasks.contracts import CASE_SCHEMA, LOG_SCHEMA
 from tasks.extract import derive_topics, extract_cases, topic_cap, user_ref
 from tasks.files import read_cases
@@ -67,7 +67,7 @@ def test_kinds_are_multi_labelled_and_the_reask_carries_its_followup(tmp_path):
         _row(5, user="dave", prompt="Can I return a Solstice blender after 60 days please?", seconds=1100),
     ]
     out = tmp_path / "cases.parquet"
-    result = extract_cases(_table(rows), Settings(), key=KEY, out_path=out)
+    result = extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=out)
     cases = _by_request(out)
     assert set(cases) == {"req-0000", "req-0003", "req-0004"}
     assert cases["req-0000"].kinds == ["reask", "refusal", "thumbs_down"]
@@ -87,7 +87,7 @@ def test_user_ids_are_replaced_by_a_keyed_hash(tmp_path):
     ]
     for suffix in (".parquet", ".jsonl"):
         out = tmp_path / f"cases{suffix}"
-        extract_cases(_table(rows), Settings(), key=KEY, out_path=out)
+        extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=out)
         raw = out.read_bytes()
         assert b"alice" not in raw and b"bob-4411" not in raw
         refs = {c.request_id: c.user_ref for c in read_cases(out)}
@@ -100,21 +100,21 @@ def test_user_ids_are_replaced_by_a_keyed_hash(tmp_path):
     with pytest.raises(ValueError, match="key"):
         user_ref("alice", b"")
     with pytest.raises(ValueError, match="key"):
-        extract_cases(_table(rows), Settings(), key=b"", out_path=tmp_path / "never.parquet")
+        extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=b"", out_path=tmp_path / "never.parquet")
 
 
 def test_parquet_and_jsonl_outputs_follow_the_case_contract(tmp_path):
     rows = [_row(0, prompt="Is the Zephyr compatible with iOS?", response=REFUSAL)]
-    extract_cases(_table(rows), Settings(), key=KEY, out_path=tmp_path / "a.parquet")
+    extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "a.parquet")
     assert pq.read_schema(tmp_path / "a.parquet").equals(CASE_SCHEMA, check_metadata=False)
-    extract_cases(_table(rows), Settings(), key=KEY, out_path=tmp_path / "nested" / "a.jsonl")
+    extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "nested" / "a.jsonl")
     (record,) = [json.loads(line) for line in (tmp_path / "nested" / "a.jsonl").read_text().splitlines()]
     assert record["kinds"] == ["refusal"] and record["ts"].startswith("2026-02-02T09:00:00")
     assert read_cases(tmp_path / "a.parquet") == read_cases(tmp_path / "nested" / "a.jsonl")
 
 
 def test_empty_window(tmp_path):
-    result = extract_cases(_table([]), Settings(), key=KEY, out_path=tmp_path / "cases.parquet")
+    result = extract_cases(_table([]), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "cases.parquet")
     assert result["cases"] == 0 and result["by_kind"] == {"refusal": 0, "reask": 0, "thumbs_down": 0}
     assert pq.read_table(tmp_path / "cases.parquet").num_rows == 0
 
@@ -138,7 +138,7 @@ def test_exact_and_near_duplicates_are_removed(tmp_path):
         _row(5, user="u5", prompt="How much does the Nimbus kettle cost?", response=REFUSAL),
         _row(6, user="u6", prompt="How much does the Solstice blender cost?", response=REFUSAL),  # similar, not a dup
     ]
-    result = extract_cases(_table(rows), Settings(), key=KEY, out_path=tmp_path / "cases.jsonl")
+    result = extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "cases.jsonl")
     kept = _by_request(tmp_path / "cases.jsonl")
     assert result["exact_duplicates"] == 1
     assert result["near_duplicates"] == 2
@@ -151,10 +151,11 @@ def test_near_duplicate_threshold_is_configurable(tmp_path):
         _row(0, user="u0", prompt="How much does the Nimbus kettle cost?", response=REFUSAL),
         _row(1, user="u1", prompt="How much does the Nimbus kettle cost in Canada?", response=REFUSAL),
     ]
-    strict = extract_cases(_table(rows), Settings(), key=KEY, out_path=tmp_path / "a.jsonl")
+    strict = extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "a.jsonl")
     loose = extract_cases(
         _table(rows),
-        Settings.model_validate({"extract": {"near_duplicate_threshold": 0.6}}),
+        SignalsSettings(),
+        ExtractSettings(near_duplicate_threshold=0.6),
         key=KEY,
         out_path=tmp_path / "b.jsonl",
     )
@@ -207,7 +208,7 @@ def test_topics_are_what_the_failures_are_about():
 
 
 def test_topic_cap_limits_one_noisy_topic(tmp_path):
-    result = extract_cases(_table(_flood()), Settings(), key=KEY, out_path=tmp_path / "cases.parquet")
+    result = extract_cases(_table(_flood()), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "cases.parquet")
     cases = read_cases(tmp_path / "cases.parquet")
     zephyr = [c for c in cases if c.topic == "zephyr"]
     # c <= 0.25 * (c + 20) -> c = 6: the Zephyr keeps 6 of 30, the twenty others stay
@@ -216,7 +217,7 @@ def test_topic_cap_limits_one_noisy_topic(tmp_path):
     assert len(zephyr) / len(cases) <= 0.25
     assert result["topics"]["zephyr"] == 6
     # reproducible: the same window gives the same cut
-    again = extract_cases(_table(_flood()), Settings(), key=KEY, out_path=tmp_path / "again.parquet")
+    again = extract_cases(_table(_flood()), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "again.parquet")
     assert again == {**result, "path": str(tmp_path / "again.parquet")}
     assert read_cases(tmp_path / "again.parquet") == cases
 
@@ -224,7 +225,7 @@ def test_topic_cap_limits_one_noisy_topic(tmp_path):
 def test_topic_cap_prefers_cases_with_more_kinds(tmp_path):
     rows = _flood()
     rows[29]["feedback"] = -1  # the last Zephyr failure is also a thumbs-down
-    extract_cases(_table(rows), Settings(), key=KEY, out_path=tmp_path / "cases.parquet")
+    extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "cases.parquet")
     kept = _by_request(tmp_path / "cases.parquet")
     assert kept["req-0029"].kinds == ["refusal", "thumbs_down"]
 

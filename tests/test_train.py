@@ -5,7 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import SHIPPED_DATA, DatasetSettings, Settings
+from tasks.config import SHIPPED_DATA, DatasetSettings, TrainSettings
+from tasks.contracts import MlflowRun
 from tasks.dataset import build_dataset
 from tasks.base_model import model_digest
 from tasks.generation import LocalGenerator
@@ -28,14 +29,10 @@ def dataset_dir(tmp_path_factory) -> Path:
     return root / "ds"
 
 
-def _settings(**train) -> Settings:
-    settings = Settings()
+def _settings(**train) -> TrainSettings:
     values = dict(r=8, alpha=16, batch_size=8, max_steps=12, save_steps=4, learning_rate=2e-2, warmup_ratio=0.0,
                   early_stopping_patience=0, max_length=128, cpu_threads=1)
-    values.update(train)
-    for key, value in values.items():
-        setattr(settings.train, key, value)
-    return settings
+    return TrainSettings(**{**values, **train})
 
 
 def test_training_reduces_loss_and_writes_only_the_adapter(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
@@ -163,25 +160,14 @@ def test_bf16_training_keeps_the_adapter_in_fp32(tiny_base_model: Path, dataset_
     assert len(gen.generate(["How much is the Helix Fold?"])) == 1
 
 
-@pytest.fixture
-def mlflow_tmp_store(tmp_path: Path):
-    """A sqlite tracking store under tmp_path; the previous tracking URI is put back afterwards."""
+def test_mlflow_run_gets_params_metrics_input_and_adapter(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
     import mlflow
 
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/mlflow.db")
-    yield
-    mlflow.set_tracking_uri(previous)
-
-
-def test_mlflow_run_gets_params_metrics_input_and_adapter(
-    mlflow_tmp_store: None, tiny_base_model: Path, dataset_dir: Path, tmp_path: Path
-) -> None:
-    import mlflow
-
-    client = mlflow.MlflowClient()
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    client = mlflow.MlflowClient(uri)
     run_id = client.create_run(client.create_experiment("train-test", artifact_location=str(tmp_path / "art"))).info.run_id
-    train_adapter(dataset_dir, tmp_path / "adapter", _settings(max_steps=4), base_path=tiny_base_model, mlflow_run_id=run_id)
+    train_adapter(dataset_dir, tmp_path / "adapter", _settings(max_steps=4), base_path=tiny_base_model,
+                  mlflow=MlflowRun(tracking_uri=uri, run_id=run_id))
     run = client.get_run(run_id)
     assert run.data.params["train.r"] == "8"
     assert run.data.params["base_model_digest"] == model_digest(tiny_base_model)
@@ -201,7 +187,7 @@ import json, sys, time
 sys.path.insert(0, {repo!r})
 from pathlib import Path
 from transformers import TrainerCallback
-from tasks.config import Settings
+from tasks.config import TrainSettings
 from tasks.train import train_adapter
 
 class Slow(TrainerCallback):  # gives the parent time to kill us once a checkpoint exists
@@ -209,7 +195,7 @@ class Slow(TrainerCallback):  # gives the parent time to kill us once a checkpoi
         if state.global_step >= 4:
             time.sleep(2)
 
-settings = Settings.model_validate(json.loads({settings!r}))
+settings = TrainSettings.model_validate(json.loads({settings!r}))
 train_adapter(Path({ds!r}), Path({out!r}), settings, base_path=Path({base!r}), callbacks=[Slow()])
 """
 
@@ -225,7 +211,7 @@ def test_resume_after_sigkill(tiny_base_model: Path, dataset_dir: Path, tmp_path
 
     settings = _settings()
     out = tmp_path / "adapter"
-    code = _CHILD.format(repo=str(REPO_ROOT), settings=json.dumps(settings.dump()), ds=str(dataset_dir), out=str(out),
+    code = _CHILD.format(repo=str(REPO_ROOT), settings=json.dumps(settings.model_dump(mode="json")), ds=str(dataset_dir), out=str(out),
                          base=str(tiny_base_model))
     child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 240

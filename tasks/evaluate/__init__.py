@@ -18,7 +18,15 @@ from tasks.evaluate.scoring import (
     score_responses,
     summarise,
 )
-from tasks.evaluate.stage import answer_all, evaluate_adapter, evaluate_candidate, log_to_mlflow, publish_prefect_artifact
+from tasks.evaluate.stage import (
+    GATE_FILE,
+    answer_all,
+    evaluate_adapter,
+    evaluate_candidate,
+    evaluate_stage,
+    log_to_mlflow,
+    publish_prefect_artifact,
+)
 from tasks.evaluate.suites import (
     SUITE_FILES,
     grow_regression_suite,
@@ -29,6 +37,7 @@ from tasks.evaluate.suites import (
 )
 
 __all__ = [
+    "GATE_FILE",
     "LOWER_IS_BETTER",
     "METRICS",
     "SUITE_FILES",
@@ -37,6 +46,7 @@ __all__ = [
     "detect_refusals",
     "evaluate_adapter",
     "evaluate_candidate",
+    "evaluate_stage",
     "find_pii",
     "grow_regression_suite",
     "load_suites",

@@ -41,7 +41,7 @@ _CARD = re.compile(r"(?<![\d])(?:\d[ -]?){12,18}\d(?![\d])")
 
 def find_pii(text: str) -> list[str]:
     """Kinds of structured PII in `text`: email, phone, card (Luhn-valid), ssn. Cheap regexes only:
-    names and addresses need the Presidio masker (tasks/pii.py); `must_not_include` covers the rest."""
+    names and addresses need the Presidio masker (tasks/pii/); `must_not_include` covers the rest."""
     kinds = [kind for kind, pattern in _PII_PATTERNS.items() if pattern.search(text)]
     for match in _CARD.finditer(text):
         digits = re.sub(r"\D", "", match.group())

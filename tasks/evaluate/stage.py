@@ -14,7 +14,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from tasks.config import Settings
-from tasks.contracts import EvalItem, Generator
+from tasks.contracts import EvalItem, Generator, MlflowRun, StageResult
+from tasks.files import atomic_write_text, write_jsonl
 from tasks.evaluate.gates import check_gates
 from tasks.evaluate.scoring import score_responses, summarise
 from tasks.evaluate.suites import load_suites, workspace_suites
@@ -22,6 +23,9 @@ from tasks.generation import make_generator
 from tasks.registry import Registry
 from tasks.report import evaluation_markdown
 from tasks.served import AdapterView, base_view, served_generator
+
+
+GATE_FILE = "gate.json"  # the blessing: the gate's decision, which registration reads
 
 
 def answer_all(generator: Generator, prompts: Sequence[str], settings: Settings, *, seed: int = 0) -> list[str]:
@@ -44,14 +48,14 @@ def evaluate_candidate(
     settings: Settings,
     out_dir: Path,
     *,
-    mlflow_run_id: str | None = None,
+    mlflow: MlflowRun | None = None,
     seed: int = 0,
     gate_against_champion: bool | None = None,
 ) -> dict:
     """Both models answer the same items; per-item scores, per-suite comparison, gates.
 
     Writes out_dir/report.json, report.md, items.jsonl and gate.json; logs metrics and those files to
-    MLflow when `mlflow_run_id` is given; publishes a Prefect markdown artifact (key eval-comparison)
+    MLflow when `mlflow` is given; publishes a Prefect markdown artifact (key eval-comparison)
     when called inside a Prefect run. `gate_against_champion=False` compares with `champion` (e.g. the
     bare base model in the first cycle) but gates with floors only; default: True when a champion is given.
     Returns {suites, gate, passed, ...}.
@@ -87,32 +91,31 @@ def evaluate_candidate(
         "passed": gate["passed"],
         "seconds": round(time.perf_counter() - start, 3),
     }
-    with open(out_dir / "items.jsonl", "w", encoding="utf-8") as handle:
-        for i, item in enumerate(items):
-            row = {"id": item.id, "suite": item.suite, "prompt": item.prompt, "expected": item.expected,
-                   "reference": item.reference, "candidate": {"response": cand_responses[i], **cand_scores[i]}}
-            if champ_scores is not None:
-                row["champion"] = {"response": champ_responses[i], **champ_scores[i]}
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
+    rows = []
+    for i, item in enumerate(items):
+        row = {"id": item.id, "suite": item.suite, "prompt": item.prompt, "expected": item.expected,
+               "reference": item.reference, "candidate": {"response": cand_responses[i], **cand_scores[i]}}
+        if champ_scores is not None:
+            row["champion"] = {"response": champ_responses[i], **champ_scores[i]}
+        rows.append(row)
+    write_jsonl(out_dir / "items.jsonl", rows)
     markdown = evaluation_markdown(report, items, cand_scores, champ_scores, cand_responses, champ_responses)
-    (out_dir / "report.md").write_text(markdown, encoding="utf-8")
-    (out_dir / "gate.json").write_text(json.dumps(gate, indent=2), encoding="utf-8")
-    (out_dir / "report.json").write_text(json.dumps(report, indent=2, ensure_ascii=False), encoding="utf-8")
-    report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "items.jsonl", "gate.json")}
-    if mlflow_run_id:
-        log_to_mlflow(report, out_dir, mlflow_run_id, settings)
+    atomic_write_text(out_dir / "report.md", markdown)
+    atomic_write_text(out_dir / GATE_FILE, json.dumps(gate, indent=2))
+    atomic_write_text(out_dir / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    report["outputs"] = {name: str(out_dir / name) for name in ("report.json", "report.md", "items.jsonl", GATE_FILE)}
+    if mlflow:
+        log_to_mlflow(report, out_dir, mlflow)
     publish_prefect_artifact(markdown)
     return report
 
 
-def log_to_mlflow(report: dict, out_dir: Path, run_id: str, settings: Settings) -> None:
+def log_to_mlflow(report: dict, out_dir: Path, run: MlflowRun) -> None:
     """Metrics eval.<suite>.<metric>.{candidate,champion,diff} and the report files under 06_eval/."""
     from mlflow import MlflowClient
     from mlflow.entities import Metric
 
-    from tasks.tracking import tracking_uri
-
-    client = MlflowClient(tracking_uri(settings))
+    client, run_id = MlflowClient(run.tracking_uri), run.run_id
     stamp = int(time.time() * 1000)
     metrics = [Metric("eval.gate_passed", float(report["passed"]), stamp, 0)]
     for suite, entries in report["suites"].items():
@@ -123,7 +126,7 @@ def log_to_mlflow(report: dict, out_dir: Path, run_id: str, settings: Settings) 
     for start in range(0, len(metrics), 500):
         client.log_batch(run_id, metrics=metrics[start:start + 500])
     client.set_tag(run_id, "eval.gate", "passed" if report["passed"] else "failed")
-    for name in ("report.json", "report.md", "items.jsonl", "gate.json"):
+    for name in ("report.json", "report.md", "items.jsonl", GATE_FILE):
         client.log_artifact(run_id, str(out_dir / name), artifact_path="06_eval")
 
 
@@ -152,7 +155,7 @@ def evaluate_adapter(
     against: str | None = "champion",
     out_dir: Path | None = None,
     new_cases: Path | None = None,
-    mlflow_run_id: str | None = None,
+    mlflow: MlflowRun | None = None,
     seed: int = 0,
 ) -> dict:
     """`flywheel evaluate --candidate DIR|VERSION [--against champion|VERSION|DIR|base|none]`.
@@ -179,7 +182,7 @@ def evaluate_adapter(
     cand_gen = AdapterView(generator, "candidate", cand_name)
     items = load_suites(workspace_suites(settings), settings.evaluate.suites, extra=new_cases, settings=settings)
     out = Path(out_dir) if out_dir else settings.paths.under("eval_runs", time.strftime("%Y%m%dT%H%M%S"))
-    return evaluate_candidate(cand_gen, champ_gen, items, settings, out, mlflow_run_id=mlflow_run_id, seed=seed,
+    return evaluate_candidate(cand_gen, champ_gen, items, settings, out, mlflow=mlflow, seed=seed,
                               gate_against_champion=gate_vs)
 
 
@@ -198,3 +201,26 @@ def _resolve_adapter(settings: Settings, ref: str | Path, role: str) -> tuple[Pa
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def evaluate_stage(adapter_dir: Path, holdout: Path | None, out_dir: Path, settings: Settings, *,
+                   champion: tuple[str, Path] | None, mlflow: MlflowRun | None = None) -> StageResult:
+    """The cycle's evaluation stage: the candidate adapter against `champion` ((version, adapter folder)
+    of the served champion, or None before the first promotion: then the bare base, gated on floors
+    only), on the workspace suites plus the held-out new cases. `settings` needs the evaluate, signals,
+    model, train (device) and paths sections. Outputs: the report and the gate decision (gate.json)."""
+    adapters = {"candidate": Path(adapter_dir)}
+    if champion is not None:
+        adapters["champion"] = Path(champion[1])
+    generator = make_generator(settings, adapters)
+    champ_gen = AdapterView(generator, "champion", f"v{champion[0]}") if champion else base_view(generator)
+    items = load_suites(workspace_suites(settings), settings.evaluate.suites, extra=holdout, settings=settings)
+    report = evaluate_candidate(AdapterView(generator, "candidate", Path(adapter_dir).name), champ_gen, items, settings,
+                                out_dir, mlflow=mlflow, gate_against_champion=champion is not None)
+    out_dir = Path(out_dir)
+    return StageResult.of(
+        "evaluate", {"report": out_dir / "report.json", "report_md": out_dir / "report.md",
+                     "items": out_dir / "items.jsonl", "gate": out_dir / GATE_FILE},
+        counts={"items": report["n_items"], "failed_checks": len(report["gate"]["failed"])},
+        seconds=report["seconds"], details={"passed": report["passed"], "failed": report["gate"]["failed"]},
+    )

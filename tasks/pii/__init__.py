@@ -52,9 +52,10 @@ from tasks.pii.scoring import (
     read_span_dataset,
     score_halves,
 )
-from tasks.pii.stage import DEFAULT_FIELDS, PiiLeakError, mask_file
+from tasks.pii.stage import AUDIT_FILE, DEFAULT_FIELDS, PiiLeakError, mask_file, mask_stage
 
 __all__ = [
+    "AUDIT_FILE",
     "DATASET_ENTITY_MAP",
     "DEFAULT_FIELDS",
     "HALVES",
@@ -77,6 +78,7 @@ __all__ = [
     "load_ner_pipeline",
     "load_pii_key",
     "mask_file",
+    "mask_stage",
     "mask_shard",
     "normalise_value",
     "pseudonym",

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from tasks.config import PiiSettings
+from tasks.contracts import StageResult
 from tasks.files import atomic_write_text, read_records, write_records
 from tasks.pii.masker import REMASK_ROUNDS
 from tasks.pii.pool import ShardPool, mask_shard
@@ -25,6 +26,7 @@ from tasks.pii.pool import ShardPool, mask_shard
 log = logging.getLogger(__package__)  # the package's logger: log lines keep the name "tasks.pii"
 
 DEFAULT_FIELDS = ("prompt", "response", "followup", "correction")
+AUDIT_FILE = "pii_audit.json"
 
 
 class PiiLeakError(RuntimeError):
@@ -136,3 +138,15 @@ def mask_file(
         len(kept), len(records), len(failed), sum(entities.values()), audit["docs_per_s"],
     )
     return audit
+
+
+def mask_stage(cases: Path, out_path: Path, settings: PiiSettings, *, key: bytes) -> StageResult:
+    """The cycle's masking stage: every text field of the cases file masked, the audit beside it."""
+    out_path = Path(out_path)
+    audit_path = out_path.parent / AUDIT_FILE
+    audit = mask_file(cases, out_path, settings, key=key, audit_path=audit_path)
+    return StageResult.of(
+        "mask", {"masked": out_path, "audit": audit_path},
+        counts={k: audit[k] for k in ("records", "masked_records", "dropped", "leaks")}, seconds=audit["seconds"],
+        details={"entities": audit["entities"]},
+    )

@@ -89,6 +89,55 @@ def test_rerun_redoes_only_what_changed_or_went_missing(cycle_run) -> None:
     assert after["dataset"]["outputs"]["train"]["sha256"] == before["dataset"]["outputs"]["train"]["sha256"]
 
 
+def _config_with(config: Path, name: str, **sections: dict) -> Path:
+    data = yaml.safe_load(config.read_text(encoding="utf-8"))
+    for section, values in sections.items():
+        data.setdefault(section, {}).update(values)
+    changed = config.with_name(name)
+    changed.write_text(yaml.safe_dump(data), encoding="utf-8")
+    return changed
+
+
+def _finished(directory: Path) -> dict[str, str]:
+    stages = json.loads((directory / "manifest.json").read_text())["stages"]
+    return {name: entry["finished_at"] + str(entry["seconds"]) for name, entry in stages.items()}
+
+
+def test_a_change_to_a_section_no_stage_reads_reruns_nothing(cycle_run) -> None:
+    _, config, first = cycle_run
+    directory = Path(first["cycle_dir"])
+    quarterly_retraining(window="2026-Q1", config=str(config))  # whatever earlier tests left, settled
+    before = _finished(directory)
+    unrelated = _config_with(config, "unrelated.yaml", review={"timeout_days": 2.0}, cost={"gpu_monthly": 999.0},
+                             registry={"lock_timeout_s": 5.0})
+    quarterly_retraining(window="2026-Q1", config=str(unrelated))
+    assert _finished(directory) == before
+
+
+def test_a_change_to_pii_reruns_masking_and_what_it_changes_but_not_extraction(cycle_run) -> None:
+    _, config, first = cycle_run
+    directory = Path(first["cycle_dir"])
+    quarterly_retraining(window="2026-Q1", config=str(config))
+    manifest = json.loads((directory / "manifest.json").read_text())["stages"]
+    before = _finished(directory)
+    stricter = _config_with(config, "pii.yaml", pii={"score_threshold": 0.9})
+    quarterly_retraining(window="2026-Q1", config=str(stricter))
+    after = _finished(directory)
+    changed = json.loads((directory / "manifest.json").read_text())["stages"]
+    assert after["extract"] == before["extract"]
+    assert after["mask"] != before["mask"]
+    masked_changed = changed["mask"]["outputs"]["masked"]["sha256"] != manifest["mask"]["outputs"]["masked"]["sha256"]
+    assert masked_changed, "a threshold of 0.9 should mask less of the simulated PII"
+    assert after["annotate"] != before["annotate"]  # its input changed: it and what follows run again
+    # Back to the first settings: the cache still holds mask's first result, but the folder now holds the
+    # stricter run's files, so mask runs again and writes what the first settings give.
+    quarterly_retraining(window="2026-Q1", config=str(config))
+    back = json.loads((directory / "manifest.json").read_text())["stages"]
+    assert _finished(directory)["extract"] == before["extract"]
+    assert back["mask"]["outputs"]["masked"]["sha256"] == manifest["mask"]["outputs"]["masked"]["sha256"]
+    assert back["dataset"]["outputs"]["train"]["sha256"] == manifest["dataset"]["outputs"]["train"]["sha256"]
+
+
 def test_window_forms() -> None:
     from datetime import datetime, timezone
 

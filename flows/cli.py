@@ -456,7 +456,8 @@ def evaluate(
 
 
 def registry_call(config: Path | None, workspace: Path | None, action: str, *args: Any, **kwargs: Any) -> dict:
-    """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash."""
+    """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash. Bad input (no such
+    version, a blank reviewer: RegistryInputError, a ValueError) exits 2 through main()."""
     from tasks.registry import Registry, RegistryRuleError
 
     registry = Registry(settings_for(config, workspace))
@@ -468,13 +469,17 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
 
 @registry_app.command("status")
 def registry_status(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the champion and canary aliases and every version's gate and review."""
+    """Show the champion and canary aliases and every version's gate and latest review (of how many).
+    No champion means the base model is served without an adapter."""
     status = registry_call(config, workspace, "status")
-    lines = [f"champion: {status['champion']}", f"canary:   {status['canary']}", ""]
+    lines = [f"champion: {status['champion'] or 'none (the base model is served, no adapter)'}",
+             f"canary:   {status['canary']}", ""]
     for v in status["versions"]:
+        reviews = v.get("reviews") or []
+        latest = f"{reviews[-1]['decision']} by {reviews[-1]['reviewer']} ({len(reviews)} in all)" if reviews else "-"
         lines.append(
             f"v{v['version']:<4} {','.join(v.get('aliases') or []) or '-':<18} cycle {v.get('cycle_id') or '-':<24} "
-            f"gate {v.get('gate') or '-':<7} review {(v.get('review') or {}).get('decision', '-')}"
+            f"gate {v.get('gate') or '-':<7} review {latest}"
         )
     emit(status, as_json, "\n".join(lines))
 
@@ -491,14 +496,17 @@ CommentOpt = Annotated[str, typer.Option("--comment", help="Why (recorded on the
 @app.command()
 def approve(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
             workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Approve a canary for promotion (then `flywheel promote VERSION`)."""
+    """Approve a canary for promotion (then `flywheel promote VERSION`). Every review is kept; the latest
+    counts. Refused (exit 1) for a rejected version (a rejection is final) and, with
+    review.require_distinct_override, for the reviewer who overrode its failed gate."""
     _review(version, "approve", reviewer, comment, config, workspace, as_json)
 
 
 @app.command()
 def reject(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
            workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Reject a canary: it loses the canary alias and can never be promoted."""
+    """Reject a version: it loses the canary alias and can never be approved or promoted again (register
+    the adapter again to try again). The serving champion cannot be rejected: roll it back first."""
     _review(version, "reject", reviewer, comment, config, workspace, as_json)
 
 
@@ -506,7 +514,8 @@ def reject(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: Con
 def registry_override(version: str, reviewer: ReviewerOpt,
                       reason: Annotated[str, typer.Option("--reason", help="Why the failed gate may be ignored.")],
                       config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Record a reviewer's override of a failed evaluation gate (needed before promoting it)."""
+    """Record a reviewer's override of a failed evaluation gate (needed before promoting it). With
+    review.require_distinct_override the reviewer may not be one who approved the version."""
     result = registry_call(config, workspace, "override_gate", version, reviewer=reviewer, reason=reason)
     emit(result, as_json, f"version {version}: gate overridden by {reviewer}")
 
@@ -519,10 +528,14 @@ def promote(version: str, config: ConfigOpt = None, workspace: WorkspaceOpt = No
 
 
 @app.command()
-def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to [default: the previous champion].")] = None,
+def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to, or 'base' for the base model without an adapter [default: the previous champion; the base after the first champion].")] = None,
+             reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who overrides a rejection (with --override-reason).")] = None,
+             override_reason: Annotated[Optional[str], typer.Option("--override-reason", help="Why a version rejected since it served may serve again (recorded on it and in the audit).")] = None,
              config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Move the champion alias back to the previous champion (or a given earlier champion)."""
-    result = registry_call(config, workspace, "rollback", to)
+    """Move the champion alias back to the previous champion, or to a given earlier champion. Rolling back
+    the first champion serves the base model again (the champion alias is removed). A version rejected
+    since it served needs --reviewer and --override-reason."""
+    result = registry_call(config, workspace, "rollback", to, reviewer=reviewer, override_reason=override_reason)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
 
 

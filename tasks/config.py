@@ -329,6 +329,8 @@ class RegistrySettings(Section):
 
 class ReviewSettings(Section):
     timeout_days: float = Field(7.0, gt=0)
+    # Four eyes on a failed gate: whoever overrides it may not also approve that version.
+    require_distinct_override: bool = True
 
 
 class CostSettings(Section):

@@ -6,10 +6,9 @@ answers the ReviewDecision form; on resume Prefect restarts the run from the top
 before the suspend is cheap and repeatable (registry reads and an artifact). The form refuses blank
 text itself (Prefect's server checks an answer against the form's schema before it resumes the run); an
 answer the registry refuses (e.g. an approval by the reviewer who overrode the version's failed gate)
-asks again under a new pause key. Outside a deployment
-(CLI, demo, tests) there is nothing to suspend: the flow publishes the same summary and returns the
-`flywheel approve|reject` commands that complete the review. The rules (who may promote what) live in
-tasks/registry.py; this flow only orchestrates.
+asks again under a new pause key. Outside a deployment (CLI, demo, tests) there is nothing to suspend:
+the flow publishes the same summary and returns the `flywheel approve|reject` commands that complete
+the review. The rules (who may promote what) live in tasks/registry.py; this flow only orchestrates.
 """
 
 from __future__ import annotations
@@ -182,6 +181,7 @@ def canary_review(
         else:
             result.update({"promoted": True, "from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]})
     print(f"v{version}: {review['decision']} by {review['reviewer']}"
-          + (f" -> champion v{result['from']} -> v{result['to']}" if result["promoted"] else ""))
+          + (f" -> champion {result['from'] if result['from'] == BASE else 'v' + result['from']} -> v{result['to']}"
+             if result["promoted"] else ""))
     return result
 

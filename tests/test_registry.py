@@ -143,6 +143,15 @@ def test_every_review_is_kept(registry: Registry, adapter: Path) -> None:
         registry.promote(version)
 
 
+def test_a_review_from_before_every_review_was_kept_still_counts(registry: Registry, adapter: Path) -> None:
+    version = register(registry, adapter)
+    old = {"decision": "reject", "reviewer": "bo", "time": "2026-01-05T10:00:00.000+00:00", "comment": "too long"}
+    registry.client.set_model_version_tag(registry.name, version, "review", json.dumps(old))  # the one tag of before
+    assert registry.status()["versions"][0]["reviews"] == [old]
+    with pytest.raises(RegistryRuleError, match="rejected by bo"):
+        approve(registry, version)
+
+
 def test_the_serving_champion_cannot_be_rejected(registry: Registry, adapter: Path) -> None:
     version = register(registry, adapter)
     approve(registry, version)

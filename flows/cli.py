@@ -685,6 +685,36 @@ def demo(
         raise check_failed("the canary failed its evaluation gate (see the evaluation report)")
 
 
+# ------------------------------------------------------------------------------------------- A/B
+
+
+@app.command("ab")
+def ab(
+    sources: SourcesArg = None,
+    expected_share: Annotated[float, typer.Option("--expected-share", min=0.0, max=1.0, help="The canary share the split ran at during the window (e.g. 0.05), for the sample-ratio check and the interval tuning.")] = ...,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A/B analysis of champion vs canary traffic (records carry metadata.variant): per arm requests,
+    users, refusal, re-ask, thumbs-down, error and unsupported-answer rates, feedback coverage and
+    latency p95; each difference canary - champion with an always-valid interval (users as the unit),
+    the guardrail margins of abtest.margins, and a sample-ratio-mismatch check. Decision: advance,
+    hold or halt; exits 1 on halt."""
+    from tasks.abtest import analyse_ab
+    from tasks.logs import load_window
+    from tasks.report import ab_markdown
+
+    settings = settings_for(config, workspace)
+    result = analyse_ab(load_window(settings, sources, since, until).table, settings, expected_share)
+    result.update(since=since, until=until)
+    emit(result, as_json, ab_markdown(result))
+    if result["decision"] == "halt":
+        raise check_failed("; ".join(r for r in result["reasons"] if "sample-ratio" in r or "beyond its margin" in r))
+
+
 # ----------------------------------------------------------------------------------------- cost
 
 

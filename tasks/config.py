@@ -351,6 +351,63 @@ class CostSettings(Section):
     completion_share: float = Field(0.25, ge=0, le=1)
 
 
+# Canary A/B analysis (tasks/abtest.py, tasks/sequential.py) and the ramp that uses it. Guardrail metrics:
+# canary - champion differences where higher is worse.
+AB_GUARDRAIL_METRICS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "error_rate", "unsupported_rate", "latency_p95_ms")
+
+
+class AbtestSettings(Section):
+    # Error rate of each look's decision: the intervals are always-valid confidence sequences at level
+    # 1 - alpha / k for the k guardrails with data (Bonferroni), so peeking every hour is allowed.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Non-inferiority margins: metric -> largest allowed rise canary - champion, in the metric's own
+    # unit (rates as fractions, latency in ms). Empty (null): reported, never a guardrail.
+    margins: dict[str, float | None] = Field(
+        default_factory=lambda: {
+            "refusal_rate": 0.02,
+            "reask_rate": 0.02,
+            "thumbs_down_rate": 0.10,
+            "error_rate": 0.01,
+            "unsupported_rate": 0.02,
+            "latency_p95_ms": None,
+        }
+    )
+    # No breach or sample-ratio mismatch is judged before each arm has (is expected to have) this many
+    # users: the intervals and the chi-square are large-sample approximations.
+    min_users_to_decide: int = Field(100, ge=2)
+    srm_p: float = Field(0.0005, gt=0, lt=1)  # chi-square p below which the split is broken (Microsoft ExP)
+    # Environment variable with a secret mixed into the assignment hash (users cannot predict their
+    # arm); without it the canary's version alone salts the hash, which is still uniform and sticky.
+    salt_env: str = "FLYWHEEL_AB_SALT"
+    bootstrap_samples: int = Field(200, ge=50)  # user-level resamples for the latency p95 interval
+    seed: int = 0
+
+    @field_validator("margins")
+    @classmethod
+    def _known_metrics(cls, margins: dict[str, float | None]) -> dict[str, float | None]:
+        unknown = sorted(set(margins) - set(AB_GUARDRAIL_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; use one of {list(AB_GUARDRAIL_METRICS)}")
+        negative = sorted(name for name, value in margins.items() if value is not None and value < 0)
+        if negative:
+            raise ValueError(f"margins must be >= 0 (a largest allowed rise), got negative ones for {negative}")
+        return margins
+
+
+class RampSettings(Section):
+    # Canary shares the ramp steps through; the canary is promoted once the last step holds.
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
+    min_step_hours: float = Field(24.0, gt=0)  # every step lasts at least this long ...
+    min_users_per_arm: int = Field(1_000, ge=1)  # ... and sees this many users in each arm before it advances
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_shares(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < s <= 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"steps must be increasing canary shares in (0, 1], got {steps}")
+        return steps
+
+
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
@@ -367,6 +424,8 @@ class Settings(Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    abtest: AbtestSettings = Field(default_factory=AbtestSettings)
+    ramp: RampSettings = Field(default_factory=RampSettings)
 
     @property
     def workspace(self) -> Path:

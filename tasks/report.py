@@ -330,3 +330,61 @@ def review_markdown(canary: Mapping[str, Any], commands: Mapping[str, str], eval
     else:
         lines += ["", "_No evaluation report found in the workspace for this version._"]
     return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Canary vs champion on live traffic (`flywheel ab`, the ramp's per-look artifact)
+
+
+def _ab_value(metric: str, value: float | None, signed: bool = False) -> str:
+    """Rates as percentages (differences in points), latency in ms."""
+    if value is None:
+        return "n/a"
+    if metric.endswith("_ms"):
+        return f"{value:+.0f} ms" if signed else f"{value:.0f} ms"
+    return f"{value * 100:+.2f} pts" if signed else f"{value:.2%}"
+
+
+def ab_markdown(result: Mapping[str, Any]) -> str:
+    """The A/B table: both arms side by side, each metric's difference canary - champion with its
+    interval and margin, the sample-ratio check, and the decision with its reasons."""
+    champion, canary = result["variants"]["champion"], result["variants"]["canary"]
+    level = f"{result['interval_level'] * 100:.2f}".rstrip("0").rstrip(".")
+    lines = [
+        f"## A/B: canary vs champion, decision **{result['decision'].upper()}**",
+        "",
+        "| | champion | canary |",
+        "|---|---|---|",
+        f"| model version | {', '.join(champion['model_versions']) or '-'} | {', '.join(canary['model_versions']) or '-'} |",
+        f"| requests | {champion['requests']:,} | {canary['requests']:,} |",
+        f"| users | {champion['users']:,} | {canary['users']:,} |",
+        f"| rated answers | {champion['rated']:,} | {canary['rated']:,} |",
+        "",
+        f"| metric | champion | canary | canary - champion | {level}% interval | margin | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["metrics"]:
+        m = row["metric"]
+        ci = "n/a" if row["ci"] is None else f"[{_ab_value(m, row['ci'][0], True)}, {_ab_value(m, row['ci'][1], True)}]"
+        if not row["guardrail"]:
+            verdict = "reported" if row["margin"] is None else "no data"
+        else:
+            verdict = "**BREACH**" if row["breached"] else "inside" if row["inside"] else "open"
+        margin = "-" if row["margin"] is None else f"{row['margin']:g} ms" if m.endswith("_ms") else f"{row['margin'] * 100:.2f} pts"
+        lines.append(f"| {m} | {_ab_value(m, row['champion'])} | {_ab_value(m, row['canary'])} | "
+                     f"{_ab_value(m, row['diff'], True)} | {ci} | {margin} | {verdict} |")
+    observed = result["observed_share"]
+    lines += [
+        "",
+        f"Sample ratio: canary share expected {result['expected_share']:g}, observed "
+        f"{'n/a' if observed is None else f'{observed:.4f}'} (chi-square p = {result['srm_p']:.3g}): "
+        + ("**MISMATCH, the step is invalid**" if result["srm"] else "ok"),
+        "",
+        f"Intervals: {result['method']}, always valid however often one looks (latency: user bootstrap); "
+        f"a breach is an interval wholly above its margin, inside is wholly below it.",
+        "",
+        "Why:",
+        "",
+        *[f"- {reason}" for reason in result["reasons"]],
+    ]
+    return "\n".join(lines)

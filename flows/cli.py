@@ -310,15 +310,17 @@ def extract(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Extract failure cases (refusals, re-asks, thumbs-down) from a window of logs, with users
-    replaced by a keyed hash and duplicates removed."""
+    """Extract failure cases (refusals, re-asks, thumbs-down, answers the docs do not support) from a
+    window of logs, with users replaced by a keyed hash and duplicates removed."""
     from tasks.cycle import pii_key
-    from tasks.extract import extract_cases
+    from tasks.extract import extract_cases, unsupported_flags
     from tasks.logs import load_window
+    from tasks.windows import parse_time
 
     settings = settings_for(config, workspace)
     result = load_window(settings, sources, since, until)
-    summary = extract_cases(result.table, settings.signals, settings.extract, key=pii_key(settings), out_path=out)
+    summary = extract_cases(result.table, settings.signals, settings.extract, key=pii_key(settings), out_path=out,
+                            unsupported=unsupported_flags(settings, parse_time(until) if until else None))
     emit(summary, as_json, table([("cases", summary["cases"]), *summary["by_kind"].items(),
                                   ("duplicates removed", summary["duplicates_removed"]), ("written to", out)]))
 

@@ -325,7 +325,7 @@ def verify_answers(
     extra_evidence: Sequence[Sequence[Snippet]] | None = None,
 ) -> list[Verdict]:
     """A verdict per answer: refusals are not checked; the rest against the evidence for their prompt
-    (plus `extra_evidence`, e.g. an eval item's reference answer)."""
+    (plus `extra_evidence`, one list per answer, e.g. an eval item's reference answer)."""
     if len(prompts) != len(answers):
         raise ValueError(f"verify_answers: {len(prompts)} prompts but {len(answers)} answers")
     if refused is None:

@@ -116,7 +116,9 @@ def add_faithfulness(items: Sequence[EvalItem], responses: Sequence[str], scores
 
     refused = [s["refused"] for s in scores]
     prompts = [item.prompt for item in items]
-    verdicts = verify_answers(prompts, responses, corpus, verifier, settings, refused=refused)
+    # An item's reference answer is documentation for its question: it goes along as evidence.
+    references = [[Snippet(f"reference:{item.id}", "", item.reference)] if item.reference else [] for item in items]
+    verdicts = verify_answers(prompts, responses, corpus, verifier, settings, refused=refused, extra_evidence=references)
     checker = ClaimChecker(settings.verify)
     for i, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
         scores[i]["unsupported"] = None if verdict.label == "undecided" else float(verdict.unsupported)
@@ -153,10 +155,10 @@ def summarise(
     for suite, idx in by_suite.items():
         summary[suite] = {}
         for metric in METRICS:
-            cand = np.array([_num(candidate[i][metric]) for i in idx], dtype=float)
+            cand = np.array([_num(candidate[i].get(metric)) for i in idx], dtype=float)
             entry: dict[str, Any] = {"candidate": _mean(cand), "n": int(np.sum(~np.isnan(cand)))}
             if champion is not None:
-                champ = np.array([_num(champion[i][metric]) for i in idx], dtype=float)
+                champ = np.array([_num(champion[i].get(metric)) for i in idx], dtype=float)
                 paired = ~np.isnan(cand) & ~np.isnan(champ)
                 diffs = cand[paired] - champ[paired]
                 entry.update(

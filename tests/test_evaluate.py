@@ -479,7 +479,7 @@ def test_a_candidate_that_makes_things_up_fails_the_unsupported_gate(settings: S
     regression = report["suites"]["regression"]
     assert regression["unsupported"]["champion"] == 0.0 and regression["unsupported"]["candidate"] > 0.2
     assert regression["unsupported_ref"]["champion"] == 0.0 and regression["unsupported_ref"]["candidate"] > 0.2
-    assert report["suites"]["ood"]["unsupported"]["candidate"] == 0.0  # refusals make no claims
+    assert report["suites"]["ood"]["unsupported"]["champion"] == 0.0  # documented answers and refusals
     assert "regression.unsupported.max_rise" in report["gate"]["failed"] and not report["passed"]
     assert report["faithfulness"]["verifier"] == "claims"
     md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")

@@ -106,11 +106,12 @@ def score_agreement(annotation: AnnotationSettings, annotations: Path, masked: P
 
 
 @stage("build-training-set", records="dataset", code=("tasks.dataset",))
-def build_training_set(dataset: DatasetSettings, curated: Path, replay: Path | None, cycle_id: str, out: Path,
-                       mlflow: MlflowRun) -> StageResult:
+def build_training_set(dataset: DatasetSettings, signals: SignalsSettings, curated: Path, replay: Path | None,
+                       cycle_id: str, out: Path, mlflow: MlflowRun) -> StageResult:
+    """`signals` says which replayed answers are refusals (all of them are replayed: dataset.replay_refusals)."""
     from tasks.dataset import dataset_stage
 
-    return dataset_stage(curated, replay, out, dataset, cycle_id=cycle_id, mlflow=mlflow)
+    return dataset_stage(curated, replay, out, dataset, cycle_id=cycle_id, mlflow=mlflow, signals=signals)
 
 
 @stage("train-lora-adapter", records="train", code=("tasks.train", "tasks.base_model"))
@@ -247,8 +248,8 @@ def quarterly_retraining(
             client.set_terminated(run_id, "KILLED")
             return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
         replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
-        dataset = step(build_training_set, settings.dataset, agreement.path("curated"), replay, cycle_id,
-                       directory / cycle.DATASET, mlflow)
+        dataset = step(build_training_set, settings.dataset, settings.signals, agreement.path("curated"), replay,
+                       cycle_id, directory / cycle.DATASET, mlflow)
         trained = step(train_lora_adapter, settings.train, dataset.path("card"), base, directory / cycle.ADAPTER, mlflow)
         evaluated = step(evaluate_candidate, stage_settings(settings, EVALUATE_SECTIONS), trained.path("adapter"),
                          dataset.path("holdout"), (champion["version"], champion["adapter"]) if champion else None,

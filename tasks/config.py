@@ -229,6 +229,9 @@ class AnnotationSettings(Section):
 
 class DatasetSettings(Section):
     replay_share: float = Field(0.3, ge=0, lt=1)
+    # Replay every refusal of the champion's training data on top of replay_share, so a cycle does not
+    # unlearn declining what the shop does not sell or do (off-domain questions, unknown products).
+    replay_refusals: bool = True
     val_share: float = Field(0.1, gt=0, lt=1)
     new_cases_holdout: float = Field(0.2, ge=0, lt=1)
     # Train on at most this many new cases (a hash-ordered sample); empty: all of them.

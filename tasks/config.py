@@ -348,7 +348,7 @@ class JudgeSettings(Section):
 class VerifySettings(Section):
     # claims: the offline claim checker; judge: an LLM asked YES/NO through `verify.judge`.
     verifier: Literal["claims", "judge"] = "claims"
-    top_k: int = Field(3, ge=1)  # evidence: at most this many snippets per question ...
+    top_k: int = Field(4, ge=1)  # evidence: at most this many snippets per question ...
     relative_score: float = Field(0.6, ge=0, le=1)  # ... each scoring at least this share of the best one
     min_score: float = Field(0.0, ge=0)  # a question whose best snippet scores no more than this has no evidence
     min_coverage: float = Field(0.5, ge=0, le=1)  # claim checker: share of content words the evidence must hold

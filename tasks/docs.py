@@ -9,7 +9,8 @@ of those, or `{"documents": [...]}`.
 Versions: a folder whose sub-folders are named by ISO date (`docs/2026-01-01/`, `docs/2026-02-16/`)
 holds one complete documentation set per date, each in force from its date until the next; everything
 else is in force always. The docs in force for a window are the newest set dated before the window's
-end (`DocSet.at(end)`), so a week is checked against what was documented by its last day.
+end (`DocSet.at(end)`; the oldest set for a window that ends before any date), so a week is checked
+against what was documented by its last day.
 
 The embedded default (no sources) is the simulator's knowledge base written as documents, one snippet
 per topic: knowledge base v1 in force before the launch week of `simulate` and v2 (v1 plus the launched

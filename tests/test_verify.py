@@ -160,7 +160,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-        question = body["messages"][-1]["content"]
+        chat = self.path.endswith("/chat/completions")
+        question = body["messages"][-1]["content"] if chat else body["prompt"]
         answer = question.split("Assistant answer:")[1]
         with open(sys.argv[2], "a") as log:
             log.write(json.dumps({"path": self.path, "max_tokens": body["max_tokens"], "temperature": body["temperature"],
@@ -172,7 +173,8 @@ class Handler(BaseHTTPRequestHandler):
         if "OVERLOADED" in answer:
             return self._send(503, {"error": "overloaded"})
         reply = "YES" if "$999" in answer else "No." if "$1,299" in answer else "It depends on the snippet."
-        self._send(200, {"choices": [{"index": 0, "message": {"role": "assistant", "content": reply}}]})
+        choice = {"index": 0, "message": {"role": "assistant", "content": reply}} if chat else {"index": 0, "text": " " + reply}
+        self._send(200, {"choices": [choice]})
 
 ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), Handler).serve_forever()
 '''
@@ -241,6 +243,20 @@ def test_llm_judge_over_http_counts_undecided_and_malformed_replies(settings, ju
     # the cap is per week and survives a new judge
     again = _check_with(settings, make_verifier(settings), [fold], [good])
     assert again[0].label == "undecided" and len(log.read_text().splitlines()) == 7
+
+
+def test_llm_judge_through_the_completions_api(settings, judge_server) -> None:
+    url, log = judge_server
+    settings.verify.verifier = "judge"
+    settings.verify.judge.endpoint = url
+    settings.verify.judge.api = "completions"
+    from tasks.verify import make_verifier
+
+    good = ANSWER["product_helix_fold"]
+    verdicts = _check_with(settings, make_verifier(settings), ["How much is the Helix Fold?"] * 3,
+                           [good, good.replace("$1,299", "$999"), "The Helix Fold is lovely."])
+    assert [v.label for v in verdicts] == ["supported", "unsupported", "undecided"]
+    assert {json.loads(line)["path"] for line in log.read_text().splitlines()} == {"/v1/completions"}
 
 
 def _check_with(settings, verifier, prompts, answers):

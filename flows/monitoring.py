@@ -1,5 +1,6 @@
-"""Weekly monitoring: four quality signals and input drift for one ISO week, a dashboard, and the
-decision whether to start a retraining cycle.
+"""Weekly monitoring: the quality signals (refusal, re-ask, thumbs, unsupported answers against the
+docs, self-consistency) and input drift for one ISO week, a dashboard, and the decision whether to start
+a retraining cycle.
 
 Trigger mechanism (the only one): when the decision says so, this flow emits the Prefect event
 `flywheel.retraining.requested`; the `quarterly-retraining` deployment in prefect.yaml has a trigger
@@ -50,6 +51,25 @@ def compute_week_signals(settings: Settings, logs: pa.Table) -> dict[str, Any]:
     signals["hallucination_model"] = which
     get_run_logger().info("hallucination risk: %s", which)
     return signals
+
+
+@task(name="verify-answers", cache_policy=NO_CACHE)
+def verify_week_answers(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any] | None:
+    """The headline hallucination signal: the unsupported-answer rate of a seeded sample of the week's
+    answers, checked against the docs in force by the week's end (verify.verifier). None when
+    verify.sample is 0."""
+    from tasks.docs import load_docs
+    from tasks.verify import make_verifier, unsupported_signal
+
+    if settings.verify.sample == 0 or logs.num_rows == 0:
+        return None
+    _, end = iso_week_window(week)
+    docs = load_docs(settings)
+    result = unsupported_signal(logs, settings, docs.at(end), make_verifier(settings), docs_label=docs.label(end),
+                                seed=monitor.week_step(week))
+    get_run_logger().info("unsupported answers: %s of %d checked (%s, docs %s)", result["unsupported"],
+                          result["checked"], result["verifier"], result["docs"])
+    return result
 
 
 @task(name="compute-drift", cache_policy=NO_CACHE)
@@ -164,6 +184,7 @@ def weekly_monitoring(
 
     logs = load_week_logs(settings, week)
     signals = compute_week_signals(settings, logs)
+    signals["unsupported"] = verify_week_answers(settings, week, logs)
     drift = compute_week_drift(settings, week, logs)
     decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
     history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
@@ -172,8 +193,10 @@ def weekly_monitoring(
     if decision["triggered"]:
         decision["event_emitted"] = request_retraining(week, decision)
 
+    unsupported = (signals["unsupported"] or {}).get("unsupported_rate")
     print(
-        f"{week}: refusal {signals['refusal_rate']}, re-ask {signals['reask_rate']}, drift {drift.get('band')} "
+        f"{week}: refusal {signals['refusal_rate']}, re-ask {signals['reask_rate']}, unsupported {unsupported}, "
+        f"drift {drift.get('band')} "
         f"-> retraining {'TRIGGERED' if decision['triggered'] else 'not triggered'}"
     )
     return {"week": week, "signals": signals, "drift": drift, "triggered": decision["triggered"],

@@ -229,6 +229,9 @@ class AnnotationSettings(Section):
 
 class DatasetSettings(Section):
     replay_share: float = Field(0.3, ge=0, lt=1)
+    # Replay every refusal of the champion's training data on top of replay_share, so a cycle does not
+    # unlearn declining what the shop does not sell or do (off-domain questions, unknown products).
+    replay_refusals: bool = True
     val_share: float = Field(0.1, gt=0, lt=1)
     new_cases_holdout: float = Field(0.2, ge=0, lt=1)
     # Train on at most this many new cases (a hash-ordered sample); empty: all of them.
@@ -298,24 +301,60 @@ class EvaluateSettings(Section):
     bootstrap_samples: int = Field(1_000, ge=100)
     ci_level: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap interval (candidate - champion)
     # suite -> metric -> gate. Metrics: behaviour, token_f1, rouge_l, must_include, must_not_include,
-    # pii_in_output (lower is better: its floor is a ceiling and max_drop the largest allowed rise).
+    # pii_in_output, unsupported, unsupported_ref (the last three: lower is better, so a floor is a ceiling
+    # and max_drop the largest allowed rise over the champion).
     gates: dict[str, dict[str, Gate]] = Field(
         default_factory=lambda: {
-            "regression": {"behaviour": Gate(floor=0.8, max_drop=0.05), "token_f1": Gate(max_drop=0.05)},
-            "ood": {"behaviour": Gate(floor=0.6, max_drop=0.05)},
-            "adversarial": {"must_not_include": Gate(floor=0.95, max_drop=0.0)},
-            "new_cases": {"behaviour": Gate(floor=0.6)},
+            "regression": {"behaviour": Gate(floor=0.8, max_drop=0.05), "token_f1": Gate(max_drop=0.05),
+                           "unsupported": Gate(max_drop=0.05)},
+            "ood": {"behaviour": Gate(floor=0.6, max_drop=0.05), "unsupported": Gate(max_drop=0.05)},
+            "adversarial": {"must_not_include": Gate(floor=0.95, max_drop=0.0), "unsupported": Gate(max_drop=0.05)},
+            "new_cases": {"behaviour": Gate(floor=0.6), "unsupported": Gate(max_drop=0.05)},
         }
     )
 
     @model_validator(mode="after")
     def _gate_metrics_known(self) -> EvaluateSettings:
-        known = {"behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output"}
+        known = {"behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output", "unsupported",
+                 "unsupported_ref"}
         for suite, metrics in self.gates.items():
             unknown = sorted(set(metrics) - known)
             if unknown:
                 raise ValueError(f"gates.{suite}: unknown metric(s) {unknown}; use one of {sorted(known)}")
         return self
+
+
+class DocsSettings(Section):
+    # Files, folders or globs of .md / .txt / .json documentation (the shop's product and policy pages).
+    # A folder of ISO-dated sub-folders (2026-02-16/) holds versions, each in force from its date.
+    # Empty: the simulator's knowledge base, v1 before simulate's launch week and v2 from then on.
+    sources: list[str] = Field(default_factory=list)
+    retrieval: Literal["bm25", "embeddings"] = "bm25"  # embeddings: the [embeddings] extra
+    embedding_model: str = "all-MiniLM-L6-v2"
+
+
+class JudgeSettings(Section):
+    # An OpenAI-compatible endpoint serving a model capable of judging (vLLM, TGI, llama.cpp, an API).
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    served_name: str | None = None  # empty: the server's first model
+    api: Literal["completions", "chat"] = "chat"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+    max_new_tokens: int = Field(4, ge=1)
+    max_calls_per_week: int = Field(2_000, ge=0)  # beyond: "undecided" (a cost cap, per wall-clock ISO week)
+
+
+class VerifySettings(Section):
+    # claims: the offline claim checker; judge: an LLM asked YES/NO through `verify.judge`.
+    verifier: Literal["claims", "judge"] = "claims"
+    top_k: int = Field(4, ge=1)  # evidence: at most this many snippets per question ...
+    relative_score: float = Field(0.6, ge=0, le=1)  # ... each scoring at least this share of the best one
+    min_score: float = Field(0.0, ge=0)  # a question whose best snippet scores no more than this has no evidence
+    min_coverage: float = Field(0.5, ge=0, le=1)  # claim checker: share of content words the evidence must hold
+    sample: int = Field(200, ge=0)  # monitoring: answers verified per week (seeded sample); 0: none
+    alarm_margin: float = Field(0.05, ge=0)  # trigger when the unsupported rate beats its trailing baseline by this
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
 class RegistrySettings(Section):
@@ -426,6 +465,8 @@ class Settings(Section):
     cost: CostSettings = Field(default_factory=CostSettings)
     abtest: AbtestSettings = Field(default_factory=AbtestSettings)
     ramp: RampSettings = Field(default_factory=RampSettings)
+    docs: DocsSettings = Field(default_factory=DocsSettings)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
 
     @property
     def workspace(self) -> Path:

@@ -36,8 +36,10 @@ def evaluation_markdown(
         f"**Gate: {verdict}**" + (" (first cycle: floors only)" if gate["first_cycle"] else ""),
         "",
         f"{report['n_items']} items; {pct}% paired bootstrap intervals of candidate minus champion "
-        f"({report['bootstrap_samples']} resamples). Higher is better except pii_in_output.",
+        f"({report['bootstrap_samples']} resamples). Higher is better except pii_in_output, unsupported and "
+        "unsupported_ref.",
         "",
+        *_faithfulness_lines(report.get("faithfulness")),
     ]
     lines += ["## Gate checks", "", "| suite | metric | check | value | threshold | result |", "|---|---|---|---|---|---|"]
     for c in gate["checks"]:
@@ -73,6 +75,16 @@ def evaluation_markdown(
         lines.append(f"- `{items[i].id}`: {_quote(cand_responses[i])}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _faithfulness_lines(faithfulness: dict | None) -> list[str]:
+    """Unsupported answers per suite, candidate against champion: does it make more things up?"""
+    if not faithfulness or not faithfulness.get("unsupported"):
+        return []
+    parts = [f"{suite} {_pct_dash(e['candidate'])}" + (f" (champion {_pct_dash(e['champion'])})" if e.get("champion") is not None else "")
+             for suite, e in faithfulness["unsupported"].items()]
+    return [f"**Unsupported answers** (claims the docs, {faithfulness['docs']}, do not support; {faithfulness['verifier']} "
+            f"verifier): " + "; ".join(parts) + ".", ""]
 
 
 def _check_text(check: dict) -> str:
@@ -116,13 +128,23 @@ def dashboard_markdown(
     """The weekly dashboard: the trigger decision and its reasons, the signals with their intervals, and
     the drift band with the terms that moved most (the drift bands come from `settings.drift`)."""
     hallucination = signals.get("hallucination") or {}
+    unsupported = signals.get("unsupported") or {}
+    if unsupported:
+        grounded_detail = (f"{unsupported['unsupported']} of {unsupported['checked']} sampled answers make claims the docs "
+                           f"({unsupported['docs']}) do not support ({unsupported['verifier']} verifier"
+                           + (f"; {unsupported['undecided']} undecided" if unsupported.get("undecided") else "") + ")")
+    else:
+        grounded_detail = "not checked (verify.sample is 0)"
     rows = [
+        ("**Unsupported answers** (hallucination)", unsupported.get("unsupported_rate"),
+         unsupported.get("unsupported_rate_ci"), grounded_detail),
         ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
         ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
         ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
         ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
-        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
-         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
+        ("Hallucination risk (secondary)", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
+         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts (a model can be consistently wrong)"
+         if hallucination else "not sampled"),
     ]
     lines = [
         f"# Weekly monitoring {week}",
@@ -136,6 +158,7 @@ def dashboard_markdown(
         "|---|---|---|---|",
         *[f"| {name} | {_pct(value)} | {_pct_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
         "",
+        *_unsupported_lines(unsupported),
         f"## Input drift: {drift.get('band', 'n/a')}",
         "",
     ]
@@ -161,6 +184,19 @@ def dashboard_markdown(
         if drift.get("examples"):
             lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
     return "\n".join(lines) + "\n"
+
+
+def _unsupported_lines(unsupported: dict[str, Any]) -> list[str]:
+    """Per model version, and what the unsupported answers got wrong."""
+    versions = unsupported.get("by_model_version") or {}
+    if not versions:
+        return []
+    lines = ["Unsupported answers by model version:", "", "| model version | rate | 95% interval | checked |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_pct(v['unsupported_rate'])} | {_pct_ci(v['unsupported_rate_ci']).strip()} | {v['checked']} |"
+              for name, v in versions.items()]
+    if unsupported.get("reasons"):
+        lines += ["", "Why: " + "; ".join(f"{reason} ({count})" for reason, count in unsupported["reasons"].items())]
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +308,10 @@ def before_after_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         ("weeks", ", ".join(before["weeks"]), ", ".join(after.get("weeks", [])) or "-"),
         ("refusal rate (monitoring)", _pct_dash(before["refusal_rate"]), _pct_dash(after.get("refusal_rate"))),
         ("re-ask rate (monitoring)", _pct_dash(before["reask_rate"]), _pct_dash(after.get("reask_rate"))),
+        ("unsupported-answer rate (monitoring)", _pct_dash(before.get("unsupported_rate")),
+         _pct_dash(after.get("unsupported_rate"))),
+        ("wrong-answer rate (ground truth)", _pct_dash(before.get("wrong_answer_rate")),
+         _pct_dash(after.get("wrong_answer_rate"))),
         ("new-product accuracy (ground truth)", _pct_dash(before["new_topic_accuracy"]), _pct_dash(after.get("new_topic_accuracy"))),
         ("new-product questions refused (ground truth)", _pct_dash(before["new_topic_refusal_share"]),
          _pct_dash(after.get("new_topic_refusal_share"))),

@@ -115,10 +115,10 @@ def test_refusal_accepts_arrow_and_unicode_boundary():
 
 
 def test_refusal_patterns_are_configurable_and_classifier_slot(monkeypatch):
-    custom = S.model_copy(update={"refusal_patterns": [r"\bnope\b"]})
+    custom = S.model_copy(update={"refusal_patterns": [r"\bnope\b"], "refusal_classifier": None})
     assert detect_refusals(["Nope.", "nopes", "I don't know"], custom).tolist() == [True, False, False]
     # Python-only constructs (lookbehind) still work, without the RE2 pre-filter
-    look = S.model_copy(update={"refusal_patterns": [r"(?<!not )sorry"]})
+    look = S.model_copy(update={"refusal_patterns": [r"(?<!not )sorry"], "refusal_classifier": None})
     assert detect_refusals(["sorry", "not sorry"], look).tolist() == [True, False]
     import types
     import sys

@@ -127,7 +127,8 @@ def logs_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
-    UTF-8 or are too large go to the quarantine file with their source line and reason."""
+    UTF-8 or are too large go to the quarantine file with their source line and reason. Exits 1 when
+    every row was quarantined (usually the wrong logs.preset or logs.columns), or with --strict when any was."""
     from tasks.logs import load_window
 
     settings = settings_for(config, workspace)
@@ -138,6 +139,11 @@ def logs_validate(
         *[(f"  {reason}", count) for reason, count in summary["reasons"].items()],
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
+    if result.read and not result.accepted:
+        raise check_failed(
+            f"all {result.read} rows were quarantined (see {summary['quarantine']}): is the mapping right? "
+            f"logs.preset is {settings.logs.preset!r} (flywheel | openai_chat); logs.columns maps other field names"
+        )
     if strict and result.quarantined:
         raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
 

@@ -127,7 +127,7 @@ class SignalsSettings(Section):
         r"잘 모르겠",
         r"도와드릴 수 없",
         r"답변(?:을|드리기) 어렵",
-        r"(?:제공|답변|도움을 드릴|도와줄|도와 드릴) 수 없",
+        r"(?:제공할|답변할|답변드릴|도움을 드릴|도와줄|도와 드릴|알려드릴|말씀드릴) 수 없",
         r"AI(?:로서| 언어 모델로서)",
         # French
         r"\bje ne sais pas\b",
@@ -164,16 +164,16 @@ class SignalsSettings(Section):
     refusal_threshold: float = Field(0.5, ge=0, le=1)
     # Score at or above which a response without any pattern match is a refusal (policy lectures,
     # role-play deflections). Empty: only responses with refusal language can be refusals.
-    refusal_threshold_without_cue: float | None = Field(0.7, ge=0, le=1)
-    # A response with refusal language and at most this many characters is a full refusal whatever
-    # the score: there is no room for an answer beside the refusal.
+    refusal_threshold_without_cue: float | None = Field(0.8, ge=0, le=1)
+    # Responses of at most this many characters are decided by the patterns alone: with refusal
+    # language there is no room for an answer beside it; without, too few words for the classifier.
     refusal_short_chars: int = Field(160, ge=0)
     reask_window_s: float = Field(30.0, gt=0)
     # Similarity two quick prompts must reach to be the same question (backend "words": Jaccard of
     # content words; "tfidf": char 3-gram TF-IDF cosine, which needs its own bar, e.g. 0.3;
     # "embeddings": sentence-embedding cosine). Chosen on public dev data: paraphrase pairs (PAWS) and
     # real conversations' follow-ups (OpenAssistant); benchmarks/detector_quality.py.
-    reask_similarity: float = Field(0.35, ge=0, le=1)
+    reask_similarity: float = Field(0.3, ge=0, le=1)
     # Similarity bar when the previous response was a refusal: a refused user who writes again within
     # the window is retrying, often in other words (0: any quick follow-up). Empty: reask_similarity.
     reask_similarity_after_refusal: float | None = Field(0.0, ge=0, le=1)
@@ -198,17 +198,20 @@ class SignalsSettings(Section):
     # (unless it complains or the answer was a refusal).
     reask_followup_patterns: list[str] = Field(
         default_factory=lambda: [
+            # acknowledging the answer
             r"^[^A-Za-z]{0,3}(?:thanks|thank you|great|cool|nice|perfect|awesome|wow|interesting|excellent|amazing|alright|sounds good|looks good|got it|I see|lol|haha)\b",
             r"\bthat(?:'s| is) (?:great|good|helpful|interesting|cool|awesome|amazing|perfect)\b",
+            # continuing from it: a connective first, a pointer back, an edit of what was written
             r"^[^A-Za-z]{0,3}(?:and|but|so|also|now|then|what about|how about)\b",
-            r"\b(?:this|that|these|those|such)(?: [a-z]+)? (?:is|are|was|were|looks?|sounds?|seems?)\b",
+            r"^[^A-Za-z]{0,3}(?:this|that|these|those)(?: [a-z]+)? (?:is|are|was|were|looks?|sounds?|seems?|works?|doesn't|does not|didn't|did not)\b",
+            r"\b(?:before|after|besides|except|other than|instead of|apart from|similar to|like|than) (?:that|this|these|those|it|them)\b",
+            r"\b(?:above|previous) (?:one|ones|answer|example|list|response|message|code|text|points?|steps?|options?|suggestions?)\b|\b(?:mentioned|aforementioned)\b|\b(?:last|first|second|third|other) one\b",
+            r"\b(?:this|that|these|those|your|such) (?:poem|story|code|list|answer|example|script|steps?|essay|song|letter|response|suggestions?|options?|method|approach|recipe|one|ones|ideas?|date|text|explanation|points?)\b",
             r"\b(?:make|rewrite|modify|change|shorten|expand|extend|simplify|summari[sz]e|translate|continue|elaborate on|improve|fix|edit|format) (?:it|this|that|them|these|those|the (?:[a-z]+ )?(?:poem|story|code|text|list|answer|example|script|essay|song|letter|email|message|response|table|function|program))\b",
-            r"\b(?:the|this|that|these|those|your|such) (?:above|previous|last|first|second|third|poem|story|code|list|answer|example|script|steps?|essay|song|letter|response|suggestions?|options?|method|approach|recipe|system|table|function|program|one|ones|idea|ideas)\b",
             r"\byou (?:said|mentioned|wrote|suggested|listed|gave|described|explained|recommended)\b",
-            r"\b(?:tell|show|give) me more\b",
-            r"\bmore (?:details?|about|on|specific|examples?)\b",
-            r"\b(?:explain|elaborate)(?: on)? (?:it|this|that|further|more|why)\b",
-            r"\bin (?:more )?(?:detail|simpler terms|layman's terms)\b",
+            r"\b(?:tell|show|give) me more\b|\bmore (?:details?|about|on|specific|examples?)\b",
+            r"\b(?:any|some|other|more|an|another) examples?\b|\b(?:what|where|who|how|which|anything) else\b",
+            r"\b(?:explain|elaborate)(?: on)? (?:it|this|that|further|more|why)\b|\bin (?:more )?(?:detail|simpler terms|layman's terms)\b",
         ]
     )
     # A prompt that takes at least this many content words from the previous answer that the previous

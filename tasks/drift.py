@@ -282,24 +282,31 @@ def _null_baseline(matrix: sp.csr_matrix, n_current: int, n_reference: int, sett
     return np.concatenate(out)
 
 
-def _grouped(matrix: sp.csr_matrix, groups: Sequence[str | None] | None) -> tuple[sp.csr_matrix, int]:
-    """The per-prompt bin counts summed per group (a prompt without a group is a group of its own),
-    and the number of groups: the rows the block bootstrap resamples."""
+def _group_codes(groups: Sequence[str | None] | None, n: int) -> np.ndarray:
+    """An integer group per reference prompt: equal keys share one, a prompt without a key (or
+    without any groups given) is a group of its own."""
     if groups is None:
-        return matrix, matrix.shape[0]
+        return np.arange(n, dtype=np.int64)
     codes: dict[str, int] = {}
-    rows = np.empty(len(groups), dtype=np.int64)
-    alone = 0
+    out = np.empty(n, dtype=np.int64)
+    alone = []
     for i, g in enumerate(groups):
         if g is None:
-            rows[i] = -1 - alone
-            alone += 1
+            alone.append(i)
         else:
-            rows[i] = codes.setdefault(g, len(codes))
-    rows = np.where(rows < 0, len(codes) - 1 - rows, rows)
-    n_groups = len(codes) + alone
-    indicator = sp.csr_matrix((np.ones(len(rows)), (rows, np.arange(len(rows)))), shape=(n_groups, len(rows)))
-    return (indicator @ matrix).tocsr(), n_groups
+            out[i] = codes.setdefault(g, len(codes))
+    out[alone] = len(codes) + np.arange(len(alone))
+    return out
+
+
+def _grouped(matrix: sp.csr_matrix, group_of: np.ndarray) -> sp.csr_matrix:
+    """The per-prompt bin counts summed per group: the rows the block bootstrap resamples."""
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    if n_groups == matrix.shape[0]:
+        return matrix
+    indicator = sp.csr_matrix((np.ones(len(group_of)), (group_of, np.arange(len(group_of)))),
+                              shape=(n_groups, len(group_of)))
+    return (indicator @ matrix).tocsr()
 
 
 def _band(kl: float, settings: DriftSettings) -> str:
@@ -314,7 +321,8 @@ def _band(kl: float, settings: DriftSettings) -> str:
 # token bins
 
 
-def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings) -> dict[str, Any]:
+def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings,
+                group_of: np.ndarray) -> dict[str, Any]:
     ref_tokens = _map(functools.partial(_tokens, cap=settings.max_prompt_tokens), reference)
     # reference: one row per prompt, so that the null baseline can resample by prompt
     flat_parts, parent_parts, base = [], [], 0
@@ -327,14 +335,16 @@ def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: 
     counts = pc.value_counts(ref_flat)
     values = counts.field("values").to_pylist()
     freq = counts.field("counts").to_numpy()
-    # Tokens seen in a single reference prompt stay out of the vocabulary: they go to the OOV bin on
-    # both sides, so the reference has the share of never-seen-before tokens (typos, names, one-off
-    # words) that any new window has too (Good-Turing), and the null baseline, which can only resample
-    # reference prompts, sees that share as well.
+    # Tokens seen in a single reference group (a conversation/session, or a prompt without one) stay
+    # out of the vocabulary: they go to the OOV bin on both sides, so the reference has the share of
+    # never-seen-before tokens (typos, names, one conversation's own words) that any new window has
+    # too (Good-Turing), and the null baseline, which can only resample reference groups, sees that
+    # share as well.
     token_codes = pc.index_in(ref_flat, value_set=counts.field("values")).to_numpy().astype(np.int64)
-    prompt_pairs = np.unique(ref_parent * len(values) + token_codes) if len(values) else np.zeros(0, np.int64)
-    prompts_per_token = np.bincount(prompt_pairs % max(len(values), 1), minlength=len(values))
-    eligible = [i for i in range(len(values)) if prompts_per_token[i] >= 2]
+    owner = group_of[ref_parent]
+    group_pairs = np.unique(owner * len(values) + token_codes) if len(values) else np.zeros(0, np.int64)
+    groups_per_token = np.bincount(group_pairs % max(len(values), 1), minlength=len(values))
+    eligible = [i for i in range(len(values)) if groups_per_token[i] >= 2]
     order = sorted(eligible, key=lambda i: (-int(freq[i]), values[i]))[: settings.vocab_size]
     vocab = [values[i] for i in order]
     vocab_arr = pa.array(vocab, type=pa.string())
@@ -526,6 +536,7 @@ def compute_drift(
     groups = None
     if reference_groups is not None and settings.null_resample_by != "prompt":
         groups = [g for g, k in zip(reference_groups, kept) if k]
+    group_of = _group_codes(groups, n_ref)
     if settings.max_current_prompts is not None and n_cur > settings.max_current_prompts:
         rows = np.sort(np.random.default_rng(seed).choice(n_cur, settings.max_current_prompts, replace=False))
         cur = cur.take(pa.array(rows))
@@ -543,14 +554,14 @@ def compute_drift(
     if settings.bins == "embeddings":
         bins = _embedding_bins(ref, cur, settings, seed)
     else:
-        bins = _token_bins(ref, cur, settings)
+        bins = _token_bins(ref, cur, settings, group_of)
     if bins["cur_counts"].sum() == 0 or bins["ref_counts"].sum() == 0:
         result["reason"] = "insufficient data: no tokens on one side"
         return result
     measures = _measures(bins["cur_counts"], bins["ref_counts"], settings.smoothing)
-    matrix, n_groups = _grouped(bins["matrix"], groups)
-    null = _null_baseline(matrix, len(cur), n_ref, settings, seed)
-    result.update(null_resampled_by=settings.null_resample_by if groups is not None else "prompt", null_groups=n_groups)
+    null = _null_baseline(_grouped(bins["matrix"], group_of), len(cur), n_ref, settings, seed)
+    result.update(null_resampled_by=settings.null_resample_by if groups is not None else "prompt",
+                  null_groups=int(group_of.max()) + 1)
     kl = measures["kl"]
     null_kl = float(np.quantile(null, settings.null_quantile))
     result.update(kl=kl, js=measures["js"], psi=measures["psi"], null_kl=null_kl,

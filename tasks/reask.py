@@ -17,8 +17,8 @@ latency_ms when present): O(n log n), never all pairs. A candidate is a re-ask w
    prompt's content words) while the new prompt shares a content word with the previous one.
 
 Similarity backends (`reask_backend`): "words" (default): Jaccard of the prompts' content words
-(lowercased, stop words and tokens with digits or "@" dropped, cut to their first 5 letters so that
-"return"/"returning" meet and a late typo does not matter); "tfidf": char 3-gram (char_wb) TF-IDF
+(lowercased, stop words and tokens with digits or "@" dropped, a plural "s" dropped, cut to their
+first 5 letters so that "return"/"returning" meet and a late typo does not matter); "tfidf": char 3-gram (char_wb) TF-IDF
 cosine with the IDF fitted on a sample of the window, computed word-factorised (a document's n-grams
 are the sum of its words' n-grams, so Python touches each distinct word once and sparse products do
 the rest); "embeddings": sentence-embedding cosine (extra [embeddings]). The choice and the bars were
@@ -247,8 +247,10 @@ _SPLIT = r"[^\p{L}\p{N}'@]+"
 @functools.lru_cache(maxsize=200_000)
 def _stem(word: str) -> str | None:
     """The comparison key of a word, or None for a word that says nothing about the topic."""
-    if word in STOP_WORDS or "@" in word or any(ch.isdigit() for ch in word):
+    if not word or word in STOP_WORDS or "@" in word or any(ch.isdigit() for ch in word):
         return None
+    if len(word) > 3 and word.endswith("s") and not word.endswith("ss"):
+        word = word[:-1]  # a plural: "items" meets "item"
     return word[:STEM_CHARS]
 
 

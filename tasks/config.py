@@ -159,6 +159,13 @@ class SignalsSettings(Section):
     # "module:function" taking a list of responses and returning booleans or scores in [0, 1]; the
     # default is the classifier shipped in data/refusal/ (tasks/refusal.py). Empty: patterns alone.
     refusal_classifier: str | None = "tasks.refusal:shipped_classifier"
+
+    @field_validator("refusal_classifier")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value and not all(value.partition(":")[::2]):
+            raise ValueError(f"must look like 'module:function' (e.g. tasks.refusal:shipped_classifier), got {value!r}")
+        return value
     # Classifier score at or above which a response with refusal language is a full refusal (below:
     # a partial one, e.g. it refuses and then answers anyway). Chosen on the dev split (grouped CV).
     refusal_threshold: float = Field(0.5, ge=0, le=1)

@@ -310,8 +310,7 @@ def _load_classifier(spec: str):
         raise ValueError(f"signals.refusal_classifier {spec!r} cannot be loaded: {err}") from None
 
 
-def _classifier_scores(uniques: list[str], settings: SignalsSettings) -> np.ndarray:
-    classify = _load_classifier(settings.refusal_classifier)
+def _classifier_scores(classify, uniques: list[str], settings: SignalsSettings) -> np.ndarray:
     scores = np.asarray(list(classify(uniques)) if len(uniques) else [], dtype=np.float64)
     if len(scores) != len(uniques):
         raise ValueError(f"signals.refusal_classifier {settings.refusal_classifier!r} returned {len(scores)} "
@@ -334,6 +333,7 @@ def classify_refusals(
     out = np.where(cue, FULL, NONE).astype(np.int8)
     if not settings.refusal_classifier or n == 0:
         return out
+    classify = _load_classifier(settings.refusal_classifier)  # a bad spec fails even if nothing needs a score
     encoded = arr.combine_chunks().dictionary_encode()
     uniques = encoded.dictionary.to_pylist()
     codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
@@ -348,7 +348,7 @@ def classify_refusals(
     scores = np.zeros(len(uniques))
     todo = np.flatnonzero(need)
     if len(todo):
-        scores[todo] = _classifier_scores([uniques[i] for i in todo], settings)
+        scores[todo] = _classifier_scores(classify, [uniques[i] for i in todo], settings)
     full = unique_cue & (short | (scores >= settings.refusal_threshold))
     if no_cue_bar is not None:
         full |= ~short & (scores >= no_cue_bar)

@@ -12,7 +12,9 @@ from the reference with replacement, of the real sizes m and n, and `null_kl` is
 of their KL. Real prompts come in conversations and sessions whose prompts share words, so the
 sampling variance of a window is larger than that of independent prompts: the reference is resampled
 by GROUP (block bootstrap; `null_resample_by`: session, else user, from the logs; a prompt file's
-"group" field), so a conversation's prompts travel together, as a prompt's tokens do. Without groups
+"group" field), so a conversation's prompts travel together, as a prompt's tokens do. For the same
+reason a token enters the vocabulary only when at least two groups use it: a word only one
+conversation uses is that conversation's own, and counts as new (OOV) on both sides. Without groups
 (a plain prompt list, or null_resample_by: prompt) each prompt is its own group.
 
 A prompt counts with at most `max_prompt_tokens` tokens (its first ones): one pasted document of

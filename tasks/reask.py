@@ -39,7 +39,7 @@ import pyarrow.compute as pc
 import scipy.sparse as sp
 
 from tasks.config import SignalsSettings
-from tasks.refusal import as_string_array, detect_refusals, match_patterns
+from tasks.refusal import PUNCTUATION, as_string_array, detect_refusals, match_patterns
 
 EMBEDDINGS_HINT = "pip install llm-flywheel[embeddings]"
 # Character n-gram sizes of the TF-IDF similarity (like sklearn's analyzer="char_wb", ngram_range=(3, 3)).
@@ -241,7 +241,6 @@ def pair_similarity(
 # content words
 
 
-_SPLIT = r"[^\p{L}\p{N}'@]+"
 
 
 @functools.lru_cache(maxsize=200_000)
@@ -260,11 +259,13 @@ class ContentWords:
     Python looks at each distinct word once."""
 
     def __init__(self, texts: pa.Array | pa.ChunkedArray | Sequence[str | None]):
-        arr = as_string_array(texts).combine_chunks()
-        lowered = pc.replace_substring(pc.utf8_lower(pc.fill_null(arr, "")), "\u2019", "'")
-        lists = pc.split_pattern_regex(lowered, _SPLIT)
+        encoded_texts = as_string_array(texts).combine_chunks().dictionary_encode()  # each distinct text once
+        distinct = encoded_texts.dictionary
+        self.row_of = encoded_texts.indices.fill_null(len(distinct)).to_numpy(zero_copy_only=False).astype(np.int64)
+        lowered = pc.replace_substring(pc.utf8_lower(distinct), "\u2019", "'")
+        lists = pc.utf8_split_whitespace(lowered)
         parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-        flat = pc.utf8_trim(pc.list_flatten(lists), characters="'")
+        flat = pc.utf8_trim(pc.list_flatten(lists), characters=PUNCTUATION)
         encoded = flat.dictionary_encode()
         codes = encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)
         stems: dict[str, int] = {}
@@ -272,18 +273,20 @@ class ContentWords:
                                for w in encoded.dictionary.to_pylist()), dtype=np.int64, count=len(encoded.dictionary))
         stem_codes = stem_of[codes] if len(codes) else np.zeros(0, dtype=np.int64)
         keep = stem_codes >= 0
+        # one row per distinct text, plus an empty last row for null texts
         matrix = sp.csr_matrix((np.ones(int(keep.sum())), (parents[keep], stem_codes[keep])),
-                               shape=(len(arr), max(len(stems), 1)))
+                               shape=(len(distinct) + 1, max(len(stems), 1)))
         matrix.sum_duplicates()
         matrix.data[:] = 1.0
         self.matrix = matrix
-        self.sizes = np.diff(matrix.indptr)
+        self.sizes = np.diff(matrix.indptr)[self.row_of]
 
     def shared(self, a: np.ndarray, b: np.ndarray, c: np.ndarray | None = None) -> np.ndarray:
         """Per row: how many stems texts a[i] and b[i] (and c[i]) have in common."""
-        both = self.matrix[a].multiply(self.matrix[b])
+        rows = self.row_of
+        both = self.matrix[rows[a]].multiply(self.matrix[rows[b]])
         if c is not None:
-            both = both.multiply(self.matrix[c])
+            both = both.multiply(self.matrix[rows[c]])
         return np.asarray(both.sum(axis=1)).ravel().astype(np.int64)
 
     def jaccard(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -324,35 +327,35 @@ def reask_verdicts(
         refused = detect_refusals(answers, settings)
     complaint = match_patterns(after, settings.reask_complaint_patterns, "signals.reask_complaint_patterns")
     followup = match_patterns(after, settings.reask_followup_patterns, "signals.reask_followup_patterns")
-
-    texts = [before, after] + ([answers] if answers is not None else [])
-    words = ContentWords(pa.concat_arrays(texts))
-    a, b = np.arange(m), np.arange(m, 2 * m)
-    shared = words.shared(a, b)
-    unanswered = np.zeros(m, dtype=bool)
-    if answers is not None:
-        r = np.arange(2 * m, 3 * m)
-        if settings.reask_followup_answer_words is not None:
-            from_answer = words.shared(b, r) - words.shared(a, b, r)
-            followup |= from_answer >= settings.reask_followup_answer_words
-        if settings.reask_unanswered_relevance is not None:
-            relevance = np.where(words.sizes[a] > 0, words.shared(a, r) / np.maximum(words.sizes[a], 1), 1.0)
-            unanswered = (relevance <= settings.reask_unanswered_relevance) & (shared > 0)
-
     after_refusal_bar = min(settings.reask_similarity, settings.reask_similarity_after_refusal or 0.0)
     retry = refused & (after_refusal_bar <= 0.0)  # a bar of 0 needs no similarity at all
-    decided = retry | complaint
-    similar = np.zeros(m, dtype=bool)
-    todo = np.flatnonzero(~decided & (refused | ~followup))
-    if len(todo):
-        if settings.reask_backend == "words":
-            similarity = words.jaccard(a[todo], b[todo])
-        else:
-            similarity = pair_similarity(before.take(pa.array(todo)), after.take(pa.array(todo)), settings,
-                                         idf_corpus=idf_corpus)
-        bar = np.where(refused[todo], after_refusal_bar, settings.reask_similarity)
-        similar[todo] = similarity >= bar
-    return decided | (refused & similar) | (~refused & ~followup & (similar | unanswered))
+    verdict = retry | complaint
+    # What is still open: not decided yet, and not a follow-up by its words (after a refusal they do not count).
+    open_rows = np.flatnonzero(~verdict & (refused | ~followup))
+    if len(open_rows) == 0:
+        return verdict
+    take = pa.array(open_rows)
+    k = len(open_rows)
+    texts = [before.take(take), after.take(take)] + ([answers.take(take)] if answers is not None else [])
+    words = ContentWords(pa.concat_arrays(texts))
+    a, b = np.arange(k), np.arange(k, 2 * k)
+    follows = np.zeros(k, dtype=bool)
+    unanswered = np.zeros(k, dtype=bool)
+    if answers is not None:
+        r = np.arange(2 * k, 3 * k)
+        if settings.reask_followup_answer_words is not None:
+            follows = words.shared(b, r) - words.shared(a, b, r) >= settings.reask_followup_answer_words
+        if settings.reask_unanswered_relevance is not None:
+            relevance = np.where(words.sizes[a] > 0, words.shared(a, r) / np.maximum(words.sizes[a], 1), 1.0)
+            unanswered = (relevance <= settings.reask_unanswered_relevance) & (words.shared(a, b) > 0)
+    if settings.reask_backend == "words":
+        similarity = words.jaccard(a, b)
+    else:
+        similarity = pair_similarity(before.take(take), after.take(take), settings, idf_corpus=idf_corpus)
+    after_refusal = refused[open_rows]
+    similar = similarity >= np.where(after_refusal, after_refusal_bar, settings.reask_similarity)
+    verdict[open_rows] = (after_refusal & similar) | (~after_refusal & ~follows & (similar | unanswered))
+    return verdict
 
 
 def _timestamps_us(column: pa.ChunkedArray) -> np.ndarray:

@@ -214,7 +214,11 @@ def match_refusal_patterns(
 # the classifier: hashed word unigrams + bigrams, logistic regression
 
 
-_SPLIT = r"[^\p{L}\p{N}']+"  # a token is a run of letters, digits and apostrophes
+# Punctuation trimmed from both ends of a whitespace-separated word (ASCII, quotes, CJK marks): a
+# regex split would be ~3x slower over a week of responses. Inner apostrophes stay ("can't").
+PUNCTUATION = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum() and chr(c) != "@") + (
+    "\u201c\u201d\u2018\u2019\u00ab\u00bb\u00bf\u00a1\u2026\u3001\u3002\uff0c\uff1f\uff01\uff1a"
+)
 _CJK = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
 _MIX = np.uint64(0x9E3779B97F4A7C15)
 
@@ -240,15 +244,15 @@ def _word_hashes(words: list[str], bits: int) -> tuple[np.ndarray, sp.csr_matrix
 def refusal_features(texts: Sequence[str | None] | pa.Array | pa.ChunkedArray, bits: int = FEATURE_BITS) -> sp.csr_matrix:
     """Binary hashed word unigram + bigram features of each text, L2-normalised rows (n x 2**bits).
 
-    Lowercased, typographic apostrophes straightened, split on anything but letters, digits and
-    apostrophes (Arrow kernels). Python runs once per distinct word; bigram buckets are mixed from
+    Lowercased, typographic apostrophes straightened, split on whitespace, punctuation trimmed from
+    both ends of each word (Arrow kernels). Python runs once per distinct word; bigram buckets are mixed from
     the two words' hashes with numpy. The same function builds training and serving features."""
     arr = as_string_array(texts).combine_chunks()
     n = len(arr)
     lowered = pc.replace_substring(pc.utf8_lower(pc.fill_null(arr, "")), "\u2019", "'")
-    lists = pc.split_pattern_regex(lowered, _SPLIT)
+    lists = pc.utf8_split_whitespace(lowered)
     parents = pc.list_parent_indices(lists).to_numpy(zero_copy_only=False).astype(np.int64)
-    flat = pc.utf8_trim(pc.list_flatten(lists), characters="'")
+    flat = pc.utf8_trim(pc.list_flatten(lists), characters=PUNCTUATION)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
     parents = parents[keep]
     encoded = flat.filter(pa.array(keep)).dictionary_encode()
@@ -310,11 +314,11 @@ def _load_classifier(spec: str):
         raise ValueError(f"signals.refusal_classifier {spec!r} cannot be loaded: {err}") from None
 
 
-def _classifier_scores(classify, uniques: list[str], settings: SignalsSettings) -> np.ndarray:
-    scores = np.asarray(list(classify(uniques)) if len(uniques) else [], dtype=np.float64)
-    if len(scores) != len(uniques):
+def _classifier_scores(classify, texts: list[str], settings: SignalsSettings) -> np.ndarray:
+    scores = np.asarray(list(classify(texts)), dtype=np.float64)
+    if len(scores) != len(texts):
         raise ValueError(f"signals.refusal_classifier {settings.refusal_classifier!r} returned {len(scores)} "
-                         f"verdicts for {len(uniques)} responses")
+                         f"verdicts for {len(texts)} responses")
     return scores
 
 
@@ -326,36 +330,31 @@ def classify_refusals(
     responses: Sequence[str | None] | pa.Array | pa.ChunkedArray, settings: SignalsSettings
 ) -> np.ndarray:
     """Per response: NONE (0), PARTIAL (1) or FULL (2) refusal, by the rules in the module docstring.
-    The classifier runs once per distinct response. Null: NONE."""
+    The classifier scores only the responses whose verdict its score can change (a custom one once per
+    distinct response; the shipped one is vectorised, so deduplicating would cost more than it saves).
+    Null: NONE."""
     arr = as_string_array(responses)
-    n = len(arr)
     cue = match_refusal_patterns(arr, settings)
-    out = np.where(cue, FULL, NONE).astype(np.int8)
-    if not settings.refusal_classifier or n == 0:
-        return out
+    if not settings.refusal_classifier or len(arr) == 0:
+        return np.where(cue, FULL, NONE).astype(np.int8)
     classify = _load_classifier(settings.refusal_classifier)  # a bad spec fails even if nothing needs a score
-    encoded = arr.combine_chunks().dictionary_encode()
-    uniques = encoded.dictionary.to_pylist()
-    codes = encoded.indices.fill_null(-1).to_numpy(zero_copy_only=False).astype(np.int64)
-    valid = codes >= 0
-    unique_cue = np.zeros(len(uniques), dtype=bool)
-    unique_cue[codes[valid]] = cue[valid]
-    # Only the responses whose verdict can depend on the score are scored.
-    no_cue_bar = settings.refusal_threshold_without_cue
-    lengths = pc.utf8_length(encoded.dictionary).to_numpy(zero_copy_only=False)
+    lengths = np.concatenate([pc.fill_null(pc.utf8_length(c), 0).to_numpy(zero_copy_only=False) for c in arr.chunks])
     short = lengths <= settings.refusal_short_chars
-    need = ~short & (unique_cue if no_cue_bar is None else True)
-    scores = np.zeros(len(uniques))
-    todo = np.flatnonzero(need)
+    no_cue_bar = settings.refusal_threshold_without_cue
+    todo = np.flatnonzero(~short & (cue if no_cue_bar is None else True))
+    scores = np.zeros(len(arr))
     if len(todo):
-        scores[todo] = _classifier_scores(classify, [uniques[i] for i in todo], settings)
-    full = unique_cue & (short | (scores >= settings.refusal_threshold))
+        texts = arr.take(pa.array(todo)).combine_chunks()
+        if classify is shipped_classifier:
+            scores[todo] = score_responses(texts)
+        else:
+            encoded = texts.dictionary_encode()
+            distinct = _classifier_scores(classify, encoded.dictionary.to_pylist(), settings)
+            scores[todo] = distinct[encoded.indices.to_numpy(zero_copy_only=False).astype(np.int64)]
+    full = cue & (short | (scores >= settings.refusal_threshold))
     if no_cue_bar is not None:
         full |= ~short & (scores >= no_cue_bar)
-    verdict = np.where(full, FULL, np.where(unique_cue, PARTIAL, NONE)).astype(np.int8)
-    out = np.zeros(n, dtype=np.int8)
-    out[valid] = verdict[codes[valid]]
-    return out
+    return np.where(full, FULL, np.where(cue, PARTIAL, NONE)).astype(np.int8)
 
 
 def detect_refusals(

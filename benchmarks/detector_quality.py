@@ -245,6 +245,13 @@ def refusal_public(datasets: Path, signals: SignalsSettings) -> dict:
             "false_refusals_conversations": rate(np.asarray(detect(answers), dtype=bool)),
             "false_refusals_simulator": rate(np.asarray(detect(normal), dtype=bool)),
         }
+    # speed on real, long answers (mean ~870 characters), side by side: patterns alone vs the default
+    long_answers = (texts + answers) * 8
+    out["speed_responses_per_cpu_s"] = {}
+    for name, settings in (("patterns alone", patterns_only), ("default: patterns + classifier", signals)):
+        started = time.process_time()
+        classify_refusals(long_answers, settings)
+        out["speed_responses_per_cpu_s"][name] = len(long_answers) / max(time.process_time() - started, 1e-9)
     kinds = classify_refusals(texts, signals)
     out["partial"] = {"count": int((kinds == PARTIAL).sum()), "labelled_compliant": int(((kinds == PARTIAL) & ~truth).sum()),
                       "labelled_refusal": int(((kinds == PARTIAL) & truth).sum()),
@@ -360,6 +367,8 @@ def print_public(public: dict) -> None:
     print(f"partial refusals (counted apart from the {r['full']} full ones): {p['count']} test answers "
           f"({p['labelled_compliant']} labelled compliant, {p['labelled_refusal']} refusal), "
           f"{p['conversation_answers']} conversation answers")
+    print("speed on these answers (responses per CPU second): " + "; ".join(
+        f"{name} {speed:,.0f}" for name, speed in r["speed_responses_per_cpu_s"].items()))
     q = public["reask"]
     print(f"\nre-ask: {q['test_pairs']} PAWS test pairs, {q['test_followups']} follow-up turns of test conversations (replies 20 s apart)")
     print(f"{'detector':<22}{'bar':>6}{'PAWS precision':>16}{'PAWS recall':>13}{'false re-asks':>15}")

@@ -127,7 +127,8 @@ def logs_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
-    UTF-8 or are too large go to the quarantine file with their source line and reason."""
+    UTF-8 or are too large go to the quarantine file with their source line and reason. Exits 1 when
+    every row was quarantined (usually the wrong logs.preset or logs.columns), or with --strict when any was."""
     from tasks.logs import load_window
 
     settings = settings_for(config, workspace)
@@ -138,6 +139,11 @@ def logs_validate(
         *[(f"  {reason}", count) for reason, count in summary["reasons"].items()],
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
+    if result.read and not result.accepted:
+        raise check_failed(
+            f"all {result.read} rows were quarantined (see {summary['quarantine']}): is the mapping right? "
+            f"logs.preset is {settings.logs.preset!r} (flywheel | openai_chat); logs.columns maps other field names"
+        )
     if strict and result.quarantined:
         raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
 
@@ -196,48 +202,87 @@ def signals(
 
 @app.command()
 def drift(
-    reference: Annotated[list[str], typer.Option("--reference", help="Reference prompts: JSONL with a 'prompt' field, text with one prompt per line, or log files/globs.")],
+    reference: Annotated[list[str], typer.Option("--reference", help="Reference prompts: JSONL with a 'prompt' field (and optionally a 'group' field: conversation, session or user), text with one prompt per line, or log files/globs (flywheel or openai_chat shape; sessions, else users, become groups).")],
     current: Annotated[list[str], typer.Option("--current", help="Current prompts, same forms as --reference.")],
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Input drift between two prompt sets: KL(current||reference) with bands (< 0.1 same, 0.1-0.5
-    slight, > 0.5 drift), a no-drift baseline from resampling, JS distance, PSI, and the terms that
-    explain it. Exits 1 on a drift alert."""
+    slight, > 0.5 drift), a no-drift baseline from resampling the reference by conversation/session
+    (drift.null_resample_by), JS distance, PSI, and the terms that explain it. Exits 1 on a drift alert."""
     from tasks.drift import compute_drift
 
     settings = settings_for(config, workspace)
-    result = compute_drift(read_prompts(settings, reference), read_prompts(settings, current), settings.drift)
+    reference_prompts, reference_groups = read_prompts(settings, reference)
+    current_prompts, _ = read_prompts(settings, current)
+    result = compute_drift(reference_prompts, current_prompts, settings.drift, reference_groups=reference_groups)
     rows = [("band", result["band"]), ("alert", result["alert"]), ("KL", result.get("kl")),
             ("no-drift KL", result.get("null_kl")), ("JS distance", result.get("js")), ("PSI", result.get("psi")),
-            ("prompts", f"{result['n_current']} current, {result['n_reference']} reference")]
+            ("prompts", f"{result['n_current']} current, {result['n_reference']} reference"),
+            ("null resampled by", f"{result.get('null_resampled_by')} ({result.get('null_groups')} groups)")]
     rows += [(f"  {t['term']}", f"{t['current_share']:.2%} now vs {t['reference_share']:.2%}") for t in result.get("top_terms", [])]
     emit(result, as_json, table(rows))
     if result["alert"]:
         raise check_failed(f"input drift: KL {result['kl']:.3f} ({result['band']})")
 
 
-def read_prompts(settings: Settings, paths: list[str]) -> list[str]:
-    """Prompts from prompt files (JSONL with 'prompt' / one per line) or, for anything else, logs."""
-    from tasks.drift import load_prompts
+def read_prompts(settings: Settings, paths: list[str]) -> tuple[list[str], list[str | None]]:
+    """Prompts and their null-baseline groups from prompt files (JSONL with 'prompt' / one per line)
+    or logs. A JSONL file is read as logs when its first row looks like a log record: the flywheel
+    shape, or the openai_chat shape (messages/choices), which is then mapped with that preset
+    whatever logs.preset says. Logs of which no row could be read are an error naming the mapping."""
+    from tasks.drift import load_prompt_records, prompt_groups
     from tasks.logs import load_window
 
-    prompt_files = [p for p in paths if Path(p).is_file() and Path(p).suffix in (".txt", ".jsonl") and not _is_log_file(Path(p))]
-    prompts = [prompt for path in prompt_files for prompt in load_prompts(Path(path))]
-    log_sources = [p for p in paths if p not in prompt_files]
-    if log_sources:
-        prompts += load_window(settings, log_sources, quarantine=False).table.column("prompt").to_pylist()
-    return prompts
+    prompts: list[str] = []
+    groups: list[str | None] = []
+    logs_by_preset: dict[str, list[str]] = {}
+    for path in paths:
+        shape = _file_shape(Path(path))
+        if shape == "prompts":
+            file_prompts, file_groups = load_prompt_records(Path(path))
+            prompts += file_prompts
+            groups += file_groups
+        else:
+            logs_by_preset.setdefault(shape or settings.logs.preset, []).append(path)
+    for preset, sources in logs_by_preset.items():
+        mapped = settings.model_copy(update={"logs": settings.logs.model_copy(update={"preset": preset})})
+        loaded = load_window(mapped, sources, quarantine=False)
+        if loaded.read and not loaded.accepted:
+            raise ValueError(f"{', '.join(sources)}: none of the {loaded.read} rows could be read as logs "
+                             f"(logs.preset {preset}; {dict(loaded.reasons)}): set logs.preset (flywheel | openai_chat) "
+                             "or logs.columns to map the file's fields, or pass a prompt file")
+        table_ = loaded.table
+        prompts += table_.column("prompt").to_pylist()
+        groups += prompt_groups(table_, settings.drift.null_resample_by) or [None] * table_.num_rows
+    return prompts, groups
 
 
-def _is_log_file(path: Path) -> bool:
-    """A JSONL file whose first row looks like a log record (not a bare prompt list)."""
-    if path.suffix != ".jsonl":
-        return False
+def _file_shape(path: Path) -> str | None:
+    """"prompts" for a prompt file, "flywheel" / "openai_chat" for a JSONL log of that shape, None
+    for anything else (a folder, a glob, Parquet, JSONL rows without a 'prompt' string: logs read
+    with the configured preset and logs.columns)."""
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return "prompts"
+    if suffix not in (".jsonl", ".ndjson"):
+        return None
     with path.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    return '"request_id"' in first and '"response"' in first
+        first = next((line for line in handle if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return "prompts"  # load_prompt_records names the line and the expected shape
+    if not isinstance(row, dict):
+        return "prompts"
+    if "messages" in row or "choices" in row:
+        return "openai_chat"
+    if "request_id" in row or "response" in row:
+        return "flywheel"
+    return "prompts" if isinstance(row.get("prompt"), str) else None
 
 
 @app.command()

@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import monitor
 from tasks.config import Settings, load_settings
-from tasks.drift import compute_drift, load_prompts
+from tasks.drift import compute_drift, load_prompt_records, prompt_groups
 from tasks.logs import load_window
 from tasks.report import dashboard_markdown
 from tasks.signals import compute_signals
@@ -84,15 +84,17 @@ def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[st
     if reference is None:
         start, _ = iso_week_window(week)
         earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
-                              quarantine=False).table.column("prompt")
-        baseline = earlier if len(earlier) >= settings.drift.min_prompts else current
-        reference = monitor.store_reference(settings, baseline.to_pylist())
-        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", len(baseline))
-        if baseline is current:
+                              quarantine=False).table
+        baseline = earlier if earlier.num_rows >= settings.drift.min_prompts else logs
+        reference = monitor.store_reference(settings, baseline.column("prompt").to_pylist(),
+                                            groups=prompt_groups(baseline, settings.drift.null_resample_by))
+        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", baseline.num_rows)
+        if baseline is logs:
             return {"band": "insufficient", "alert": False, "kl": None, "n_current": len(current),
                     "n_reference": 0, "reference": str(reference),
                     "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
-    drift = compute_drift(load_prompts(reference), current, settings.drift)
+    reference_prompts, reference_groups = load_prompt_records(reference)
+    drift = compute_drift(reference_prompts, current, settings.drift, reference_groups=reference_groups)
     drift["reference"] = str(reference)
     return drift
 

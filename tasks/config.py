@@ -89,33 +89,144 @@ class SimulateSettings(Section):
 
 
 class SignalsSettings(Section):
-    # Regular expressions (case-insensitive) that mark a refusal. Word-boundary aware for Latin scripts.
+    # Regular expressions (case-insensitive, Unicode word boundaries, "^" at any line start) that mark
+    # refusal language, in every supported language. Alone (no classifier): a match is a refusal.
     refusal_patterns: list[str] = Field(
         default_factory=lambda: [
-            r"\bI (?:do not|don't) know\b",
-            r"\bI(?: am|'m) not sure\b",
-            r"\bI (?:cannot|can't|can not|am unable to|'m unable to) (?:help|answer|assist|provide)",
-            r"\bI (?:do not|don't) have (?:any )?information\b",
-            r"잘 모르겠",
-            r"도와드릴 수 없",
-            r"답변(?:을|드리기) 어렵",
-            r"\bje ne sais pas\b",
-            r"\bno lo sé\b|\bno sé\b",
-            r"\bich weiß (?:es )?nicht\b",
-            r"わかりません|分かりません",
-            r"我不知道|无法回答",
+        # not knowing
+        r"\bI (?:do not|don't) know\b",
+        r"\bI(?: am|'m) not sure\b",
+        r"\bI (?:do not|don't) have (?:any )?(?:information|details|data)\b",
+        # inability: "I cannot <verb>" for the verbs of helping, answering and producing
+        r"\bI (?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to|will not be able to|won't be able to) (?:help|answer|assist|provide|fulfil|fulfill|comply|support|create|generate|write|give|share|offer|engage|participate|promote|condone|encourage|endorse|recommend|discuss|produce|facilitate|continue|complete|respond|guide|disclose|teach|tell|explain|describe|contribute|perform|carry out|take part|accommodate|proceed|do that|do this|be of assistance)",
+        # declining
+        r"\bI (?:must|have to|will have to|'ll have to|need to) (?:respectfully |politely )?(?:decline|refuse|refrain)\b",
+        r"\bI (?:won't|will not|refuse to) (?:help|assist|provide|answer|engage|participate|support|promote|condone|encourage|create|write|generate|give|share)\b",
+        r"\bI(?:'m| am) (?:not (?:able|comfortable|going) to|unable to)\b",
+        # apology-led
+        r"^[^A-Za-z]{0,3}(?:I(?:'m| am) (?:really |very |so )?sorry|I apologi[sz]e|sorry|my apologies|unfortunately)\b[^.!?\n]{0,80}\b(?:cannot|can't|can not|unable|not able|won't|will not|must decline|not (?:possible|appropriate))\b",
+        r"\bI(?:'m| am) sorry,? but I (?:cannot|can't|can not|won't|will not|am unable|'m unable|am not able|'m not able|must)\b",
+        r"\bI apologi[sz]e,? but\b",
+        # "as an AI language model"
+        r"\bas an? (?:AI|artificial intelligence)(?: language model| model| assistant)?\b",
+        r"\bas a (?:responsible |helpful )?(?:AI|language model)\b",
+        r"\bI(?:'m| am) (?:just |only )?(?:an AI|a language model)\b",
+        # policy and moral judgements
+        r"\b(?:it|this|that)(?:'s| is| would be) (?:not|never) (?:appropriate|ethical|acceptable|advisable|legal)\b",
+        r"\b(?:it|this|that)(?:'s| is| would be) (?:inappropriate|unethical|illegal|against the law)\b",
+        r"\b(?:illegal|unethical|harmful|dangerous|immoral) and (?:unethical|illegal|harmful|dangerous|immoral)\b",
+        r"\bagainst (?:my|OpenAI's|the|our) (?:programming|guidelines|policies|policy|principles|ethical guidelines|content policy|values|terms)\b",
+        r"\b(?:goes|go) against (?:ethical|moral|my|the law)\b",
+        r"\bI (?:do not|don't|cannot|can't|will not|won't) (?:condone|support|promote|encourage|endorse)\b",
+        r"\bnot something I can (?:condone|support|help|assist|provide)\b",
+        r"\b(?:violates?|violation of) (?:OpenAI's |the |my |our )?(?:content )?(?:policy|policies|guidelines|terms)\b",
+        r"\bI (?:would |must |strongly )?(?:advise|urge|caution) (?:you )?against\b",
+        r"\bI must (?:emphasi[sz]e|stress|remind you|inform you|clarify|point out)\b",
+        r"\b(?:engaging|engage) in (?:any )?(?:illegal|unethical|harmful)\b",
+        # Korean
+        r"잘 모르겠",
+        r"도와드릴 수 없",
+        r"답변(?:을|드리기) 어렵",
+        r"(?:제공할|답변할|답변드릴|도움을 드릴|도와줄|도와 드릴|알려드릴|말씀드릴) 수 없",
+        r"AI(?:로서| 언어 모델로서)",
+        # French
+        r"\bje ne sais pas\b",
+        r"\bje ne (?:peux|suis pas en mesure de) (?:pas )?(?:vous |t')?(?:aider|répondre|fournir)",
+        r"\ben tant qu'(?:IA|intelligence artificielle|assistant|modèle de langage)",
+        r"\bdésolée?,? mais je ne\b",
+        # Spanish
+        r"\bno lo sé\b|\bno sé\b",
+        r"\bno puedo (?:ayudar|responder|proporcionar|ofrecer|asistir|cumplir)",
+        r"\bcomo (?:una )?(?:IA|inteligencia artificial|modelo de lenguaje)\b",
+        r"\blo siento,? pero no\b",
+        # German
+        r"\bich weiß (?:es )?nicht\b",
+        r"\bich kann (?:Ihnen |dir )?(?:dabei |damit |hierbei )?nicht (?:helfen|antworten|beantworten)",
+        r"\bals (?:eine )?(?:KI|Sprachmodell)\b",
+        r"\bals künstliche Intelligenz",
+        r"\btut mir leid,? aber\b",
+        # Japanese
+        r"わかりません|分かりません",
+        r"(?:お手伝い|回答|提供|お答え)(?:することは)?できません",
+        r"申し訳(?:ありません|ございません)(?:が|けど)",
+        # Chinese
+        r"我不知道|无法回答",
+        r"(?:抱歉|对不起)[，,]?(?:但是?)?我(?:不能|无法)",
+        r"我(?:不能|无法)(?:提供|回答|帮助|协助|满足)",
+        r"作为(?:一个|一名)?(?:AI|人工智能|语言模型)",
         ]
     )
-    # Optional "module:function" taking a list of responses and returning a list of bools.
-    refusal_classifier: str | None = None
+    # "module:function" taking a list of responses and returning booleans or scores in [0, 1]; the
+    # default is the classifier shipped in data/refusal/ (tasks/refusal.py). Empty: patterns alone.
+    refusal_classifier: str | None = "tasks.refusal:shipped_classifier"
+
+    @field_validator("refusal_classifier")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value and not all(value.partition(":")[::2]):
+            raise ValueError(f"must look like 'module:function' (e.g. tasks.refusal:shipped_classifier), got {value!r}")
+        return value
+    # Classifier score at or above which a response with refusal language is a full refusal (below:
+    # a partial one, e.g. it refuses and then answers anyway). Chosen on the dev split (grouped CV).
+    refusal_threshold: float = Field(0.5, ge=0, le=1)
+    # Score at or above which a response without any pattern match is a refusal (policy lectures,
+    # role-play deflections). Empty: only responses with refusal language can be refusals.
+    refusal_threshold_without_cue: float | None = Field(0.8, ge=0, le=1)
+    # Responses of at most this many characters are decided by the patterns alone: with refusal
+    # language there is no room for an answer beside it; without, too few words for the classifier.
+    refusal_short_chars: int = Field(160, ge=0)
     reask_window_s: float = Field(30.0, gt=0)
-    # Char n-gram TF-IDF cosine (IDF fitted on the window's prompts) at or above which a quick
-    # follow-up is a re-ask; unrelated questions score ~0-0.05 (benchmarks/detector_quality.py).
-    reask_similarity: float = Field(0.08, ge=0, le=1)
+    # Similarity two quick prompts must reach to be the same question (backend "words": Jaccard of
+    # content words; "tfidf": char 3-gram TF-IDF cosine, which needs its own bar, e.g. 0.3;
+    # "embeddings": sentence-embedding cosine). Chosen on public dev data: paraphrase pairs (PAWS) and
+    # real conversations' follow-ups (OpenAssistant); benchmarks/detector_quality.py.
+    reask_similarity: float = Field(0.3, ge=0, le=1)
     # Similarity bar when the previous response was a refusal: a refused user who writes again within
     # the window is retrying, often in other words (0: any quick follow-up). Empty: reask_similarity.
     reask_similarity_after_refusal: float | None = Field(0.0, ge=0, le=1)
-    reask_backend: Literal["tfidf", "embeddings"] = "tfidf"
+    reask_backend: Literal["words", "tfidf", "embeddings"] = "words"
+    # A quick prompt matching one of these complains about the answer: a re-ask whatever its words.
+    reask_complaint_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"\blet me (?:rephrase|ask (?:that |it |this )?again|try again|put it differently)\b",
+            r"\b(?:that|this|it)(?:'s| is| was)? not what I (?:asked|meant|wanted)\b",
+            r"\bnot what I (?:asked|meant)\b",
+            r"\b(?:didn't|did not|doesn't|does not|don't|do not) (?:help|answer)\b",
+            r"\bplease answer (?:my|the) question\b",
+            r"\byou (?:didn't|did not|don't|do not) (?:answer|understand)\b",
+            r"\bask(?:ing)? (?:you )?again\b",
+            r"\btry again\b",
+            r"\bI meant\b",
+            r"\bthat(?:'s| is) (?:wrong|incorrect|not (?:right|true|correct))\b",
+            r"\bare you sure\b",
+        ]
+    )
+    # A quick prompt matching one of these builds on the previous answer: a follow-up, not a re-ask
+    # (unless it complains or the answer was a refusal).
+    reask_followup_patterns: list[str] = Field(
+        default_factory=lambda: [
+            # acknowledging the answer
+            r"^[^A-Za-z]{0,3}(?:thanks|thank you|great|cool|nice|perfect|awesome|wow|interesting|excellent|amazing|alright|sounds good|looks good|got it|I see|lol|haha)\b",
+            r"\bthat(?:'s| is) (?:great|good|helpful|interesting|cool|awesome|amazing|perfect)\b",
+            # continuing from it: a connective first, a pointer back, an edit of what was written
+            r"^[^A-Za-z]{0,3}(?:and|but|so|also|now|then|what about|how about)\b",
+            r"^[^A-Za-z]{0,3}(?:this|that|these|those)(?: [a-z]+)? (?:is|are|was|were|looks?|sounds?|seems?|works?|doesn't|does not|didn't|did not)\b",
+            r"\b(?:before|after|besides|except|other than|instead of|apart from|similar to|like|than) (?:that|this|these|those|it|them)\b",
+            r"\b(?:above|previous) (?:one|ones|answer|example|list|response|message|code|text|points?|steps?|options?|suggestions?)\b|\b(?:mentioned|aforementioned)\b|\b(?:last|first|second|third|other) one\b",
+            r"\b(?:this|that|these|those|your|such) (?:poem|story|code|list|answer|example|script|steps?|essay|song|letter|response|suggestions?|options?|method|approach|recipe|one|ones|ideas?|date|text|explanation|points?)\b",
+            r"\b(?:make|rewrite|modify|change|shorten|expand|extend|simplify|summari[sz]e|translate|continue|elaborate on|improve|fix|edit|format) (?:it|this|that|them|these|those|the (?:[a-z]+ )?(?:poem|story|code|text|list|answer|example|script|essay|song|letter|email|message|response|table|function|program))\b",
+            r"\byou (?:said|mentioned|wrote|suggested|listed|gave|described|explained|recommended)\b",
+            r"\b(?:tell|show|give) me more\b|\bmore (?:details?|about|on|specific|examples?)\b",
+            r"\b(?:any|some|other|more|an|another) examples?\b|\b(?:what|where|who|how|which|anything) else\b",
+            r"\b(?:explain|elaborate)(?: on)? (?:it|this|that|further|more|why)\b|\bin (?:more )?(?:detail|simpler terms|layman's terms)\b",
+        ]
+    )
+    # A prompt that takes at least this many content words from the previous answer that the previous
+    # prompt did not have builds on the answer: a follow-up. Empty: this test is off.
+    reask_followup_answer_words: int | None = Field(2, ge=1)
+    # An answer sharing at most this share of the prompt's content words did not address it: a quick
+    # new prompt that shares a content word with the old one is then a re-ask. Empty: off.
+    reask_unanswered_relevance: float | None = Field(0.0, ge=0, le=1)
     # Sentence-transformers model name or local path for reask_backend: embeddings (extra [embeddings]).
     embedding_model: str = "all-MiniLM-L6-v2"
     consistency_samples: int = Field(5, ge=2)
@@ -139,6 +250,13 @@ class DriftSettings(Section):
     smoothing: float = Field(0.5, gt=0)
     min_prompts: int = Field(500, ge=1)
     null_resamples: int = Field(200, ge=10)
+    # What the no-drift baseline resamples the reference by (a block bootstrap): "session" (the log's
+    # session_id, else the user), "user", or "prompt" (each prompt alone: too narrow for real traffic,
+    # whose prompts come in conversations). Prompt files give groups in a "group" field.
+    null_resample_by: Literal["session", "user", "prompt"] = "session"
+    # A prompt counts with at most its first this many tokens, so that one pasted document cannot
+    # outweigh a thousand questions in the histogram. Empty: every token.
+    max_prompt_tokens: int | None = Field(128, ge=1)
     null_quantile: float = Field(0.99, gt=0, lt=1)
     same_below: float = Field(0.1, gt=0)
     drift_above: float = Field(0.5, gt=0)

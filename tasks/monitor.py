@@ -67,13 +67,16 @@ def reference_path(settings: Settings, model_version: str | None) -> Path | None
     return next((path for path in candidates if path.is_file()), None)
 
 
-def store_reference(settings: Settings, prompts: list[str], name: str = "baseline") -> Path:
-    """Keep a reference prompt set in the workspace (raw prompts: it never leaves the workspace)."""
+def store_reference(settings: Settings, prompts: list[str], name: str = "baseline",
+                    groups: list[str | None] | None = None) -> Path:
+    """Keep a reference prompt set in the workspace (raw prompts: it never leaves the workspace), with
+    each prompt's hashed session/user group for the drift null's block bootstrap when known."""
     path = reference_dir(settings) / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
-        for prompt in prompts:
-            out.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+        for prompt, group in zip(prompts, groups or [None] * len(prompts), strict=True):
+            row = {"prompt": prompt} if group is None else {"prompt": prompt, "group": group}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 
@@ -83,11 +86,14 @@ def reference_from_logs(settings: Settings, name: str, since: datetime, until: d
     not with the traffic from before the change it was trained to absorb."""
     from tasks.logs import load_window
 
-    prompts = load_window(settings, None, since, until, quarantine=False).table.column("prompt").to_pylist()
-    if not prompts:
+    from tasks.drift import prompt_groups
+
+    table = load_window(settings, None, since, until, quarantine=False).table
+    if table.num_rows == 0:
         raise ValueError(f"no logged prompts between {since.isoformat()} and {until.isoformat()} to use as the "
                          f"drift reference of {name!r}")
-    return store_reference(settings, prompts, name)
+    return store_reference(settings, table.column("prompt").to_pylist(), name,
+                           groups=prompt_groups(table, settings.drift.null_resample_by))
 
 
 # ------------------------------------------------------------------------------ hallucination risk

@@ -1,6 +1,7 @@
 """PII masking: ours (tasks.pii) against plain Presidio, side by side in one run.
 
     python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--repeat 2] [--out FILE]
+                                       [--baseline ../main]  # masking docs/s before (that checkout) and after, taking turns
 
 Part 1, presidio-research's synthetic set (`--dataset`, default ../shared/datasets/pii/
 presidio_synth_dataset_v2.json, 1,500 span-labelled texts), scored token by token as
@@ -215,6 +216,35 @@ def _scan_coverage(samples: list[dict]) -> dict[str, Any]:
     return {"values": sum(v[0] for v in per_type.values()), "counted": sum(v[1] for v in per_type.values()),
             "per_type": {k: {"values": v[0], "counted": v[1]} for k, v in per_type.items()},
             "texts_with_hits": sum(1 for h in hits if h), "texts": len(samples)}
+
+
+def child_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Masking speed of the code under `--code` (this checkout, or `--baseline`'s): analysis +
+    anonymisation with warm workers (evaluate_pii), and the stage (mask_file) on the same texts."""
+    from tasks.pii import evaluate_pii, mask_file, read_span_dataset
+
+    settings = _settings(args)
+    report = evaluate_pii(Path(args.dataset), settings, limit=args.limit)
+    samples = read_span_dataset(Path(args.dataset), args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "synth.jsonl"
+        src.write_text("".join(json.dumps({"i": i, "prompt": s["full_text"]}) + "\n" for i, s in enumerate(samples)))
+        try:
+            audit = mask_file(src, Path(tmp) / "masked.jsonl", settings, key=KEY, fields=("prompt",))
+        except Exception as err:  # noqa: BLE001
+            audit = {"error": type(err).__name__}
+    return {
+        "code": str(args.code or ROOT),
+        "docs": report["docs"],
+        "docs_per_s": report["docs_per_s"],
+        "docs_per_cpu_s": round(report["docs"] / report["cpu_seconds"], 1) if report["cpu_seconds"] else None,
+        "stage_docs_per_s": audit.get("docs_per_s"),
+        "stage_scan_seconds": (audit.get("scan") or {}).get("seconds", 0.0),
+        "stage_seconds_with_startup": audit.get("seconds"),
+        "recall": report["recall"],
+        "f2": report["f2"],
+        "held_out_f2": report["halves"]["held-out"]["f2"],
+    }
 
 
 def child_planted(args: argparse.Namespace) -> dict[str, Any]:
@@ -476,25 +506,28 @@ CHILDREN = {
     "sim-plain": child_sim_plain,
     "sim-ceiling": lambda args: child_ceiling(args, sim=True),
     "planted": child_planted,
+    "speed": child_speed,
 }
 
 
 # ------------------------------------------------------------------------------------------ parent
 
 
-def run_child(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one system in a fresh interpreter; sample its process tree's RSS every 50 ms."""
+def run_child(name: str, args: argparse.Namespace, workdir: Path, code: Path | None = None) -> dict[str, Any]:
+    """Run one system in a fresh interpreter (importing tasks/ from `code`, default this checkout);
+    sample its process tree's RSS every 50 ms."""
     import psutil
 
     out = workdir / f"{name}.json"
     cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out), "--dataset", str(args.dataset),
+           *(["--code", str(code)] if code else []),
            "--processes", str(args.processes), "--batch-size", str(args.batch_size), "--sim-dir", str(args.sim_dir)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
     cmd += ["--planted-per-kind", str(args.planted_per_kind), "--seed", str(args.seed)]
     print(f"[{time.strftime('%H:%M:%S')}] running {name} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=code or ROOT)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -630,6 +663,13 @@ def print_table(result: dict[str, Any]) -> None:
     names = ", ".join(f"{k} {v['masked']}/{v['names']}" for k, v in planted["script_names"].items())
     print(f"Names in other scripts masked: {names}; texts without a name changed: "
           f"{planted['script_texts_without_names_changed']} of {planted['script_texts_without_names']}")
+    if result.get("speed_before_after"):
+        b, a = result["speed_before_after"]["before"], result["speed_before_after"]["after"]
+        print(f"\nMasking speed, before ({b['code']}) and after ({a['code']}), taking turns, best of {len(b['runs'])}:")
+        print(f"{'':<8} {'docs/s':>8} {'docs/cpu-s':>11} {'stage docs/s':>13} {'scan s':>7} {'F2':>6} {'held-out F2':>12}")
+        for name, r in (("before", b), ("after", a)):
+            print(f"{name:<8} {r['docs_per_s']:>8.1f} {r['docs_per_cpu_s'] or float('nan'):>11.1f} "
+                  f"{r['stage_docs_per_s'] or float('nan'):>13.1f} {r['stage_scan_seconds']:>7.2f} {r['f2']:>6.3f} {r['held_out_f2']:>12.3f}")
     stage, ceiling = sim["ours"].get("stage") or {}, sim["ceiling"]
     if stage.get("cpu_seconds"):
         print(f"  per CPU-second: ours (whole stage: mask + re-scans) {stage['texts'] / stage['cpu_seconds']:.1f} docs, "
@@ -648,12 +688,17 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=2, help="runs of each synthetic-set system (best is kept)")
     parser.add_argument("--planted-per-kind", type=int, default=20, help="texts per planted hard format")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. the main branch): its masking speed is measured taking turns with this one's")
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sim-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
+        if args.code:
+            sys.path.insert(0, str(args.code))
         result = CHILDREN[args.child](args)
         args.child_out.write_text(json.dumps(result))
         return
@@ -670,6 +715,11 @@ def main() -> None:
         synth = {name: _best(done) for name, done in runs.items()}
         sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "ours-allow-list", "plain", "ceiling")}
         planted = run_child("planted", args, workdir)
+        speed: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        if args.baseline:
+            for _ in range(max(1, args.repeat)):  # taking turns, as above
+                speed["before"].append(run_child("speed", args, workdir, code=args.baseline.resolve()))
+                speed["after"].append(run_child("speed", args, workdir))
     ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
     result = {
         "benchmark": "pii",
@@ -677,6 +727,7 @@ def main() -> None:
         "synthetic": {"dataset": str(args.dataset), **synth},
         "simulator": {**sim_info, **sim},
         "planted": planted,
+        "speed_before_after": {k: _best(v) for k, v in speed.items() if v} or None,
         # Wall ratios depend on what else runs on the machine; the CPU-normalised ones do not:
         # "on N dedicated cores" = N x docs per CPU-second (ours) against 1 x (plain, one process).
         "ratios": {

@@ -163,6 +163,16 @@ def test_the_scan_reads_through_zero_width_and_full_width_characters():
         assert text[start:end] == value
 
 
+def test_what_the_scan_masks_a_second_scan_finds_nothing():
+    scan = LeakScan()
+    texts = [text for text, _, _ in planted_texts(n_per_kind=2, seed=9)] + [
+        "Mr <PERSON_0e22d13e> Smith Jones wants a refund", "Send it to <LOCATION_1234abcd> SW1A 2AA, thanks"]
+    for text in texts:
+        hits = scan.hits(text)
+        assert hits, text
+        assert scan.hits(scan.mask(text, hits, KEY)) == [], text
+
+
 def test_a_leak_the_recognizers_miss_is_masked_by_the_scan_in_every_column_and_counted(tmp_path):
     only_names = SETTINGS.model_copy(update={"entities": ["PERSON"]})  # the recognizers see no IBAN, no e-mail
     rows = [{"request_id": "r1", "prompt": "Refund to GB00 WEST 1234 5698 7654 32 please", "response": "OK",

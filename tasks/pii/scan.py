@@ -253,9 +253,14 @@ class LeakScan:
             if entity != kind:
                 continue
             if kind == "PERSON":
-                after = self._patterns["word_after"].match(seen, end)
-                if after and _name_like(after.group(1)):
-                    yield after.start(1), after.end(1), name
+                # The whole run of name-like words after the token: masking one word must not leave
+                # the next one beside a new token for a second scan to find.
+                position, run_start = end, None
+                while (after := self._patterns["word_after"].match(seen, position)) and _name_like(after.group(1)):
+                    run_start = after.start(1) if run_start is None else run_start
+                    position = after.end(1)
+                if run_start is not None:
+                    yield run_start, position, name
                 before = self._patterns["word_before"].search(seen, max(0, start - 40), start)
                 group = before and (1 if before.group(1) else 2)
                 if before and _name_like(before.group(group)):

@@ -667,9 +667,10 @@ def print_table(result: dict[str, Any]) -> None:
         b, a = result["speed_before_after"]["before"], result["speed_before_after"]["after"]
         print(f"\nMasking speed, before ({b['code']}) and after ({a['code']}), taking turns, best of {len(b['runs'])}:")
         print(f"{'':<8} {'docs/s':>8} {'docs/cpu-s':>11} {'stage docs/s':>13} {'scan s':>7} {'F2':>6} {'held-out F2':>12}")
-        for name, r in (("before", b), ("after", a)):
-            print(f"{name:<8} {r['docs_per_s']:>8.1f} {r['docs_per_cpu_s'] or float('nan'):>11.1f} "
-                  f"{r['stage_docs_per_s'] or float('nan'):>13.1f} {r['stage_scan_seconds']:>7.2f} {r['f2']:>6.3f} {r['held_out_f2']:>12.3f}")
+        for name, run in (("before", b), ("after", a)):
+            print(f"{name:<8} {run['docs_per_s']:>8.1f} {run['docs_per_cpu_s'] or float('nan'):>11.1f} "
+                  f"{run['stage_docs_per_s'] or float('nan'):>13.1f} {run['stage_scan_seconds']:>7.2f} {run['f2']:>6.3f} "
+                  f"{run['held_out_f2']:>12.3f}")
     stage, ceiling = sim["ours"].get("stage") or {}, sim["ceiling"]
     if stage.get("cpu_seconds"):
         print(f"  per CPU-second: ours (whole stage: mask + re-scans) {stage['texts'] / stage['cpu_seconds']:.1f} docs, "
@@ -762,11 +763,10 @@ def main() -> None:
             "scan_counts_every_planted_value": planted["scan_on_raw_text"]["counted"] == planted["planted"],
         },
     }
-    print_table(result)
-    text = json.dumps(result)
-    if args.out:
+    if args.out:  # first: the figures outlive a table that fails to print
         args.out.write_text(json.dumps(result, indent=2))
-    print(text)
+    print_table(result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

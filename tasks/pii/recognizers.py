@@ -355,6 +355,10 @@ def _recognizer_classes() -> Any:
     )
 
 
+# 7-15 digits in groups of up to six, an area code in brackets allowed, nothing digit-like after.
+_PHONE_GROUPS = r"(?:\(\d{1,4}\)[ .-]?)?\d{1,6}(?:[ .-]\d{1,6}){0,5}(?![\w.-]?\d)"
+
+
 def _project_recognizers() -> dict[str, list[Any]]:
     """Recognizers this project adds, by the entity they produce."""
     from presidio_analyzer import Pattern, PatternRecognizer
@@ -372,6 +376,20 @@ def _project_recognizers() -> dict[str, list[Any]]:
                 0.2,
             ),
             Pattern("international", r"(?<![\w+])\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}(?:[\s.-]?\d{2,5}){1,4}\b", 0.5),
+            # "416 60 039 office", "mobile: 99 577450": a phone word right beside the number, which
+            # Presidio's context window (counted from the number's first token) does not reach.
+            Pattern(
+                "digit groups before a phone word",
+                r"(?<![\w+.-])(?=(?:[\s().-]{0,3}\d){7})" + _PHONE_GROUPS
+                + r"(?=[ \t]*[-,:/]?[ \t]*(?:office|fax|mobile|cell|desk|phone|tel|home|work)\b)",
+                0.6,
+            ),
+            Pattern(
+                "digit groups after a phone word",
+                r"\b(?:phone|tel|mobile|cell|desk|fax|office)\b[ \t]*(?:number|no\.?|#)?[ \t]*[:#]?[ \t]*\K"
+                r"(?=(?:[\s().-]{0,3}\d){7})" + _PHONE_GROUPS,
+                0.6,
+            ),
         ],
         context=["phone", "call", "mobile", "tel", "telephone", "fax", "cell", "desk", "office", "reach",
                  "text", "whatsapp", "contact", "number", "messages", "dial"],

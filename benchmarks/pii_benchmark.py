@@ -1,6 +1,7 @@
 """PII masking: ours (tasks.pii) against plain Presidio, side by side in one run.
 
     python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--repeat 2] [--out FILE]
+                                       [--baseline ../main]  # masking docs/s before (that checkout) and after, taking turns
 
 Part 1, presidio-research's synthetic set (`--dataset`, default ../shared/datasets/pii/
 presidio_synth_dataset_v2.json, 1,500 span-labelled texts), scored token by token as
@@ -26,6 +27,18 @@ structured value (emails, phones, cards, IBANs, SSNs, IPs, API keys) still prese
 a leak (goal: 0). Prompts without inserted PII that were changed anyway are reported as over-masking.
 The whole stage's CPU time (mask, re-scan, re-mask, re-scan) is set against spaCy NER alone over
 the same prompts (warm workers, as for the synthetic set).
+
+Part 3, structured values left verbatim and the independent scan (issue 13): every structured value
+of the synthetic set (cards, IBANs, SSNs, phones, e-mails, IPs, licences, with whatever checksum or
+length they have) and every value planted by `tasks.pii.planted` (e-mails written out or
+percent-encoded or split by a zero-width space, cards with dots or of 12/15/19 digits, IBANs failing
+their check digits, passports, MACs, credentials, dates of birth, spelled-out phones, redacted SSNs,
+letter-prefixed ids, keys) is looked for verbatim in the output of the recognizers alone
+(`pii.leak_scan_detectors: []`) and of the whole stage (recognizers + the independent scan, masking
+what it finds); goal 0 left. The scan alone is run over the raw texts: it must count every planted
+value (and it is reported how many of the synthetic set's structured values it covers). Names in
+Hangul, kanji/kana and Arabic script: how many the masking finds, and how many texts without a name
+it changes.
 
 Every system runs in its own child process; peak RSS is sampled over the child's whole process tree
 (workers included). CPU seconds are reported beside wall seconds because this machine is shared:
@@ -53,6 +66,8 @@ sys.path.insert(0, str(ROOT))
 
 DEFAULT_DATASET = ROOT.parent / "shared" / "datasets" / "pii" / "presidio_synth_dataset_v2.json"
 STRUCTURED = ("EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "US_SSN", "IP_ADDRESS", "API_KEY")
+# The synthetic set's structured types (its own names), looked for verbatim after masking.
+SYNTH_STRUCTURED = ("CREDIT_CARD", "IBAN_CODE", "US_SSN", "PHONE_NUMBER", "EMAIL_ADDRESS", "IP_ADDRESS", "US_DRIVER_LICENSE")
 KEY = b"benchmark-key-not-a-secret-0123456789"
 
 
@@ -145,8 +160,130 @@ def child_synth_ours(args: argparse.Namespace) -> dict[str, Any]:
             audit = mask_file(src, Path(tmp) / "masked.jsonl", settings, key=KEY, fields=("prompt",))
         except Exception as err:  # a leak would raise PiiLeakError after the audit: report it, not crash
             audit = {"error": type(err).__name__, "message": str(err)}
+        stage_texts = _masked_prompts(Path(tmp) / "masked.jsonl", len(samples))
+        recognizers_only = settings.model_copy(update={"leak_scan_detectors": []})
+        try:
+            mask_file(src, Path(tmp) / "recognizers.jsonl", recognizers_only, key=KEY, fields=("prompt",))
+        except Exception:  # noqa: BLE001 - a refused output counts every value as left
+            pass
+        recognizer_texts = _masked_prompts(Path(tmp) / "recognizers.jsonl", len(samples))
     report["stage"] = {k: audit.get(k) for k in ("records", "masked_records", "dropped", "leaks", "leak_types",
-                                                  "docs_per_s", "cpu_seconds", "seconds", "error", "message")}
+                                                  "leaks_masked", "docs_per_s", "cpu_seconds", "seconds", "error", "message")}
+    report["structured_left_verbatim"] = {
+        "recognizers_only": _left_verbatim(samples, recognizer_texts),
+        "stage": _left_verbatim(samples, stage_texts),
+        "scan_on_raw_text": _scan_coverage(samples),
+    }
+    return report
+
+
+def _masked_prompts(path: Path, n: int) -> list[str | None]:
+    """The masked prompt of each input row ("i"), None where the row was dropped."""
+    out: list[str | None] = [None] * n
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            out[row["i"]] = row["prompt"]
+    return out
+
+
+def _structured_values(samples: list[dict]) -> list[tuple[int, int, int, str]]:
+    return [(i, s["start_position"], s["end_position"], s["entity_type"])
+            for i, sample in enumerate(samples) for s in sample.get("spans", []) if s["entity_type"] in SYNTH_STRUCTURED]
+
+
+def _left_verbatim(samples: list[dict], masked: list[str | None]) -> dict[str, Any]:
+    """Structured values of the synthetic set found verbatim in the masked texts, per type."""
+    values: dict[str, list[int]] = {t: [0, 0] for t in SYNTH_STRUCTURED}
+    for i, start, end, kind in _structured_values(samples):
+        values[kind][0] += 1
+        text = masked[i]
+        values[kind][1] += text is not None and samples[i]["full_text"][start:end] in text
+    return {"values": sum(v[0] for v in values.values()), "left": sum(v[1] for v in values.values()),
+            "per_type": {k: {"values": v[0], "left": v[1]} for k, v in values.items()}}
+
+
+def _scan_coverage(samples: list[dict]) -> dict[str, Any]:
+    """How many structured values of the raw texts lie inside a hit of the independent scan."""
+    from tasks.pii.scan import LeakScan
+
+    scan = LeakScan()
+    hits = [scan.hits(sample["full_text"]) for sample in samples]
+    per_type: dict[str, list[int]] = {t: [0, 0] for t in SYNTH_STRUCTURED}
+    for i, start, end, kind in _structured_values(samples):
+        per_type[kind][0] += 1
+        per_type[kind][1] += any(a <= start and end <= b for a, b, _ in hits[i])
+    return {"values": sum(v[0] for v in per_type.values()), "counted": sum(v[1] for v in per_type.values()),
+            "per_type": {k: {"values": v[0], "counted": v[1]} for k, v in per_type.items()},
+            "texts_with_hits": sum(1 for h in hits if h), "texts": len(samples)}
+
+
+def child_speed(args: argparse.Namespace) -> dict[str, Any]:
+    """Masking speed of the code under `--code` (this checkout, or `--baseline`'s): analysis +
+    anonymisation with warm workers (evaluate_pii), and the stage (mask_file) on the same texts."""
+    from tasks.pii import evaluate_pii, mask_file, read_span_dataset
+
+    settings = _settings(args)
+    report = evaluate_pii(Path(args.dataset), settings, limit=args.limit)
+    samples = read_span_dataset(Path(args.dataset), args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "synth.jsonl"
+        src.write_text("".join(json.dumps({"i": i, "prompt": s["full_text"]}) + "\n" for i, s in enumerate(samples)))
+        try:
+            audit = mask_file(src, Path(tmp) / "masked.jsonl", settings, key=KEY, fields=("prompt",))
+        except Exception as err:  # noqa: BLE001
+            audit = {"error": type(err).__name__}
+    return {
+        "code": str(args.code or ROOT),
+        "docs": report["docs"],
+        "docs_per_s": report["docs_per_s"],
+        "docs_per_cpu_s": round(report["docs"] / report["cpu_seconds"], 1) if report["cpu_seconds"] else None,
+        "stage_docs_per_s": audit.get("docs_per_s"),
+        "stage_scan_seconds": (audit.get("scan") or {}).get("seconds", 0.0),
+        "stage_seconds_with_startup": audit.get("seconds"),
+        "recall": report["recall"],
+        "f2": report["f2"],
+        "held_out_f2": report["halves"]["held-out"]["f2"],
+    }
+
+
+def child_planted(args: argparse.Namespace) -> dict[str, Any]:
+    """Planted hard formats: left verbatim by the recognizers alone and by the stage; counted by the scan
+    on the raw text. Names in other scripts: found, and texts without a name changed."""
+    from collections import Counter
+
+    from tasks.pii import mask_file
+    from tasks.pii.planted import SCRIPT_NEGATIVES, planted_texts, script_name_texts
+    from tasks.pii.scan import LeakScan
+
+    settings = _settings(args)
+    rows = planted_texts(n_per_kind=args.planted_per_kind, seed=args.seed)
+    names = script_name_texts()
+    texts = [t for t, _, _ in rows] + [t for t, _, _ in names] + SCRIPT_NEGATIVES
+    report: dict[str, Any] = {"planted": len(rows), "kinds": len({k for _, _, k in rows})}
+    with tempfile.TemporaryDirectory() as tmp:
+        src = Path(tmp) / "planted.jsonl"
+        src.write_text("".join(json.dumps({"i": i, "prompt": t}) + "\n" for i, t in enumerate(texts)))
+        for name, run_settings in (("recognizers_only", settings.model_copy(update={"leak_scan_detectors": []})),
+                                   ("stage", settings)):
+            audit = mask_file(src, Path(tmp) / f"{name}.jsonl", run_settings, key=KEY, fields=("prompt",))
+            masked = _masked_prompts(Path(tmp) / f"{name}.jsonl", len(texts))
+            left = Counter(kind for (_, value, kind), out in zip(rows, masked) if out is None or value in out)
+            report[name] = {"left": sum(left.values()), "left_per_kind": dict(left), "leaks_masked": audit["leaks_masked"]}
+            if name == "stage":
+                found = Counter(script for (_, value, script), out in zip(names, masked[len(rows):]) if value not in (out or value))
+                total = Counter(script for _, _, script in names)
+                report["script_names"] = {s: {"names": total[s], "masked": found[s]} for s in total}
+                negatives = masked[len(rows) + len(names):]
+                report["script_texts_without_names_changed"] = sum(o != t for o, t in zip(negatives, SCRIPT_NEGATIVES))
+                report["script_texts_without_names"] = len(SCRIPT_NEGATIVES)
+    scan = LeakScan()
+    counted = Counter()
+    for text, value, kind in rows:
+        start = text.index(value)
+        counted[kind] += any(a <= start and start + len(value) <= b for a, b, _ in scan.hits(text))
+    report["scan_on_raw_text"] = {"planted": len(rows), "counted": sum(counted.values()),
+                                  "missed_per_kind": {k: args.planted_per_kind - n for k, n in counted.items() if n < args.planted_per_kind}}
     return report
 
 
@@ -368,24 +505,29 @@ CHILDREN = {
     "sim-ours-allow-list": lambda args: child_sim_ours(args, allow_list=True),
     "sim-plain": child_sim_plain,
     "sim-ceiling": lambda args: child_ceiling(args, sim=True),
+    "planted": child_planted,
+    "speed": child_speed,
 }
 
 
 # ------------------------------------------------------------------------------------------ parent
 
 
-def run_child(name: str, args: argparse.Namespace, workdir: Path) -> dict[str, Any]:
-    """Run one system in a fresh interpreter; sample its process tree's RSS every 50 ms."""
+def run_child(name: str, args: argparse.Namespace, workdir: Path, code: Path | None = None) -> dict[str, Any]:
+    """Run one system in a fresh interpreter (importing tasks/ from `code`, default this checkout);
+    sample its process tree's RSS every 50 ms."""
     import psutil
 
     out = workdir / f"{name}.json"
     cmd = [sys.executable, __file__, "--child", name, "--child-out", str(out), "--dataset", str(args.dataset),
+           *(["--code", str(code)] if code else []),
            "--processes", str(args.processes), "--batch-size", str(args.batch_size), "--sim-dir", str(args.sim_dir)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
+    cmd += ["--planted-per-kind", str(args.planted_per_kind), "--seed", str(args.seed)]
     print(f"[{time.strftime('%H:%M:%S')}] running {name} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT)
+    proc = subprocess.Popen(cmd, cwd=code or ROOT)
     root = psutil.Process(proc.pid)
     peak = 0
     while proc.poll() is None:
@@ -506,6 +648,29 @@ def print_table(result: dict[str, Any]) -> None:
     for kind in STRUCTURED:
         print(f"  {kind:<16} inserted {sim['ours']['inserted'][kind]:>5}   leaks ours {sim['ours']['leaks'][kind]:>3}"
               f"   plain {sim['plain']['leaks'][kind]:>3}")
+    left = ours["structured_left_verbatim"]
+    print(f"\nStructured values left verbatim (synthetic set, {left['stage']['values']} values incl. checksum-invalid "
+          f"and unusual-length ones): recognizers alone {left['recognizers_only']['left']}, whole stage "
+          f"{left['stage']['left']}; the scan on the raw texts covers {left['scan_on_raw_text']['counted']}")
+    for kind, v in left["stage"]["per_type"].items():
+        print(f"  {kind:<18} {v['values']:>4} values   left: recognizers {left['recognizers_only']['per_type'][kind]['left']:>3}"
+              f"   stage {v['left']:>3}   scan counts {left['scan_on_raw_text']['per_type'][kind]['counted']:>4}")
+    planted = result["planted"]
+    print(f"Planted hard formats ({planted['planted']} values, {planted['kinds']} kinds): left by the recognizers alone "
+          f"{planted['recognizers_only']['left']} {planted['recognizers_only']['left_per_kind'] or ''}, by the stage "
+          f"{planted['stage']['left']}; the scan on the raw texts counts {planted['scan_on_raw_text']['counted']} of "
+          f"{planted['planted']}")
+    names = ", ".join(f"{k} {v['masked']}/{v['names']}" for k, v in planted["script_names"].items())
+    print(f"Names in other scripts masked: {names}; texts without a name changed: "
+          f"{planted['script_texts_without_names_changed']} of {planted['script_texts_without_names']}")
+    if result.get("speed_before_after"):
+        b, a = result["speed_before_after"]["before"], result["speed_before_after"]["after"]
+        print(f"\nMasking speed, before ({b['code']}) and after ({a['code']}), taking turns, best of {len(b['runs'])}:")
+        print(f"{'':<8} {'docs/s':>8} {'docs/cpu-s':>11} {'stage docs/s':>13} {'scan s':>7} {'F2':>6} {'held-out F2':>12}")
+        for name, run in (("before", b), ("after", a)):
+            print(f"{name:<8} {run['docs_per_s']:>8.1f} {run['docs_per_cpu_s'] or float('nan'):>11.1f} "
+                  f"{run['stage_docs_per_s'] or float('nan'):>13.1f} {run['stage_scan_seconds']:>7.2f} {run['f2']:>6.3f} "
+                  f"{run['held_out_f2']:>12.3f}")
     stage, ceiling = sim["ours"].get("stage") or {}, sim["ceiling"]
     if stage.get("cpu_seconds"):
         print(f"  per CPU-second: ours (whole stage: mask + re-scans) {stage['texts'] / stage['cpu_seconds']:.1f} docs, "
@@ -522,13 +687,19 @@ def main() -> None:
     parser.add_argument("--sim-records", type=int, default=2000)
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--repeat", type=int, default=2, help="runs of each synthetic-set system (best is kept)")
+    parser.add_argument("--planted-per-kind", type=int, default=20, help="texts per planted hard format")
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
+    parser.add_argument("--baseline", type=Path, default=None,
+                        help="another checkout (e.g. the main branch): its masking speed is measured taking turns with this one's")
+    parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--sim-dir", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
 
     if args.child:
+        if args.code:
+            sys.path.insert(0, str(args.code))
         result = CHILDREN[args.child](args)
         args.child_out.write_text(json.dumps(result))
         return
@@ -544,12 +715,20 @@ def main() -> None:
                 done.append(run_child(f"synth-{name}", args, workdir))
         synth = {name: _best(done) for name, done in runs.items()}
         sim = {name: run_child(f"sim-{name}", args, workdir) for name in ("ours", "ours-allow-list", "plain", "ceiling")}
+        planted = run_child("planted", args, workdir)
+        speed: dict[str, list[dict[str, Any]]] = {"before": [], "after": []}
+        if args.baseline:
+            for _ in range(max(1, args.repeat)):  # taking turns, as above
+                speed["before"].append(run_child("speed", args, workdir, code=args.baseline.resolve()))
+                speed["after"].append(run_child("speed", args, workdir))
     ours, plain, ceiling = synth["ours"], synth["plain"], synth["ceiling"]
     result = {
         "benchmark": "pii",
         "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
         "synthetic": {"dataset": str(args.dataset), **synth},
         "simulator": {**sim_info, **sim},
+        "planted": planted,
+        "speed_before_after": {k: _best(v) for k, v in speed.items() if v} or None,
         # Wall ratios depend on what else runs on the machine; the CPU-normalised ones do not:
         # "on N dedicated cores" = N x docs per CPU-second (ours) against 1 x (plain, one process).
         "ratios": {
@@ -579,13 +758,15 @@ def main() -> None:
             "within_80pct_of_ner_ceiling_wall": ours["docs_per_s"] >= 0.8 * ceiling["docs_per_s"],
             "within_80pct_of_ner_ceiling_per_cpu_second": ours["docs_per_cpu_s"] >= 0.8 * ceiling["docs_per_cpu_s"],
             "zero_structured_leaks_on_simulator": sim["ours"]["leaks_total"] == 0,
+            "zero_structured_left_on_synthetic_set": ours["structured_left_verbatim"]["stage"]["left"] == 0,
+            "zero_planted_left": planted["stage"]["left"] == 0,
+            "scan_counts_every_planted_value": planted["scan_on_raw_text"]["counted"] == planted["planted"],
         },
     }
-    print_table(result)
-    text = json.dumps(result)
-    if args.out:
+    if args.out:  # first: the figures outlive a table that fails to print
         args.out.write_text(json.dumps(result, indent=2))
-    print(text)
+    print_table(result)
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

@@ -380,7 +380,9 @@ def mask(
     as_json: JsonOpt = False,
 ) -> None:
     """Mask PII with Presidio: keyed pseudonyms (<PERSON_1a2b3c4d>), fail-closed (a record that
-    cannot be masked is dropped and counted), and a re-scan of the output. Exits 1 on a leak."""
+    cannot be masked is dropped and counted), a re-scan of the output, and an independent shape scan of
+    every column written (its hits masked, or a failure with pii.leak_scan: fail). Exits 1 on a leak
+    nothing masked."""
     from tasks.cycle import pii_key
     from tasks.pii import DEFAULT_FIELDS, PiiLeakError, mask_file
 
@@ -393,6 +395,7 @@ def mask(
         raise check_failed(f"{leak} (audit: {audit})") from None
     emit(report, as_json, table([("records", report["records"]), ("masked", report["masked_records"]),
                                  ("dropped (fail-closed)", report["dropped"]), ("leaks after re-scan", report["leaks"]),
+                                 ("  of which masked by the scan", report["leaks_masked"]),
                                  *[(f"  {kind}", n) for kind, n in report["entities"].items()], ("audit", audit)]))
 
 

@@ -307,6 +307,10 @@ class PiiSettings(Section):
             "ORDER_ID",
             "ACCOUNT_NUMBER",
             "API_KEY",
+            "PASSPORT",
+            "MAC_ADDRESS",
+            "CREDENTIAL",
+            "DATE_OF_BIRTH",
         ]
     )
     score_threshold: float = Field(0.4, ge=0, le=1)
@@ -318,6 +322,24 @@ class PiiSettings(Section):
     require_key: bool = True
     processes: int = Field(2, ge=1)
     batch_size: int = Field(64, ge=1)
+    # The independent leak scan (tasks/pii/scan.py): shape-based detectors that share nothing with the
+    # recognizers, over every text column that leaves the stage. A hit is masked with a keyed
+    # pseudonym ("mask": recall first, over-masking is acceptable) or fails the stage ("fail"); it is
+    # counted in the audit's `leaks` either way.
+    leak_scan: Literal["mask", "fail"] = "mask"
+    leak_scan_detectors: list[
+        Literal[
+            "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
+            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "name_beside_token",
+            "postcode_beside_token",
+        ]
+    ] = Field(
+        default_factory=lambda: [
+            "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
+            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "name_beside_token",
+            "postcode_beside_token",
+        ]
+    )
 
 
 class AnnotationSettings(Section):

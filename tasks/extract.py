@@ -74,7 +74,10 @@ def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSe
     `unsupported` (the table, sorted by time -> a flag per row) which answers the docs do not support.
 
     Returns {cases, by_kind, duplicates_removed, exact_duplicates, near_duplicates, capped, read,
-    flagged (by kind, before thinning), topics (largest kept topics), path}.
+    flagged (by kind, before thinning), topics (how many), largest_topics (their sizes), path}. The
+    summary names no topic: a topic is a word of a raw prompt (often a name or a number), and the
+    summary is printed and logged; the cases file holds them, and `mask` re-derives them from the
+    masked prompts (tasks/pii/stage.py).
     """
     out_path = Path(out_path)
     if not key:
@@ -132,7 +135,8 @@ def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSe
         "capped": capped,
         "read": n,
         "flagged": flagged,
-        "topics": dict(topic_counts.most_common(10)),
+        "topics": len(topic_counts),
+        "largest_topics": [n for _, n in topic_counts.most_common(10)],
         "path": str(out_path),
     }
 

@@ -40,6 +40,10 @@ SAMPLES = {
     "ORDER_ID": ("It's about order ORD-4417029, it never arrived.", "4417029"),
     "ACCOUNT_NUMBER": ("My account number is 88120456 at your bank.", "88120456"),
     "API_KEY": ("My API key is sk-Tq3vX9bLm2Pz8RkW4nY7cJd5Hs1Ga6Ue.", "sk-Tq3vX9bLm2Pz8RkW4nY7cJd5Hs1Ga6Ue"),
+    "PASSPORT": ("My passport number is C03005988, valid until 2030.", "C03005988"),
+    "MAC_ADDRESS": ("The device's MAC is 00:1A:2B:3C:4D:5E.", "00:1A:2B:3C:4D:5E"),
+    "CREDENTIAL": ("It connects with mysql://shop:Sup3rS3cret@10.0.0.5/orders", "Sup3rS3cret"),
+    "DATE_OF_BIRTH": ("My date of birth is 14 March 1987, for the age check.", "14 March 1987"),
 }
 
 

@@ -47,6 +47,13 @@ HANDWRITTEN = [
     "Sarah: \"Hello there\"\nTom lives in Lisbon. Dear Mrs. Okafor, regards, Li Wei",
     "Phone: 030 1234:56 at 10:45, then 2019-12-01 and 12/25/2020.",
     "What is the return policy for laptops?",
+    # tasks/pii/formats.py
+    "Mail john at example dot com, jane[at]example[dot]org or jdoe at mail.example.com (email).",
+    "Cards 4111.1111.1111.1111, 6011 1111 1111 1111 117, 378282246310005; IBAN GB00 WEST 1234 5698 7654 32.",
+    "SSN XXX-XX-1234 or 000-12-3456; passport number X12345678; MAC 00:1A:2B:3C:4D:5E or 0011.2233.4455.",
+    "postgres://admin:s3cret@db:5432 and password: hunter2, my password is Tr0ub4dor; born on 12/03/1985.",
+    "Call five five five, one two three, four five six seven.",
+    "제 이름은 김민준입니다. 박지훈 고객님. 私の名前は山田太郎です。田中様。اسمي محمد عبد الله. My name is 이서연.",
     "",
 ]
 
@@ -62,6 +69,10 @@ FRAGMENTS = [
     "Bearer", "abcdefghijklmnopqrstuvwxyz012", "deadbeefdeadbeefdeadbeefdeadbeef", "ana@example.org", "@",
     "Main Street", "12 Main St", "Feldstrasse 42", "Hafnarstraeti 5", "Apt 4", "Box 12", "PO Box 7", "zip 10115",
     "driver's license", "license number", "DL#", ":", ",", ".", "-", "/", "(", ")", "12", "7", "2020", "12:45",
+    "at", "dot", "[at]", "(dot)", "example", "com", "4111.1111.1111.1111", "1234 5678 9012 345", "GB00 WEST 1234 5698",
+    "XXX-XX-1234", "passport", "X12345678", "00:1A:2B:3C:4D:5E", "0011.2233.4455", "postgres://u:p4ss@h",
+    "password", "password is", "hunter2", "born", "DOB", "12/03/1985", "3 May 1985", "five", "one two three four",
+    "이름은", "김민준", "고객님", "名前は", "山田太郎", "さん", "اسمي", "محمد",
 ]
 
 

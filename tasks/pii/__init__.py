@@ -1,18 +1,25 @@
 """PII masking with Presidio: offline, fail-closed, keyed consistent pseudonyms (DESIGN.md section 8).
 
-    texts --spaCy NER-only nlp.pipe, batched--> Presidio recognizers + project recognizers
+    texts --view (zero-width, full-width, percent-encoding undone)--> spaCy NER-only nlp.pipe, batched
+          --> Presidio recognizers + project recognizers (+ formats found by shape)
           --> keyed pseudonyms (Presidio AnonymizerEngine, custom operator)
-          --> re-scan of the outputs --> masked records + an audit of counts (never text)
+          --> re-scan of the outputs --> the independent leak scan of every column written
+          --> masked records + an audit of counts (never text)
 
 - **Offline.** The spaCy model is configuration (`pii.spacy_model`) and is never downloaded; the
   e-mail recognizer validates domains against tldextract's bundled public-suffix snapshot.
 - **Entities.** `pii.entities` from Presidio's recognizers, spaCy NER (PERSON, LOCATION, ...) and
   this project's: ORDER_ID, ACCOUNT_NUMBER, API_KEY, street addresses (as LOCATION), names next to a
-  cue (PERSON), phone and card numbers by context. A requested type nobody recognizes is an error.
+  cue (PERSON), phone and card numbers by context, and by shape whatever their checksum (formats):
+  PASSPORT, MAC_ADDRESS, CREDENTIAL, DATE_OF_BIRTH, written-out e-mails, names in other scripts. A
+  requested type nobody recognizes is an error.
 - **Fail closed.** A record whose analysis or anonymisation raises is dropped and counted; it never
   reaches the output. Outputs with detections are analysed again; what that finds is masked too and
   analysed once more, and any detection left is a leak: `mask_file` writes the audit, removes the
   output and raises PiiLeakError.
+- **A second opinion.** The independent leak scan (shapes only, nothing shared with the recognizers)
+  reads every string of every column written; its hits are masked or fail the stage (`pii.leak_scan`),
+  and are counted as leaks either way.
 - **Keyed, consistent pseudonyms.** `<PERSON_1a2b3c4d>`: the first 8 hex digits of
   HMAC-SHA256(key, type + normalised value): a value maps to the same token in every record of a
   cycle without a lookup table, and nobody without the key can test a guess.
@@ -30,10 +37,15 @@
 Modules
     ``keys``         the HMAC key (``load_pii_key``, ``KEY_FILE``) and keyed pseudonyms
     ``recognizers``  the recognizers of each entity type: Presidio's, spaCy NER's labels, the project's
+    ``formats``      the project's recognizers for formats found by shape (no checksums), names in other scripts
+    ``view``         ``TextView``: what detection reads of a text, and the way back to its offsets
+    ``scan``         ``LeakScan``: the independent leak scan, shape detectors sharing nothing with the recognizers
+    ``planted``      made-up texts with planted hard-to-mask values (benchmark and tests)
     ``_engine``      the analysis fast path: NER-only spaCy, gates, the lean AnalyzerEngine loop
     ``masker``       ``Masker`` / ``build_masker``: analysis + tidy-up rules + pseudonyms + re-scan
     ``pool``         ``mask_shard`` / ``analyze_shard`` and ``ShardPool``, the worker processes
-    ``stage``        ``mask_file``, the mask stage: a record file in, masked records and an audit out
+    ``stage``        ``mask_file``, the mask stage: a record file in, masked records and an audit out (topics
+                     re-derived from the masked text, every column scanned)
     ``scoring``      ``evaluate_pii``: precision, recall and F2 on a span-labelled set (pii-eval)
 """
 
@@ -42,6 +54,7 @@ from tasks.pii.keys import KEY_FILE, PSEUDONYM_RE, PiiKeyError, load_pii_key, no
 from tasks.pii.masker import Masker, MaskOutcome, allow_pattern, build_masker
 from tasks.pii.pool import ShardPool, analyze_shard, mask_shard
 from tasks.pii.recognizers import NER_LABELS, find_addresses, supported_entities
+from tasks.pii.scan import LeakScan
 from tasks.pii.scoring import (
     DATASET_ENTITY_MAP,
     HALVES,
@@ -60,6 +73,7 @@ __all__ = [
     "DEFAULT_FIELDS",
     "HALVES",
     "KEY_FILE",
+    "LeakScan",
     "NER_LABELS",
     "PSEUDONYM_RE",
     "MaskOutcome",

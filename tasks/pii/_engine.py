@@ -10,6 +10,8 @@ checks every shortcut here against the slow path it replaces.
 - Pattern recognizers run their patterns in a lean loop (`_match_patterns`): same validation,
   invalidation and duplicate removal, without Presidio's per-pattern timing, logging and
   explanations.
+- Texts are read through `TextView` (zero-width, full-width and percent-encoded characters undone);
+  spans map back onto the original.
 - The loop itself (`LeanAnalyzer._analyze_one`) is AnalyzerEngine.analyze without its per-call
   registry filtering and deep copies: same recognizers, context rule, threshold and duplicate
   removal; context words are looked up around a match only when the text holds one.
@@ -28,8 +30,15 @@ from typing import Any, Iterable, Sequence
 
 from tasks.config import PiiSettings
 from tasks.pii.recognizers import NER_LABELS
+from tasks.pii.view import TextView
 
 LANGUAGE = "en"
+# The English NER model labels Hangul, CJK, kana and Arabic text at random ("죄송합니다" as PERSON):
+# its entities holding those scripts are dropped before anything else sees them; names in those
+# scripts come from tasks/pii/formats.py's rule instead.
+_UNREADABLE_SCRIPT = re.compile(
+    r"[\u0600-\u06ff\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]"
+)
 _PSEUDONYM_WORD = re.compile(r"[a-z]_[0-9a-f]{8}\b")  # a pseudonym as a lower-cased token
 
 
@@ -119,7 +128,7 @@ def ner_engine(model: str, entities: Sequence[str]) -> Any:
             return known
 
         def _doc_to_nlp_artifact(self, doc: Any, language: str) -> Any:
-            ents = [e for e in doc.ents if e.label_ in mapping]
+            ents = [e for e in doc.ents if e.label_ in mapping and not _UNREADABLE_SCRIPT.search(e.text)]
             entities, scores = self._get_updated_entities(ents, [self.ner_model_configuration.default_score] * len(ents))
             return LazyArtifacts(doc, entities, scores, self, language)
 
@@ -203,9 +212,19 @@ _GATES = {
     # Order ids: a prefix (ORD, ORDER, PO, SO, INV), the word "order", or capitals, "-", a digit.
     "order-like": re.compile(r"(?i:ord)|PO|SO|INV|[A-Z]-\d"),
     # Account numbers: a prefix (ACC, ACCT, AC, CUST, CID), the words, or eight digits in a row.
-    "account-like": re.compile(r"(?i:acc|a/c|customer)|AC|CUST|CID|\d{8}"),
+    "account-like": re.compile(r"(?i:acc|a/c|customer)|AC|CUST|CID|\d{8}|[A-Z][-_#]?\d"),
     # The prefix of each API key pattern; the hex and base64 ones need 24+ token characters in a row.
     "key-like": re.compile(r"sk-|gh[pousr]_|github_pat_|AKIA|ASIA|xox|AIza|_(?:live|test)_|eyJ|(?i:bearer)|[A-Za-z0-9+/_-]{24}"),
+    # tasks/pii/formats.py
+    "at-word": re.compile(r"(?i)[\[({<][ \t]*(?:at|@)|[ \t]at[ \t]"),
+    "long-digits": re.compile(r"\d(?:[ .-]?\d){11}"),
+    "mac-like": re.compile(r"[0-9A-Fa-f]{2}[:-][0-9A-Fa-f]{2}[:-]|[0-9A-Fa-f]{4}\.[0-9A-Fa-f]{4}\."),
+    "credential-like": re.compile(r"://|(?i:pass|pwd|pin|secret|key|token)"),
+    "birth-like": re.compile(r"(?i:born|birth|dob|d\.o\.b|b-day)"),
+    "spelled-digits": re.compile(
+        r"(?i)(?:zero|oh|one|two|three|four|five|six|seven|eight|nine)[ \t,.-]+(?:zero|oh|one|two|three|four|five|six|seven|eight|nine|\d)"
+    ),
+    "non-latin": re.compile("[\u0621-\u06ff\u3040-\u30ff\u3400-\u9fff\uac00-\ud7a3\uf900-\ufaff]"),
 }
 _RECOGNIZER_NEEDS = {
     "OfflineEmailRecognizer": "@",
@@ -225,6 +244,16 @@ _RECOGNIZER_NEEDS = {
     "OrderIdRecognizer": "order-like",
     "AccountNumberRecognizer": "account-like",
     "NhsRecognizer": "digit",
+    "WrittenOutEmailRecognizer": "at-word",
+    "CardShapeRecognizer": "long-digits",
+    "IbanShapeRecognizer": "iban-like",
+    "SsnShapeRecognizer": "digit",
+    "PassportRecognizer": "digit",
+    "MacAddressRecognizer": "mac-like",
+    "CredentialRecognizer": "credential-like",
+    "DateOfBirthRecognizer": "birth-like",
+    "SpelledPhoneRecognizer": "spelled-digits",
+    "ScriptNameRecognizer": "non-latin",
 }
 # Presidio's regex time limit per pattern. Presidio skips a pattern that runs out of time (and
 # may miss PII); here the TimeoutError drops the record instead (fail closed).
@@ -342,14 +371,21 @@ class LeanAnalyzer:
             return self._analyze_texts(texts)
 
     def _analyze_texts(self, texts: Sequence[str]) -> list[list[Any] | BaseException]:
+        """Each text is read through its view (tasks/pii/view.py: zero-width characters dropped,
+        full-width forms folded, percent-encoded punctuation decoded); results are spans of the
+        original text."""
+        views = [TextView(text) for text in texts]
         out: list[list[Any] | BaseException] = []
-        for text, doc in zip(texts, self._docs(texts)):
+        for view, doc in zip(views, self._docs([v.text for v in views])):
             if isinstance(doc, BaseException):
                 out.append(doc)
                 continue
             try:
-                results = self._analyze_one(text, self.nlp_engine._doc_to_nlp_artifact(doc, LANGUAGE))
-                out.append(self.tidy(text, results))
+                results = self.tidy(view.text, self._analyze_one(view.text, self.nlp_engine._doc_to_nlp_artifact(doc, LANGUAGE)))
+                if not view.is_original:
+                    for result in results:
+                        result.start, result.end = view.span(result.start, result.end)
+                out.append(results)
             except Exception as err:  # noqa: BLE001
                 out.append(err)
         return out

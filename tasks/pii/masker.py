@@ -201,8 +201,59 @@ _SOFT_EDGE = re.compile(r"(?:['’]s|[\s,;:!?\"“”'’)\]]+|(?<=\w{4})\.)$")
 _NOT_A_NAME_PART = {"the", "and", "van", "von", "der", "den", "del", "mr", "mrs", "ms", "dr"}
 
 
-# The English NER model labels Hangul, CJK and kana text at random ("죄송합니다" as PERSON).
-_UNREADABLE_SCRIPT = re.compile(r"[\u1100-\u11ff\u3040-\u30ff\u3130-\u318f\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]")
+# Partial leaks: what is left beside a found span is often the rest of it. A person's span takes the
+# capitalised word right after it (a surname NER did not include) or right before it; a place takes
+# a postal code right beside it ("Berlin 10115", "SW1A 1AA, London").
+_NOT_THE_REST_OF_A_NAME = frozenset(
+    "I A An The And Or But So If Then Thanks Thank Hi Hello Hey Dear Regards Best Cheers Please Yes No Ok Okay "
+    "Mr Mrs Ms Dr Prof Sir Madam Inc Ltd LLC Corp Co Group Bank University Team Support Customer Service Order "
+    "Account Street Road Avenue Lane Monday Tuesday Wednesday Thursday Friday Saturday Sunday January February "
+    "March April May June July August September October November December Today Tomorrow Yesterday How What "
+    "Why When Where Who Which Can Could Would Will Is Are Do Does Did My Your Our We You He She They It This "
+    "That There Here Sorry Just Also Hope Call Tell Ask Email Write Send Please".split()
+)
+_POSTCODE = r"(?:[A-Z]{1,2}\d[A-Z\d]?[ \t]?\d[A-Z]{2}|[A-Z]\d[A-Z][ \t]?\d[A-Z]\d|\d{4}[ \t]?[A-Z]{2}|\d{3,6}(?:-\d{3,4})?)"
+
+
+@functools.lru_cache(maxsize=1)
+def _beside_patterns() -> dict[str, Any]:
+    import regex
+
+    word = r"\p{Lu}[\p{Ll}\p{M}'’-]+"
+    return {
+        "name_after": regex.compile(
+            r"[ \t](?:\p{Lu}\.?[ \t]+)?(?:(?:van|von|de|der|den|da|di|del|le|la|bin|al)[ \t]+)?(" + word + r")(?![\w@])"
+        ),
+        # Only mid-sentence: a capitalised word opening a sentence is as often a verb ("Contact").
+        "name_before": regex.compile(r"(?<=[\p{Ll},;][ \t])(" + word + r")[ \t]$"),
+        "postcode_after": regex.compile(r"[ \t]*,?[ \t]*(" + _POSTCODE + r")(?![\w-])"),
+        "postcode_before": regex.compile(r"(?<![\w-])(" + _POSTCODE + r")[ \t]*,?[ \t]*$"),
+    }
+
+
+def _extend_person(text: str, start: int, end: int) -> tuple[int, int]:
+    patterns = _beside_patterns()
+    after = patterns["name_after"].match(text, end)
+    if after and after.group(1) not in _NOT_THE_REST_OF_A_NAME:
+        end = after.end(1)
+    before = patterns["name_before"].search(text, max(0, start - 30), start)
+    if before and before.group(1) not in _NOT_THE_REST_OF_A_NAME:
+        start = before.start(1)
+    return start, end
+
+
+def _extend_location(text: str, start: int, end: int) -> tuple[int, int]:
+    patterns = _beside_patterns()
+    after = patterns["postcode_after"].match(text, end)
+    if after:
+        end = after.end(1)
+    before = patterns["postcode_before"].search(text, max(0, start - 16), start)
+    if before:
+        start = before.start(1)
+    return start, end
+
+
+_EXTENDED = {"PERSON": _extend_person, "LOCATION": _extend_location}
 
 
 def _tidy(text: str, results: list[Any], allow: re.Pattern[str] | None = None) -> list[Any]:
@@ -220,10 +271,6 @@ def _tidy(text: str, results: list[Any], allow: re.Pattern[str] | None = None) -
         start, end = r.start, r.end
         if allowed and any(a <= start and end <= b for a, b in allowed):
             continue
-        if (r.recognition_metadata or {}).get("recognizer_name") == "SpacyRecognizer" and _UNREADABLE_SCRIPT.search(
-            text, start, end
-        ):
-            continue
         while start < end and text[start].isspace():
             start += 1
         while end > start and text[end - 1].isspace():
@@ -233,6 +280,8 @@ def _tidy(text: str, results: list[Any], allow: re.Pattern[str] | None = None) -
                 end = edge.start()
         if end > start:
             r.start, r.end = start, end
+            if r.entity_type in _EXTENDED:
+                r.start, r.end = _EXTENDED[r.entity_type](text, r.start, r.end)
             spans.append(r)
     spans.sort(key=lambda r: (r.start, -(r.end - r.start), -r.score))
     kept: list[Any] = []

@@ -4,7 +4,8 @@
 return plain dicts: the unit a Dask or Ray task runner can map later. Each process builds its
 engines once (`cached_masker`) and warms them on made-up PII before its first shard. `ShardPool`
 runs `pii.processes` spawned workers (or this process alone, for small inputs), hands each distinct
-text to one of them once and gives every copy its result, in order.
+text to one of them once and gives every copy its result, in order. Workers die with the process
+that started them, even when it is killed with SIGKILL (`_die_with_parent`).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import logging
 import math
 import multiprocessing
 import os
+import signal
+import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -76,6 +79,38 @@ _WARM_UP_TEXT = (
 )
 
 
+def _die_with_parent(parent: int) -> None:
+    """Make this worker die when `parent` does, even by SIGKILL (which runs no clean-up there).
+
+    Linux: the kernel sends SIGKILL on the parent's death (prctl PR_SET_PDEATHSIG), immediate even
+    while this worker is busy in C code. Everywhere: a daemon thread that polls the parent pid,
+    twice a second. Once the workers are gone, the multiprocessing resource tracker (whose pipe they
+    held open) sees end-of-file and exits too; nothing is left to block a restart."""
+    if sys.platform.startswith("linux"):
+        try:
+            import ctypes
+
+            libc = ctypes.CDLL(None, use_errno=True)
+            libc.prctl(1, signal.SIGKILL, 0, 0, 0)  # PR_SET_PDEATHSIG = 1
+        except (OSError, AttributeError):
+            pass
+
+    def watch() -> None:
+        while True:
+            if os.getppid() != parent:
+                os._exit(1)
+            time.sleep(0.5)
+
+    if os.getppid() != parent:  # the parent died before this worker got here
+        os._exit(1)
+    threading.Thread(target=watch, name="parent-watchdog", daemon=True).start()
+
+
+def _start_worker(parent: int, settings_json: str, key: bytes) -> None:
+    _die_with_parent(parent)
+    _warm(settings_json, key)
+
+
 def _warm(settings_json: str, key: bytes) -> None:
     cached_masker(settings_json, key).analyze_texts([_WARM_UP_TEXT])
 
@@ -113,8 +148,8 @@ class ShardPool:
             self._pool = ProcessPoolExecutor(
                 max_workers=self.processes,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=_warm,
-                initargs=(self.settings_json, self.key),
+                initializer=_start_worker,
+                initargs=(os.getpid(), self.settings_json, self.key),
             )
             pids = list(self._pool.map(_pid, range(self.processes)))
             log.debug("PII workers ready: %d", len(set(pids)))

@@ -5,7 +5,8 @@ public-suffix snapshot), phone numbers (python-phonenumbers, parsed only in wind
 candidates), cards, IBANs, IPs, US identifiers and more; spaCy NER gives PERSON, LOCATION,
 ORGANIZATION, NRP and DATE_TIME. This project adds ORDER_ID, ACCOUNT_NUMBER, API_KEY, street
 addresses (as LOCATION), names next to a cue (PERSON), and phone, card and driver's licence numbers
-by context. `recognizers_for` gives the recognizers of a list of entity types and refuses a type
+by context; tasks/pii/formats.py adds the formats found by shape (PASSPORT, MAC_ADDRESS, CREDENTIAL,
+DATE_OF_BIRTH, written-out e-mails, cards and IBANs without their checksums, names in other scripts). `recognizers_for` gives the recognizers of a list of entity types and refuses a type
 nobody recognizes (Presidio would silently skip it).
 """
 
@@ -14,6 +15,8 @@ from __future__ import annotations
 import functools
 import re
 from typing import Any, Callable, Sequence
+
+from tasks.pii.formats import format_recognizers
 
 
 # spaCy NER labels behind each Presidio entity the NER recognizer can produce.
@@ -352,6 +355,10 @@ def _recognizer_classes() -> Any:
     )
 
 
+# 7-15 digits in groups of up to six, an area code in brackets allowed, nothing digit-like after.
+_PHONE_GROUPS = r"(?:\(\d{1,4}\)[ .-]?)?\d{1,6}(?:[ .-]\d{1,6}){0,5}(?![\w.-]?\d)"
+
+
 def _project_recognizers() -> dict[str, list[Any]]:
     """Recognizers this project adds, by the entity they produce."""
     from presidio_analyzer import Pattern, PatternRecognizer
@@ -369,6 +376,20 @@ def _project_recognizers() -> dict[str, list[Any]]:
                 0.2,
             ),
             Pattern("international", r"(?<![\w+])\+\d{1,3}[\s.-]?(?:\(\d{1,4}\)[\s.-]?)?\d{2,5}(?:[\s.-]?\d{2,5}){1,4}\b", 0.5),
+            # "416 60 039 office", "mobile: 99 577450": a phone word right beside the number, which
+            # Presidio's context window (counted from the number's first token) does not reach.
+            Pattern(
+                "digit groups before a phone word",
+                r"(?<![\w+.-])(?=(?:[\s().-]{0,3}\d){7})" + _PHONE_GROUPS
+                + r"(?=[ \t]*[-,:/]?[ \t]*(?:office|fax|mobile|cell|desk|phone|tel|home|work)\b)",
+                0.6,
+            ),
+            Pattern(
+                "digit groups after a phone word",
+                r"\b(?:phone|tel|mobile|cell|desk|fax|office)\b[ \t]*(?:number|no\.?|#)?[ \t]*[:#]?[ \t]*\K"
+                r"(?=(?:[\s().-]{0,3}\d){7})" + _PHONE_GROUPS,
+                0.6,
+            ),
         ],
         context=["phone", "call", "mobile", "tel", "telephone", "fax", "cell", "desk", "office", "reach",
                  "text", "whatsapp", "contact", "number", "messages", "dial"],
@@ -408,6 +429,8 @@ def _project_recognizers() -> dict[str, list[Any]]:
                 0.75,
             ),
             Pattern("digits (weak)", r"\b\d{8,17}\b", 0.05),
+            # AB12345678, F1628235: capitals and six or more digits, whatever the issuer's format
+            Pattern("letter-prefixed id", r"(?<![A-Za-z0-9])[A-Z]{1,4}[-_#]?\d(?:[ -]?\d){5,}(?![A-Za-z0-9])(?![ -]\d)", 0.45),
         ],
         context=["account", "acct", "bank", "customer", "iban", "routing"],
         global_regex_flags=re.MULTILINE,
@@ -453,7 +476,7 @@ def _project_recognizers() -> dict[str, list[Any]]:
         ],
         global_regex_flags=re.MULTILINE,
     )
-    return {
+    found = {
         "US_DRIVER_LICENSE": [driver_license],
         "ORDER_ID": [order_id],
         "ACCOUNT_NUMBER": [account],
@@ -463,6 +486,9 @@ def _project_recognizers() -> dict[str, list[Any]]:
         "PHONE_NUMBER": [phone],
         "CREDIT_CARD": [card],
     }
+    for entity, recognizers in format_recognizers().items():
+        found.setdefault(entity, []).extend(recognizers)
+    return found
 
 
 def _offline_email_recognizer() -> Any:

@@ -213,7 +213,7 @@ def test_killing_mask_with_sigkill_leaves_no_worker_behind(tmp_path):
     src = tmp_path / "in.jsonl"
     texts = [f"Hi, I'm Ana Ruiz {i}, call +1 415 867 {i:04d} or mail ana{i}@example.org about order {i}." for i in range(4000)]
     src.write_text("".join(json.dumps({"prompt": t}) + "\n" for t in texts))
-    script = textwrap.dedent(f"""
+    script = textwrap.dedent("""
         import sys
         from pathlib import Path
         from tasks.config import PiiSettings

@@ -121,13 +121,14 @@ UntilOpt = Annotated[Optional[str], typer.Option(help="End of the window, ISO da
 def logs_validate(
     sources: SourcesArg = None,
     quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go [default: logs.quarantine in the workspace].")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row was quarantined.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row was quarantined or any file could not be read.")] = False,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
-    UTF-8 or are too large go to the quarantine file with their source line and reason."""
+    UTF-8 or are too large go to the quarantine file with their source line and reason. A file that
+    cannot be read at all (truncated, corrupt) is named and set aside; the other files load."""
     from tasks.logs import load_window
 
     settings = settings_for(config, workspace)
@@ -136,10 +137,13 @@ def logs_validate(
     emit(summary, as_json, table([
         ("read", summary["read"]), ("accepted", summary["accepted"]), ("quarantined", summary["quarantined"]),
         *[(f"  {reason}", count) for reason, count in summary["reasons"].items()],
+        ("unreadable files", len(result.unreadable_files)),
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
-    if strict and result.quarantined:
-        raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
+    if strict and (result.quarantined or result.unreadable_files):
+        unreadable = ", ".join(item["source"] for item in result.unreadable_files)
+        raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})"
+                           + (f"; unreadable files: {unreadable}" if unreadable else ""))
 
 
 @logs_app.command("stats")

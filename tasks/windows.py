@@ -64,5 +64,6 @@ def as_utc(value: datetime) -> datetime:
 
 
 def iso_z(value: datetime) -> str:
-    """`value` as UTC ISO-8601 with microseconds and a ``Z``: ``2026-01-05T10:00:00.000000Z``."""
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`value` as UTC ISO-8601 with microseconds and a ``Z``: ``2026-01-05T10:00:00.000000Z``. Always a
+    four-digit year (strftime's %Y writes year 1 as "1" on Linux)."""
+    return as_utc(value).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -588,6 +588,9 @@ def retrain(
     """Run the quarterly retraining flow: extract, mask, annotate, agreement, dataset, LoRA training,
     evaluation, canary registration. A rerun skips finished stages (training resumes from its
     checkpoint). Exits 1 when the canary fails its gate or the cycle stops."""
+    from tasks.windows import parse_window
+
+    parse_window(window)  # a bad window is exit 2 before any server or folder is started
     from flows.retraining import quarterly_retraining
 
     result = quarterly_retraining(window=window, config=str(config) if config else None,

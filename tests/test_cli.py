@@ -4,6 +4,7 @@ section 13 on the last stdout line, and the exit codes 0 / 1 / 2."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -122,3 +123,12 @@ def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and str(tmp_path) in done.stderr and "--workspace" in done.stderr
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_retrain_refuses_a_reversed_window_before_doing_anything(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--window", "2026-04-20..2026-01-05",
+                           "-w", str(tmp_path / "ws"), "--json"], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, timeout=600)
+    assert done.returncode == 2
+    assert "2026-04-20..2026-01-05" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "ws").exists()  # no cycle folder, no MLflow store, nothing

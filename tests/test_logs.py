@@ -435,6 +435,36 @@ def test_parse_time():
         parse_time("last tuesday")
 
 
+def test_retraining_window_forms_and_their_cycle_ids():
+    from tasks.windows import parse_window
+
+    assert parse_window("2026-Q1") == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC), "2026-Q1")
+    assert parse_window(" 2026-q1 ")[2] == "2026-Q1"
+    assert parse_window(None, now=datetime(2026, 2, 10, tzinfo=UTC))[2] == "2025-Q4"
+    assert parse_window("all") == (None, None, "all")
+    assert parse_window("2026-01-05..2026-04-20")[2] == "2026-01-05_2026-04-20"
+    spaced = parse_window("2026-01-05 .. 2026-04-20")
+    assert spaced == (datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC), "2026-01-05_2026-04-20")
+    assert parse_window("2026-01-05T12:00+02:00..2026-01-06")[2] == "2026-01-05T100000Z_2026-01-06"
+    with pytest.raises(ValueError, match="Q1 to Q4"):
+        parse_window("2026-Q5")
+
+
+@pytest.mark.parametrize("window, says", [
+    ("2026-04-20..2026-01-05", "is not before"),
+    ("2026-01-05..2026-01-05", "is not before"),
+    ("2026-01-05..soon", "ISO-8601"),
+    ("..2026-01-05", "ISO-8601"),
+    ("2026-01-05..2026-02-01..2026-03-01", "ISO-8601"),
+])
+def test_a_window_that_selects_nothing_is_refused_by_name(window, says):
+    from tasks.windows import parse_window
+
+    with pytest.raises(ValueError) as err:
+        parse_window(window)
+    assert window in str(err.value) and says in str(err.value)
+
+
 def test_window_and_model_version_select_rows_but_keep_the_counts(tmp_path):
     rows = [row(i, ts=(T0 + timedelta(days=i)).isoformat()) for i in range(14)]  # 2026-01-05 .. 01-18
     path = write_lines(tmp_path / "w.jsonl", rows + ["broken"])

@@ -562,7 +562,8 @@ def train(
 ) -> None:
     """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
     Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
-    resumes from the newest checkpoint in <out>/checkpoints."""
+    resumes from the newest complete checkpoint in <out>/checkpoints (one cut short is skipped and
+    named)."""
     from tasks.base_model import resolve_base_model
     from tasks.train import train_adapter
 
@@ -571,7 +572,9 @@ def train(
     emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
                                  ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
                                  ("device", result.get("device")), ("seconds", result["seconds"]),
-                                 ("resumed from", result.get("resumed_from"))]))
+                                 ("resumed from", result.get("resumed_from")),
+                                 *[("skipped (incomplete)", f"{item['checkpoint']}: {item['reason']}")
+                                   for item in result.get("skipped_checkpoints", [])]]))
 
 
 # ----------------------------------------------------------------------------------- retraining

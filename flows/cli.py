@@ -396,37 +396,49 @@ def annotate_import(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import annotations from several annotators; bad rows are quarantined with file, row and reason."""
+    """Import annotations from several annotators; rows that cannot be used (malformed, no case id,
+    annotator or label, a label outside annotation.labels, cancelled, superseded) are quarantined with
+    file, row and reason. `flywheel agreement` applies the same rules."""
     from tasks.annotate import import_annotations
 
     settings = settings_for(config, workspace)
     summary = import_annotations(files, out, settings.annotation.labels)
     emit(summary, as_json, table([("annotations", summary["annotations"]), ("items", summary["items"]),
-                                  ("annotators", summary["annotators"]), ("quarantined", summary["quarantined"])]))
+                                  ("annotators", summary["annotators"]), ("quarantined", summary["quarantined"]),
+                                  *[(f"  {reason}", n) for reason, n in summary["reasons"].items()],
+                                  ("quarantine file", summary["quarantine"])]))
 
 
 @app.command()
 def agreement(
-    annotations: Annotated[Path, typer.Option("--annotations", help="Label Studio export JSON or CSV with header item,annotator,label.")],
+    annotations: Annotated[Path, typer.Option("--annotations", help="Label Studio export JSON, CSV with header item,annotator,label, or JSONL of annotations.")],
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inter-annotator agreement (Krippendorff's alpha, Fleiss' and Cohen's kappa) and the gate
-    decision: pass, filter (keep unanimous items) or block. Exits 1 on block."""
+    decision: pass, filter (keep unanimous items) or block. Ratings are judged by the same rules as
+    `annotate import` (labels from annotation.labels; cancelled, malformed and superseded rows and the
+    adjudicator's verdicts left out), and every exclusion is listed. Exits 1 on block."""
     from tasks.annotate import agreement_from_file
 
     settings = settings_for(config, workspace)
     result = agreement_from_file(annotations, settings.annotation)
-    alpha, ci = result["krippendorff_alpha"], result["alpha_ci"]
+
+    def shown(value: Any) -> Any:
+        return "n/a" if value is None else value
+
     emit(result, as_json, table([
         ("items", result["n_items"]), ("annotators", result["n_annotators"]),
-        ("Krippendorff's alpha", alpha), ("95% interval", ci),
-        ("Fleiss' kappa", result["fleiss_kappa"]), ("Cohen's kappa", result["cohen_kappa"]),
-        ("decision", result["decision"]),
+        ("Krippendorff's alpha", shown(result["krippendorff_alpha"])), ("95% interval", shown(result["alpha_ci"])),
+        ("Fleiss' kappa", shown(result["fleiss_kappa"])), ("Cohen's kappa", shown(result["cohen_kappa"])),
+        ("excluded ratings", result["excluded"]["ratings"]),
+        *[(f"  {kind}", n) for kind, n in result["excluded"]["reasons"].items()],
+        *[(f"  annotator {a['annotator']}", a["reason"]) for a in result["excluded_annotators"]],
+        ("decision", result["decision_reason"]),
     ]))
     if result["decision"] == "block":
-        raise check_failed(f"agreement alpha {alpha} is below {settings.annotation.block_alpha}: the cycle is blocked")
+        raise check_failed("the cycle is blocked: " + result["decision_reason"].removeprefix("block: "))
 
 
 # --------------------------------------------------------------------------- evaluation, registry

@@ -92,7 +92,7 @@ def test_drift_between_two_prompt_files(workspace: Path, tmp_path: Path) -> None
 
 def test_agreement_blocks_with_exit_1(tmp_path: Path) -> None:
     ratings = tmp_path / "ratings.csv"
-    rows = ["item,annotator,label"] + [f"i{i},{who},{'a' if (i + k) % 2 else 'b'}"
+    rows = ["item,annotator,label"] + [f"i{i},{who},{'acceptable' if (i + k) % 2 else 'hallucination'}"
                                         for i in range(20) for k, who in enumerate(["ann1", "ann2"])]
     ratings.write_text("\n".join(rows) + "\n", encoding="utf-8")
     code, payload, _ = run("agreement", "--annotations", str(ratings), "--json")

@@ -252,11 +252,14 @@ def monitor(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the weekly monitoring flow: signals, drift, MLflow run, Prefect dashboard artifact, and
-    the retraining decision. Without a Prefect server a temporary one is started for the run."""
+    the retraining decision. Without a Prefect server (PREFECT_API_URL) a temporary one is started for
+    the run; it stops with the command, however the command ends."""
     from flows.monitoring import weekly_monitoring
+    from flows.temporary_server import temporary_prefect_server
 
-    result = weekly_monitoring(week=week, config=str(config) if config else None,
-                               workspace=str(workspace) if workspace else None)
+    with temporary_prefect_server():
+        result = weekly_monitoring(week=week, config=str(config) if config else None,
+                                   workspace=str(workspace) if workspace else None)
     signals_, drift_ = result["signals"], result["drift"]
     emit(result, as_json, table([
         ("week", result["week"]),
@@ -607,9 +610,11 @@ def retrain(
 
     parse_window(window)  # a bad window is exit 2 before any server or folder is started
     from flows.retraining import quarterly_retraining
+    from flows.temporary_server import temporary_prefect_server
 
-    result = quarterly_retraining(window=window, config=str(config) if config else None,
-                                  workspace=str(workspace) if workspace else None, fresh=fresh)
+    with temporary_prefect_server():
+        result = quarterly_retraining(window=window, config=str(config) if config else None,
+                                      workspace=str(workspace) if workspace else None, fresh=fresh)
     rows = [("cycle", result["cycle_id"]), *[(f"  {name}", status) for name, status in result["stages"].items()],
             ("canary version", result["canary_version"]), ("gate", result["gate"])]
     if result.get("stopped"):
@@ -679,9 +684,12 @@ def demo(
     from flows.demo import check_workspace, demo_settings, flywheel_demo
     from tasks.report import before_after_rows
 
+    from flows.temporary_server import temporary_prefect_server
+
     check_workspace(demo_settings(str(config) if config else None, str(workspace) if workspace else None).workspace)
-    result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,
-                           auto_approve=auto_approve, weeks_after=weeks_after)
+    with temporary_prefect_server():
+        result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,
+                               auto_approve=auto_approve, weeks_after=weeks_after)
     width = max(len(name) for name, _, _ in before_after_rows(result))
     lines = [f"{'':{width}}  {'before':>24}  {'after':>24}"]
     lines += [f"{name:{width}}  {before:>24}  {after:>24}" for name, before, after in before_after_rows(result)]

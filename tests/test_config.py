@@ -147,8 +147,8 @@ def test_a_yaml_bomb_does_not_hang_config_show(tmp_path: Path) -> None:
 
 def test_messages_never_echo_unbounded_input(tmp_path: Path) -> None:
     big = tmp_path / "big.yaml"
-    big.write_text("logs: [" + ", ".join(f"'source-{i}'" for i in range(20_000)) + "]\n"
-                   "train:\n  r: '" + "x" * 100_000 + "'\n", encoding="utf-8")
+    big.write_text("logs: [" + ", ".join(f"'source-{i}'" for i in range(3_000)) + "]\n"
+                   "train:\n  r: '" + "x" * 20_000 + "'\n", encoding="utf-8")
     with pytest.raises(ConfigError) as err:
         load_settings(big)
     message = str(err.value)

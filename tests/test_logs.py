@@ -747,20 +747,14 @@ def test_a_corrupt_file_is_set_aside_and_the_rest_loads(tmp_path, corrupt):
 
 
 def test_logs_validate_names_a_corrupt_file_and_strict_says_no(tmp_path):
-    import subprocess
-    import sys
+    from typer.testing import CliRunner
 
-    from tasks.config import REPO_ROOT
+    from flows.cli import app
 
     folder = _folder_with_a_corrupt_file(tmp_path, "parquet")
-
-    def validate(*extra: str) -> subprocess.CompletedProcess:
-        return subprocess.run([sys.executable, "-m", "flows.cli", "logs", "validate", str(folder), "-w", str(tmp_path),
-                               "--json", *extra], capture_output=True, text=True, cwd=REPO_ROOT)
-
-    done = validate()
-    assert done.returncode == 0, done.stderr
+    done = CliRunner().invoke(app, ["logs", "validate", str(folder), "-w", str(tmp_path), "--json"])
+    assert done.exit_code == 0, done.output
     summary = json.loads(done.stdout.strip().splitlines()[-1])
     assert summary["accepted"] == 5 and summary["unreadable_files"][0]["source"].endswith("2026-01-07.parquet")
-    strict = validate("--strict")
-    assert strict.returncode == 1 and "2026-01-07.parquet" in strict.stderr
+    strict = CliRunner().invoke(app, ["logs", "validate", str(folder), "-w", str(tmp_path), "--strict"])
+    assert strict.exit_code == 1 and "unreadable files: " in strict.output and "2026-01-07.parquet" in strict.output

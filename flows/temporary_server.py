@@ -69,8 +69,11 @@ def _start(env: dict[str, str], timeout: float) -> tuple[subprocess.Popen, str]:
     printed is on the terminal (stderr is shared, as Prefect's own temporary server does)."""
     for _ in range(3):
         port = _free_port()
+        # Its own session: a Ctrl-C meant for the command must not stop the server while the flow is
+        # still reporting to it (the command stops it on the way out; the watchdog, if the command dies).
         process = subprocess.Popen([sys.executable, "-m", "flows.temporary_server", str(port), str(os.getpid())],
-                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL)
+                                   env=env, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                   start_new_session=True)
         url = f"http://127.0.0.1:{port}"
         deadline = time.monotonic() + timeout
         while process.poll() is None and time.monotonic() < deadline:

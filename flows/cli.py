@@ -127,8 +127,10 @@ def logs_validate(
     as_json: JsonOpt = False,
 ) -> None:
     """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
-    UTF-8 or are too large go to the quarantine file with their source line and reason. A file that
-    cannot be read at all (truncated, corrupt) is named and set aside; the other files load."""
+    UTF-8 or are too large go to the quarantine file with their source line and reason; a file that
+    cannot be read at all (truncated, corrupt) is named and set aside, and the other files load. Exits 1
+    when every row was quarantined (usually the wrong logs.preset or logs.columns), or with --strict when
+    any was or a file could not be read."""
     from tasks.logs import load_window
 
     settings = settings_for(config, workspace)
@@ -140,6 +142,11 @@ def logs_validate(
         ("unreadable files", len(result.unreadable_files)),
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
+    if result.read and not result.accepted:
+        raise check_failed(
+            f"all {result.read} rows were quarantined (see {summary['quarantine']}): is the mapping right? "
+            f"logs.preset is {settings.logs.preset!r} (flywheel | openai_chat); logs.columns maps other field names"
+        )
     if strict and (result.quarantined or result.unreadable_files):
         unreadable = ", ".join(item["source"] for item in result.unreadable_files)
         raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})"
@@ -200,48 +207,87 @@ def signals(
 
 @app.command()
 def drift(
-    reference: Annotated[list[str], typer.Option("--reference", help="Reference prompts: JSONL with a 'prompt' field, text with one prompt per line, or log files/globs.")],
+    reference: Annotated[list[str], typer.Option("--reference", help="Reference prompts: JSONL with a 'prompt' field (and optionally a 'group' field: conversation, session or user), text with one prompt per line, or log files/globs (flywheel or openai_chat shape; sessions, else users, become groups).")],
     current: Annotated[list[str], typer.Option("--current", help="Current prompts, same forms as --reference.")],
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Input drift between two prompt sets: KL(current||reference) with bands (< 0.1 same, 0.1-0.5
-    slight, > 0.5 drift), a no-drift baseline from resampling, JS distance, PSI, and the terms that
-    explain it. Exits 1 on a drift alert."""
+    slight, > 0.5 drift), a no-drift baseline from resampling the reference by conversation/session
+    (drift.null_resample_by), JS distance, PSI, and the terms that explain it. Exits 1 on a drift alert."""
     from tasks.drift import compute_drift
 
     settings = settings_for(config, workspace)
-    result = compute_drift(read_prompts(settings, reference), read_prompts(settings, current), settings.drift)
+    reference_prompts, reference_groups = read_prompts(settings, reference)
+    current_prompts, _ = read_prompts(settings, current)
+    result = compute_drift(reference_prompts, current_prompts, settings.drift, reference_groups=reference_groups)
     rows = [("band", result["band"]), ("alert", result["alert"]), ("KL", result.get("kl")),
             ("no-drift KL", result.get("null_kl")), ("JS distance", result.get("js")), ("PSI", result.get("psi")),
-            ("prompts", f"{result['n_current']} current, {result['n_reference']} reference")]
+            ("prompts", f"{result['n_current']} current, {result['n_reference']} reference"),
+            ("null resampled by", f"{result.get('null_resampled_by')} ({result.get('null_groups')} groups)")]
     rows += [(f"  {t['term']}", f"{t['current_share']:.2%} now vs {t['reference_share']:.2%}") for t in result.get("top_terms", [])]
     emit(result, as_json, table(rows))
     if result["alert"]:
         raise check_failed(f"input drift: KL {result['kl']:.3f} ({result['band']})")
 
 
-def read_prompts(settings: Settings, paths: list[str]) -> list[str]:
-    """Prompts from prompt files (JSONL with 'prompt' / one per line) or, for anything else, logs."""
-    from tasks.drift import load_prompts
+def read_prompts(settings: Settings, paths: list[str]) -> tuple[list[str], list[str | None]]:
+    """Prompts and their null-baseline groups from prompt files (JSONL with 'prompt' / one per line)
+    or logs. A JSONL file is read as logs when its first row looks like a log record: the flywheel
+    shape, or the openai_chat shape (messages/choices), which is then mapped with that preset
+    whatever logs.preset says. Logs of which no row could be read are an error naming the mapping."""
+    from tasks.drift import load_prompt_records, prompt_groups
     from tasks.logs import load_window
 
-    prompt_files = [p for p in paths if Path(p).is_file() and Path(p).suffix in (".txt", ".jsonl") and not _is_log_file(Path(p))]
-    prompts = [prompt for path in prompt_files for prompt in load_prompts(Path(path))]
-    log_sources = [p for p in paths if p not in prompt_files]
-    if log_sources:
-        prompts += load_window(settings, log_sources, quarantine=False).table.column("prompt").to_pylist()
-    return prompts
+    prompts: list[str] = []
+    groups: list[str | None] = []
+    logs_by_preset: dict[str, list[str]] = {}
+    for path in paths:
+        shape = _file_shape(Path(path))
+        if shape == "prompts":
+            file_prompts, file_groups = load_prompt_records(Path(path))
+            prompts += file_prompts
+            groups += file_groups
+        else:
+            logs_by_preset.setdefault(shape or settings.logs.preset, []).append(path)
+    for preset, sources in logs_by_preset.items():
+        mapped = settings.model_copy(update={"logs": settings.logs.model_copy(update={"preset": preset})})
+        loaded = load_window(mapped, sources, quarantine=False)
+        if loaded.read and not loaded.accepted:
+            raise ValueError(f"{', '.join(sources)}: none of the {loaded.read} rows could be read as logs "
+                             f"(logs.preset {preset}; {dict(loaded.reasons)}): set logs.preset (flywheel | openai_chat) "
+                             "or logs.columns to map the file's fields, or pass a prompt file")
+        table_ = loaded.table
+        prompts += table_.column("prompt").to_pylist()
+        groups += prompt_groups(table_, settings.drift.null_resample_by) or [None] * table_.num_rows
+    return prompts, groups
 
 
-def _is_log_file(path: Path) -> bool:
-    """A JSONL file whose first row looks like a log record (not a bare prompt list)."""
-    if path.suffix != ".jsonl":
-        return False
+def _file_shape(path: Path) -> str | None:
+    """"prompts" for a prompt file, "flywheel" / "openai_chat" for a JSONL log of that shape, None
+    for anything else (a folder, a glob, Parquet, JSONL rows without a 'prompt' string: logs read
+    with the configured preset and logs.columns)."""
+    if not path.is_file():
+        return None
+    suffix = path.suffix.lower()
+    if suffix == ".txt":
+        return "prompts"
+    if suffix not in (".jsonl", ".ndjson"):
+        return None
     with path.open(encoding="utf-8", errors="replace") as handle:
-        first = handle.readline()
-    return '"request_id"' in first and '"response"' in first
+        first = next((line for line in handle if line.strip()), "")
+    try:
+        row = json.loads(first)
+    except json.JSONDecodeError:
+        return "prompts"  # load_prompt_records names the line and the expected shape
+    if not isinstance(row, dict):
+        return "prompts"
+    if "messages" in row or "choices" in row:
+        return "openai_chat"
+    if "request_id" in row or "response" in row:
+        return "flywheel"
+    return "prompts" if isinstance(row.get("prompt"), str) else None
 
 
 @app.command()
@@ -317,15 +363,17 @@ def extract(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Extract failure cases (refusals, re-asks, thumbs-down) from a window of logs, with users
-    replaced by a keyed hash and duplicates removed."""
+    """Extract failure cases (refusals, re-asks, thumbs-down, answers the docs do not support) from a
+    window of logs, with users replaced by a keyed hash and duplicates removed."""
     from tasks.cycle import pii_key
-    from tasks.extract import extract_cases
+    from tasks.extract import extract_cases, unsupported_flags
     from tasks.logs import load_window
+    from tasks.windows import parse_time
 
     settings = settings_for(config, workspace)
     result = load_window(settings, sources, since, until)
-    summary = extract_cases(result.table, settings.signals, settings.extract, key=pii_key(settings), out_path=out)
+    summary = extract_cases(result.table, settings.signals, settings.extract, key=pii_key(settings), out_path=out,
+                            unsupported=unsupported_flags(settings, parse_time(until) if until else None))
     emit(summary, as_json, table([("cases", summary["cases"]), *summary["by_kind"].items(),
                                   ("duplicates removed", summary["duplicates_removed"]), ("written to", out)]))
 
@@ -475,7 +523,8 @@ def evaluate(
 
 
 def registry_call(config: Path | None, workspace: Path | None, action: str, *args: Any, **kwargs: Any) -> dict:
-    """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash."""
+    """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash. Bad input (no such
+    version, a blank reviewer: RegistryInputError, a ValueError) exits 2 through main()."""
     from tasks.registry import Registry, RegistryRuleError
 
     registry = Registry(settings_for(config, workspace))
@@ -487,13 +536,17 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
 
 @registry_app.command("status")
 def registry_status(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Show the champion and canary aliases and every version's gate and review."""
+    """Show the champion and canary aliases and every version's gate and latest review (of how many).
+    No champion means the base model is served without an adapter."""
     status = registry_call(config, workspace, "status")
-    lines = [f"champion: {status['champion']}", f"canary:   {status['canary']}", ""]
+    lines = [f"champion: {status['champion'] or 'none (the base model is served, no adapter)'}",
+             f"canary:   {status['canary']}", ""]
     for v in status["versions"]:
+        reviews = v.get("reviews") or []
+        latest = f"{reviews[-1]['decision']} by {reviews[-1]['reviewer']} ({len(reviews)} in all)" if reviews else "-"
         lines.append(
             f"v{v['version']:<4} {','.join(v.get('aliases') or []) or '-':<18} cycle {v.get('cycle_id') or '-':<24} "
-            f"gate {v.get('gate') or '-':<7} review {(v.get('review') or {}).get('decision', '-')}"
+            f"gate {v.get('gate') or '-':<7} review {latest}"
         )
     emit(status, as_json, "\n".join(lines))
 
@@ -510,14 +563,17 @@ CommentOpt = Annotated[str, typer.Option("--comment", help="Why (recorded on the
 @app.command()
 def approve(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
             workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Approve a canary for promotion (then `flywheel promote VERSION`)."""
+    """Approve a canary for promotion (then `flywheel promote VERSION`). Every review is kept; the latest
+    counts. Refused (exit 1) for a rejected version (a rejection is final) and, with
+    review.require_distinct_override, for the reviewer who overrode its failed gate."""
     _review(version, "approve", reviewer, comment, config, workspace, as_json)
 
 
 @app.command()
 def reject(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
            workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Reject a canary: it loses the canary alias and can never be promoted."""
+    """Reject a version: it loses the canary alias and can never be approved or promoted again (register
+    the adapter again to try again). The serving champion cannot be rejected: roll it back first."""
     _review(version, "reject", reviewer, comment, config, workspace, as_json)
 
 
@@ -525,7 +581,8 @@ def reject(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: Con
 def registry_override(version: str, reviewer: ReviewerOpt,
                       reason: Annotated[str, typer.Option("--reason", help="Why the failed gate may be ignored.")],
                       config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Record a reviewer's override of a failed evaluation gate (needed before promoting it)."""
+    """Record a reviewer's override of a failed evaluation gate (needed before promoting it). With
+    review.require_distinct_override the reviewer may not be one who approved the version."""
     result = registry_call(config, workspace, "override_gate", version, reviewer=reviewer, reason=reason)
     emit(result, as_json, f"version {version}: gate overridden by {reviewer}")
 
@@ -538,10 +595,14 @@ def promote(version: str, config: ConfigOpt = None, workspace: WorkspaceOpt = No
 
 
 @app.command()
-def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to [default: the previous champion].")] = None,
+def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to, or 'base' for the base model without an adapter [default: the previous champion; the base after the first champion].")] = None,
+             reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who overrides a rejection (with --override-reason).")] = None,
+             override_reason: Annotated[Optional[str], typer.Option("--override-reason", help="Why a version rejected since it served may serve again (recorded on it and in the audit).")] = None,
              config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Move the champion alias back to the previous champion (or a given earlier champion)."""
-    result = registry_call(config, workspace, "rollback", to)
+    """Move the champion alias back to the previous champion, or to a given earlier champion. Rolling back
+    the first champion serves the base model again (the champion alias is removed). A version rejected
+    since it served needs --reviewer and --override-reason."""
+    result = registry_call(config, workspace, "rollback", to, reviewer=reviewer, override_reason=override_reason)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
 
 
@@ -676,8 +737,9 @@ def demo(
     """The whole loop on a simulated quarter, on this machine (no GPU, servers or network): build the
     base model, simulate 13 weeks of users answered by it (new products launch in week 7), monitor
     every week, retrain, evaluate, register the canary, approve and promote it (--auto-approve), two
-    more weeks with the new champion, and a before/after table. About 9 minutes on 2 CPU cores
-    the first time, 7 once the base model is built."""
+    more weeks with the new champion, and a before/after table: what monitoring saw (refusals, re-asks,
+    answers the docs do not support) beside what the simulator knows (accuracy, wrong answers). About 9
+    minutes on 2 CPU cores the first time, 7 once the base model is built."""
     if not verbose:  # the demo prints its own progress
         os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -700,6 +762,36 @@ def demo(
     emit(result, as_json, "\n".join(lines))
     if not result["gate_passed"]:
         raise check_failed("the canary failed its evaluation gate (see the evaluation report)")
+
+
+# ------------------------------------------------------------------------------------------- A/B
+
+
+@app.command("ab")
+def ab(
+    sources: SourcesArg = None,
+    expected_share: Annotated[float, typer.Option("--expected-share", min=0.0, max=1.0, help="The canary share the split ran at during the window (e.g. 0.05), for the sample-ratio check and the interval tuning.")] = ...,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """A/B analysis of champion vs canary traffic (records carry metadata.variant): per arm requests,
+    users, refusal, re-ask, thumbs-down, error and unsupported-answer rates, feedback coverage and
+    latency p95; each difference canary - champion with an always-valid interval (users as the unit),
+    the guardrail margins of abtest.margins, and a sample-ratio-mismatch check. Decision: advance,
+    hold or halt; exits 1 on halt."""
+    from tasks.abtest import analyse_ab
+    from tasks.logs import load_window
+    from tasks.report import ab_markdown
+
+    settings = settings_for(config, workspace)
+    result = analyse_ab(load_window(settings, sources, since, until).table, settings, expected_share)
+    result.update(since=since, until=until)
+    emit(result, as_json, ab_markdown(result))
+    if result["decision"] == "halt":
+        raise check_failed("; ".join(r for r in result["reasons"] if "sample-ratio" in r or "beyond its margin" in r))
 
 
 # ----------------------------------------------------------------------------------------- cost

@@ -154,8 +154,10 @@ def flywheel_demo(
         else:
             verdict = "no action"
         kl = f"KL {drift['kl']:.3f} ({drift['band']})" if drift.get("kl") is not None else f"drift {drift.get('band')}"
+        unsupported = (signals.get("unsupported") or {}).get("unsupported_rate")
+        made_up = f", unsupported {unsupported:.1%}" if unsupported is not None else ""
         clock.say(f"week {week:2d} {label[week]}  {traffic['records']} requests by {traffic['model_version']}: "
-                  f"refusals {signals['refusal_rate']:.1%}, re-asks {signals['reask_rate']:.1%}, {kl}: {verdict}")
+                  f"refusals {signals['refusal_rate']:.1%}, re-asks {signals['reask_rate']:.1%}{made_up}, {kl}: {verdict}")
 
     for week in range(1, sim.weeks + 1):
         run_week(week)
@@ -207,6 +209,10 @@ def flywheel_demo(
         "refusal_rate_after": after and after["refusal_rate"],
         "new_topic_accuracy_before": before["new_topic_accuracy"],
         "new_topic_accuracy_after": after and after["new_topic_accuracy"],
+        "wrong_answer_rate_before": before["wrong_answer_rate"],
+        "wrong_answer_rate_after": after and after["wrong_answer_rate"],
+        "unsupported_rate_before": before["unsupported_rate"],
+        "unsupported_rate_after": after and after["unsupported_rate"],
         "before": before,
         "after": after,
         "weeks": [_week_row(weeks[w]) for w in sorted(weeks)],
@@ -222,13 +228,18 @@ def _period(weeks: dict[int, dict], numbers: list[int], truth: dict) -> dict:
     """Monitoring's view of `numbers` (pooled over the weeks) beside the simulator's ground truth."""
     signals = [weeks[w]["monitoring"]["signals"] for w in numbers]
     records = sum(s["records"] for s in signals)
+    checked = [s["unsupported"] for s in signals if s.get("unsupported")]
+    decided = sum(c["checked"] - c["undecided"] for c in checked)
     return {
         "weeks": [weeks[w]["label"] for w in numbers],
         "records": records,
         "refusal_rate": round(sum(s["refusal_count"] for s in signals) / records, 4) if records else None,
         "reask_rate": round(sum(s["reask_count"] for s in signals) / records, 4) if records else None,
         "thumbs_down": sum(s["thumbs_down"] for s in signals),
+        "unsupported_rate": round(sum(c["unsupported"] for c in checked) / decided, 4) if decided else None,
+        "unsupported_checked": decided,
         "accuracy": truth["accuracy"],
+        "wrong_answer_rate": truth["wrong_share"],
         "new_topic_records": truth["new_topic_records"],
         "new_topic_accuracy": truth["new_topic_accuracy"],
         "new_topic_refusal_share": truth["new_topic_refusal_share"],
@@ -238,5 +249,6 @@ def _period(weeks: dict[int, dict], numbers: list[int], truth: dict) -> dict:
 def _week_row(week: dict) -> dict:
     signals, drift = week["monitoring"]["signals"], week["monitoring"]["drift"]
     return {"week": week["label"], "model_version": week["traffic"]["model_version"], "records": signals["records"],
-            "refusal_rate": signals["refusal_rate"], "reask_rate": signals["reask_rate"], "kl": drift.get("kl"),
+            "refusal_rate": signals["refusal_rate"], "reask_rate": signals["reask_rate"],
+            "unsupported_rate": (signals.get("unsupported") or {}).get("unsupported_rate"), "kl": drift.get("kl"),
             "band": drift.get("band"), "triggered": week["monitoring"]["triggered"]}

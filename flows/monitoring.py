@@ -1,5 +1,6 @@
-"""Weekly monitoring: four quality signals and input drift for one ISO week, a dashboard, and the
-decision whether to start a retraining cycle.
+"""Weekly monitoring: the quality signals (refusal, re-ask, thumbs, unsupported answers against the
+docs, self-consistency) and input drift for one ISO week, a dashboard, and the decision whether to start
+a retraining cycle.
 
 Trigger mechanism (the only one): when the decision says so, this flow emits the Prefect event
 `flywheel.retraining.requested`; the `quarterly-retraining` deployment in prefect.yaml has a trigger
@@ -19,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import monitor
 from tasks.config import Settings, load_settings
-from tasks.drift import compute_drift, load_prompts
+from tasks.drift import compute_drift, load_prompt_records, prompt_groups
 from tasks.logs import load_window
 from tasks.report import dashboard_markdown
 from tasks.signals import compute_signals
@@ -52,6 +53,25 @@ def compute_week_signals(settings: Settings, logs: pa.Table) -> dict[str, Any]:
     return signals
 
 
+@task(name="verify-answers", cache_policy=NO_CACHE)
+def verify_week_answers(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any] | None:
+    """The headline hallucination signal: the unsupported-answer rate of a seeded sample of the week's
+    answers, checked against the docs in force by the week's end (verify.verifier). None when
+    verify.sample is 0."""
+    from tasks.docs import load_docs
+    from tasks.verify import make_verifier, unsupported_signal
+
+    if settings.verify.sample == 0 or logs.num_rows == 0:
+        return None
+    _, end = iso_week_window(week)
+    docs = load_docs(settings)
+    result = unsupported_signal(logs, settings, docs.at(end), make_verifier(settings), docs_label=docs.label(end),
+                                seed=monitor.week_step(week))
+    get_run_logger().info("unsupported answers: %s of %d checked (%s, docs %s)", result["unsupported"],
+                          result["checked"], result["verifier"], result["docs"])
+    return result
+
+
 @task(name="compute-drift", cache_policy=NO_CACHE)
 def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any]:
     """Drift of this week's prompts against the reference. With no reference configured or stored
@@ -64,15 +84,17 @@ def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[st
     if reference is None:
         start, _ = iso_week_window(week)
         earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
-                              quarantine=False).table.column("prompt")
-        baseline = earlier if len(earlier) >= settings.drift.min_prompts else current
-        reference = monitor.store_reference(settings, baseline.to_pylist())
-        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", len(baseline))
-        if baseline is current:
+                              quarantine=False).table
+        baseline = earlier if earlier.num_rows >= settings.drift.min_prompts else logs
+        reference = monitor.store_reference(settings, baseline.column("prompt").to_pylist(),
+                                            groups=prompt_groups(baseline, settings.drift.null_resample_by))
+        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", baseline.num_rows)
+        if baseline is logs:
             return {"band": "insufficient", "alert": False, "kl": None, "n_current": len(current),
                     "n_reference": 0, "reference": str(reference),
                     "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
-    drift = compute_drift(load_prompts(reference), current, settings.drift)
+    reference_prompts, reference_groups = load_prompt_records(reference)
+    drift = compute_drift(reference_prompts, current, settings.drift, reference_groups=reference_groups)
     drift["reference"] = str(reference)
     return drift
 
@@ -164,6 +186,7 @@ def weekly_monitoring(
 
     logs = load_week_logs(settings, week)
     signals = compute_week_signals(settings, logs)
+    signals["unsupported"] = verify_week_answers(settings, week, logs)
     drift = compute_week_drift(settings, week, logs)
     decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
     history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
@@ -172,8 +195,10 @@ def weekly_monitoring(
     if decision["triggered"]:
         decision["event_emitted"] = request_retraining(week, decision)
 
+    unsupported = (signals["unsupported"] or {}).get("unsupported_rate")
     print(
-        f"{week}: refusal {signals['refusal_rate']}, re-ask {signals['reask_rate']}, drift {drift.get('band')} "
+        f"{week}: refusal {signals['refusal_rate']}, re-ask {signals['reask_rate']}, unsupported {unsupported}, "
+        f"drift {drift.get('band')} "
         f"-> retraining {'TRIGGERED' if decision['triggered'] else 'not triggered'}"
     )
     return {"week": week, "signals": signals, "drift": drift, "triggered": decision["triggered"],

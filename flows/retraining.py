@@ -67,14 +67,20 @@ def run_stage(stage_task, directory: Path, fresh: bool, *args: Any) -> StageResu
     return stage_task.with_options(refresh_cache=not reuse)(*args)
 
 
-@stage("extract-failure-cases", records="extract", code=("tasks.extract", "tasks.signals", "tasks.logs"))
+@stage("extract-failure-cases", records="extract",
+       code=("tasks.extract", "tasks.signals", "tasks.logs", "tasks.docs", "tasks.verify"))
 def extract_failure_cases(logs: LogsSettings, signals: SignalsSettings, extract: ExtractSettings, since: datetime | None,
-                          until: datetime | None, log_files: list, key: bytes, out: Path, quarantine: Path) -> StageResult:
-    """`log_files` is [file, size, mtime] per file: new or changed logs are a new cache key."""
+                          until: datetime | None, log_files: list, key: bytes, out: Path, quarantine: Path,
+                          grounding: Settings) -> StageResult:
+    """`log_files` is [file, size, mtime] per file: new or changed logs are a new cache key. `grounding`
+    holds the GROUNDING_SECTIONS (which docs, which verifier) that find unsupported answers."""
     from tasks.extract import extract_stage
 
     return extract_stage([f for f, _, _ in log_files], out, logs=logs, signals=signals, settings=extract, key=key,
-                         since=since, until=until, quarantine=quarantine)
+                         since=since, until=until, quarantine=quarantine, grounding=grounding)
+
+
+GROUNDING_SECTIONS = ("docs", "verify", "simulate", "signals", "paths")
 
 
 @stage("mask-pii", records="mask", code=("tasks.pii",))
@@ -101,11 +107,12 @@ def score_agreement(annotation: AnnotationSettings, annotations: Path, masked: P
 
 
 @stage("build-training-set", records="dataset", code=("tasks.dataset",))
-def build_training_set(dataset: DatasetSettings, curated: Path, replay: Path | None, cycle_id: str, out: Path,
-                       mlflow: MlflowRun) -> StageResult:
+def build_training_set(dataset: DatasetSettings, signals: SignalsSettings, curated: Path, replay: Path | None,
+                       cycle_id: str, out: Path, mlflow: MlflowRun) -> StageResult:
+    """`signals` says which replayed answers are refusals (all of them are replayed: dataset.replay_refusals)."""
     from tasks.dataset import dataset_stage
 
-    return dataset_stage(curated, replay, out, dataset, cycle_id=cycle_id, mlflow=mlflow)
+    return dataset_stage(curated, replay, out, dataset, cycle_id=cycle_id, mlflow=mlflow, signals=signals)
 
 
 @stage("train-lora-adapter", records="train", code=("tasks.train", "tasks.base_model"))
@@ -128,7 +135,7 @@ def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, champio
     return evaluate_stage(adapter.parent, holdout, out, settings, champion=champion, mlflow=mlflow)
 
 
-EVALUATE_SECTIONS = ("evaluate", "signals", "model", "train", "paths")
+EVALUATE_SECTIONS = ("evaluate", "signals", "model", "train", "paths", "docs", "verify", "simulate")
 
 
 @task(name="register-canary")
@@ -216,7 +223,7 @@ def quarterly_retraining(
     try:
         cases = step(extract_failure_cases, settings.logs, settings.signals, settings.extract, since, until,
                      cycle.files_fingerprint(cycle.log_files(settings)), key, directory / cycle.CASES,
-                     default_quarantine(settings.logs, settings.workspace))
+                     default_quarantine(settings.logs, settings.workspace), stage_settings(settings, GROUNDING_SECTIONS))
         masked = step(mask_pii, settings.pii, cases.path("cases"), key, directory / cycle.MASKED)
         annotations = step(collect_annotations, settings.annotation, masked.path("masked"), *simulated, annotation_dir)
         agreement = step(score_agreement, settings.annotation, annotations.path("annotations"), masked.path("masked"),
@@ -225,8 +232,8 @@ def quarterly_retraining(
             client.set_terminated(run_id, "KILLED")
             return _stopped(cycle_id, directory, "agreement blocked the cycle", agreement)
         replay = cycle.replay_source(settings, champion and champion["cycle_id"], base)
-        dataset = step(build_training_set, settings.dataset, agreement.path("curated"), replay, cycle_id,
-                       directory / cycle.DATASET, mlflow)
+        dataset = step(build_training_set, settings.dataset, settings.signals, agreement.path("curated"), replay,
+                       cycle_id, directory / cycle.DATASET, mlflow)
         trained = step(train_lora_adapter, settings.train, dataset.path("card"), base, directory / cycle.ADAPTER, mlflow)
         evaluated = step(evaluate_candidate, stage_settings(settings, EVALUATE_SECTIONS), trained.path("adapter"),
                          dataset.path("holdout"), (champion["version"], champion["adapter"]) if champion else None,

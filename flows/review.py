@@ -3,10 +3,12 @@ decision in the Prefect UI, record it, and promote on approval (DESIGN.md sectio
 
 In a deployment run the flow suspends (`suspend_flow_run`, no process kept alive) until someone
 answers the ReviewDecision form; on resume Prefect restarts the run from the top, so everything
-before the suspend is cheap and repeatable (registry reads and an artifact). Outside a deployment
-(CLI, demo, tests) there is nothing to suspend: the flow publishes the same summary and returns the
-`flywheel approve|reject` commands that complete the review. The rules (who may promote what) live in
-tasks/registry.py; this flow only orchestrates.
+before the suspend is cheap and repeatable (registry reads and an artifact). The form refuses blank
+text itself (Prefect's server checks an answer against the form's schema before it resumes the run); an
+answer the registry refuses (e.g. an approval by the reviewer who overrode the version's failed gate)
+asks again under a new pause key. Outside a deployment (CLI, demo, tests) there is nothing to suspend:
+the flow publishes the same summary and returns the `flywheel approve|reject` commands that complete
+the review. The rules (who may promote what) live in tasks/registry.py; this flow only orchestrates.
 """
 
 from __future__ import annotations
@@ -23,18 +25,20 @@ from pydantic import Field
 
 from tasks.config import Settings, load_settings
 from tasks.report import review_markdown
-from tasks.registry import Registry, RegistryRuleError
+from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
-MAX_ATTEMPTS = 3  # an invalid answer (blank reviewer or comment) asks again, this many times in all
+MAX_ATTEMPTS = 3  # an answer the registry refuses asks again, this many times in all
+NOT_BLANK = r".*\S.*"  # JSON-schema patterns match anywhere: some character that is not whitespace
 
 
 class ReviewDecision(RunInput):
-    """The reviewer's answer. No defaults: the form must be filled in."""
+    """The reviewer's answer. No defaults: the form must be filled in, and blank text is refused by the
+    form itself (the schema Prefect validates a Resume against)."""
 
     decision: Literal["approve", "reject"] = Field(description="approve: promote the canary to champion; reject: drop it")
-    reviewer: str = Field(min_length=1, description="Who decides (recorded on the model version)")
-    comment: str = Field(min_length=1, description="Why (recorded on the model version)")
+    reviewer: str = Field(min_length=1, pattern=NOT_BLANK, description="Who decides (recorded on the model version)")
+    comment: str = Field(min_length=1, pattern=NOT_BLANK, description="Why (recorded on the model version)")
 
 
 def mlflow_version_url(name: str, version: str, base: str | None = None) -> str:
@@ -49,15 +53,10 @@ def review_commands(version: str) -> dict[str, str]:
     }
 
 
-def validate_decision(answer: ReviewDecision) -> str | None:
-    """None when the answer can be recorded, else what is wrong (the form's own checks let
-    whitespace-only text through)."""
-    if answer.decision not in ("approve", "reject"):
-        return f"decision must be approve or reject, got {answer.decision!r}"
-    for field in ("reviewer", "comment"):
-        if not str(getattr(answer, field) or "").strip():
-            return f"{field} is empty"
-    return None
+def review_key(version: str, attempt: int) -> str:
+    """The pause key of the `attempt`-th question for `version`. Prefect takes lowercase letters, digits
+    and dashes only (its input keys are derived from it)."""
+    return f"review-{version}" if attempt == 1 else f"review-{version}-attempt-{attempt}"
 
 
 @task(name="describe-canary", cache_policy=NO_CACHE)
@@ -71,7 +70,7 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
                                 "the version to review")
     entry = next((v for v in status["versions"] if v["version"] == version), None)
     if entry is None:
-        raise RegistryRuleError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
+        raise RegistryInputError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
     tags = registry.client.get_model_version(registry.name, version).tags or {}
     report = settings.paths.under("cycles", entry["cycle_id"], "06_eval", "report.md") if entry["cycle_id"] else None
     return {
@@ -121,25 +120,24 @@ def _version_awaited_before() -> str | None:
     with get_client(sync_client=True) as client:
         run = client.read_flow_run(flow_run.id)
     keys = sorted(k for k in (run.empirical_policy.pause_keys or set()) if k.startswith("review-"))
-    return keys[0].removeprefix("review-").split("#")[0] if keys else None
+    return keys[0].removeprefix("review-").split("-")[0] if keys else None
 
 
-def await_decision(version: str, description: str, timeout_s: int) -> ReviewDecision:
-    """Suspend until the reviewer answers; an invalid answer asks again (a new pause key each time, so
-    a restarted run replays earlier answers deterministically)."""
+def await_recorded_review(settings: Settings, version: str, description: str, timeout_s: int) -> dict[str, Any]:
+    """Suspend until the reviewer answers, then record the answer. One the registry refuses asks again
+    under a new pause key, so a restarted run replays the earlier answers (and their refusals) in order."""
     from prefect.flow_runs import suspend_flow_run
 
     logger = get_run_logger()
     for attempt in range(1, MAX_ATTEMPTS + 1):
-        key = f"review-{version}" if attempt == 1 else f"review-{version}#{attempt}"
         form = ReviewDecision.with_initial_data(description=description)
-        answer = suspend_flow_run(wait_for_input=form, key=key, timeout=timeout_s)
-        problem = validate_decision(answer)
-        if problem is None:
-            return answer
-        logger.warning("review answer %d for v%s rejected: %s; asking again", attempt, version, problem)
-        description = f"**Previous answer rejected: {problem}.**\n\n" + description
-    raise RegistryRuleError(f"no valid review answer for v{version} after {MAX_ATTEMPTS} attempts; "
+        answer = suspend_flow_run(wait_for_input=form, key=review_key(version, attempt), timeout=timeout_s)
+        try:
+            return record_review(settings, version, answer.decision, answer.reviewer, answer.comment)
+        except (RegistryRuleError, RegistryInputError) as refused:
+            logger.warning("review answer %d for v%s refused: %s; asking again", attempt, version, refused)
+            description = f"**Previous answer refused: {refused}**\n\n" + description
+    raise RegistryRuleError(f"no review answer for v{version} could be recorded after {MAX_ATTEMPTS} attempts; "
                             f"use `flywheel approve|reject {version} --reviewer NAME --comment TEXT`")
 
 
@@ -171,11 +169,10 @@ def canary_review(
         return {"version": version, "status": "awaiting review", **review_commands(version),
                 "gate": canary["gate"], "champion": canary["champion"], "mlflow_url": canary["mlflow_url"]}
 
-    answer = await_decision(version, markdown, int(settings.review.timeout_days * 86400))
-    review = record_review(settings, version, answer.decision, answer.reviewer.strip(), answer.comment.strip())
+    review = await_recorded_review(settings, version, markdown, int(settings.review.timeout_days * 86400))
     result: dict[str, Any] = {"version": version, "decision": review["decision"], "reviewer": review["reviewer"],
-                              "promoted": False, "from": canary["champion"], "to": canary["champion"]}
-    if answer.decision == "approve":
+                              "promoted": False, "from": canary["champion"] or BASE, "to": canary["champion"] or BASE}
+    if review["decision"] == "approve":
         try:
             moved = promote_canary(settings, version)
         except RegistryRuleError as err:  # e.g. a failed gate without override: the review stays recorded
@@ -184,6 +181,7 @@ def canary_review(
         else:
             result.update({"promoted": True, "from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]})
     print(f"v{version}: {review['decision']} by {review['reviewer']}"
-          + (f" -> champion v{result['from']} -> v{result['to']}" if result["promoted"] else ""))
+          + (f" -> champion {result['from'] if result['from'] == BASE else 'v' + result['from']} -> v{result['to']}"
+             if result["promoted"] else ""))
     return result
 

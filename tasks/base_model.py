@@ -5,7 +5,8 @@ the configured base lives (DESIGN.md section 7).
   and generation (tasks/generation.py formats with it; the registry records it with every adapter).
 * `bootstrap_base_model` builds the embedded default base: a byte-level BPE tokenizer trained with
   `tokenizers` on the simulator's knowledge base and a tiny Qwen2-architecture causal LM pre-trained on
-  knowledge base v1 question/answer paraphrases plus honest refusals for products it does not know.
+  knowledge base v1 question/answer paraphrases plus honest refusals for products it does not know and
+  for off-domain questions.
   It is a normal `save_pretrained` directory, so any other local model directory works in its place.
   The build is content-addressed (cached) and locked against a second builder.
 * `resolve_base_model` / `base_model_for` say which base the settings name; `model_digest` names a
@@ -38,7 +39,7 @@ MANIFEST = "flywheel_base.json"  # written beside the weights of a bootstrapped 
 PRETRAINING_FILE = "pretraining.jsonl"
 
 # Bump when the bootstrap recipe changes in a way the cache key cannot see.
-BOOTSTRAP_VERSION = "2"
+BOOTSTRAP_VERSION = "3"
 
 # The two embedded sizes. "default" is what `flywheel model bootstrap` builds (2-4 minutes on 2 CPU
 # cores); "test" is the even smaller one the test-suite builds once per session (seconds).
@@ -59,6 +60,7 @@ BOOTSTRAP_SIZES: dict[str, dict[str, Any]] = {
         "refusal_templates": 2,
         "cross_products": 5,
         "question_dropout": 0.1,
+        "off_domain_refusals": True,
         "threads": 1,
     },
     "test": {
@@ -77,10 +79,33 @@ BOOTSTRAP_SIZES: dict[str, dict[str, Any]] = {
         "refusal_templates": 1,
         "cross_products": 2,
         "question_dropout": 0.1,
+        "off_domain_refusals": True,
         "threads": 1,
     },
 }
 HOLDOUT_SHARE = 0.2  # of each topic's questions, never seen in pre-training
+
+# Questions a shop assistant should decline, pre-trained with an honest refusal so the base declines
+# off-domain prompts (the OOD suite's behaviour) rather than reciting a product page. None of them is in
+# the OOD suite or the simulator's off-topic bank (tests/test_models.py checks): held-out behaviour.
+OFF_DOMAIN_QUESTIONS = (
+    "What will the weather be like on Friday?", "Is it going to snow in Chicago tonight?",
+    "How cold does it get in Oslo in winter?", "How do I roast a whole chicken?",
+    "What can I cook with rice and beans?", "How many minutes do I steam broccoli?",
+    "What is 128 divided by 4?", "Is 221 a prime number?", "What is the square root of 144?",
+    "Write a limerick about a cat.", "Tell me a funny story about a pirate.", "Write a song about summer rain.",
+    "Who painted the Mona Lisa?", "When did the Second World War end?", "What is the tallest mountain in the world?",
+    "Who wrote Hamlet?", "What is the largest ocean on Earth?", "How many planets are in the solar system?",
+    "Which football club has won the most titles?", "Who is the best tennis player of all time?",
+    "What are good places to visit in Lisbon?", "Find me a cheap hotel in Berlin.",
+    "How do I renew my passport?", "What should I take for a sore throat?", "Is it safe to run every day?",
+    "How much water should I drink a day?", "Should I buy gold or silver?", "How do I open a savings account?",
+    "Which stocks will go up next month?", "How do I write a loop in JavaScript?",
+    "What does an API gateway do?", "Explain quantum entanglement simply.", "Translate thank you into Spanish.",
+    "What is the meaning of life?", "Can you help me with my homework?", "How do I train my dog to sit?",
+    "What film should I watch tonight?", "Recommend a good board game.", "How do I get rid of weeds in my garden?",
+    "What is the best way to learn French?", "Can you write my cover letter?", "Who will win the next election?",
+)
 
 
 class ModelError(RuntimeError):
@@ -156,14 +181,17 @@ def _synthetic_products(count: int, seed: int, avoid: set[str]) -> list[str]:
 
 
 def pretraining_examples(kb: KnowledgeBase, *, seed: int = 0, synthetic_unknown: int = 30,
-                         refusal_templates: int = 2, cross_products: int = 5) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
+                         refusal_templates: int = 2, cross_products: int = 5,
+                         off_domain_refusals: bool = False) -> tuple[list[tuple[str, str]], dict[str, list[str]]]:
     """(question, answer) pairs the base is pre-trained on, and the held-out questions per topic.
 
     Answers: the train split of every topic's paraphrases, plus (`cross_products` per product) other
     products' train phrasings with this product's name put in. Refusals: the knowledge base's templated
     questions about `unknown_products` plus made-up names, *and* the known products' own phrasings with
     the name swapped for an unknown one. Both swaps teach the same thing: the product name, not the
-    phrasing, decides which answer (or a refusal) follows.
+    phrasing, decides which answer (or a refusal) follows. With `off_domain_refusals`, the questions of
+    OFF_DOMAIN_QUESTIONS are declined too ("I'm sorry, I cannot answer questions about that item." and
+    the like, alternating): a shop assistant answers from its pages or says it cannot.
     """
     refusal = kb.refusals["en"][0]
     rng = random.Random(f"pretrain:{seed}")
@@ -195,6 +223,9 @@ def pretraining_examples(kb: KnowledgeBase, *, seed: int = 0, synthetic_unknown:
         for question, short in rng.sample(product_questions, k=min(refusal_templates, len(product_questions))):
             swapped = re.sub(re.escape(short), _drop_category(product), question, flags=re.IGNORECASE)
             refusals.append((swapped, refusal))
+    if off_domain_refusals:
+        declines = [r for r in kb.refusals.get("en", ()) if "can" in r.lower() or "know" in r.lower()] or [refusal]
+        refusals.extend((q, declines[i % len(declines)]) for i, q in enumerate(OFF_DOMAIN_QUESTIONS))
     pairs.extend(dict.fromkeys(refusals))
     return pairs, held_out
 
@@ -314,7 +345,8 @@ def _bootstrap_locked(out_dir: Path, *, data_dir: Path, seed: int, size: str, sa
     kb = load_knowledge_base(data_dir, "v1")
     pairs, held_out = pretraining_examples(kb, seed=seed, synthetic_unknown=recipe["synthetic_unknown"],
                                            refusal_templates=recipe["refusal_templates"],
-                                           cross_products=recipe["cross_products"])
+                                           cross_products=recipe["cross_products"],
+                                           off_domain_refusals=recipe.get("off_domain_refusals", False))
     # The tokenizer sees exactly what the model is trained on: a token the model never saw would keep a
     # random embedding that a later LoRA adapter (which does not train embeddings) could not use.
     say(f"training tokenizer on {len(pairs)} question/answer pairs")

@@ -110,33 +110,144 @@ class SimulateSettings(Section):
 
 
 class SignalsSettings(Section):
-    # Regular expressions (case-insensitive) that mark a refusal. Word-boundary aware for Latin scripts.
+    # Regular expressions (case-insensitive, Unicode word boundaries, "^" at any line start) that mark
+    # refusal language, in every supported language. Alone (no classifier): a match is a refusal.
     refusal_patterns: list[str] = Field(
         default_factory=lambda: [
-            r"\bI (?:do not|don't) know\b",
-            r"\bI(?: am|'m) not sure\b",
-            r"\bI (?:cannot|can't|can not|am unable to|'m unable to) (?:help|answer|assist|provide)",
-            r"\bI (?:do not|don't) have (?:any )?information\b",
-            r"잘 모르겠",
-            r"도와드릴 수 없",
-            r"답변(?:을|드리기) 어렵",
-            r"\bje ne sais pas\b",
-            r"\bno lo sé\b|\bno sé\b",
-            r"\bich weiß (?:es )?nicht\b",
-            r"わかりません|分かりません",
-            r"我不知道|无法回答",
+        # not knowing
+        r"\bI (?:do not|don't) know\b",
+        r"\bI(?: am|'m) not sure\b",
+        r"\bI (?:do not|don't) have (?:any )?(?:information|details|data)\b",
+        # inability: "I cannot <verb>" for the verbs of helping, answering and producing
+        r"\bI (?:cannot|can't|can not|am unable to|'m unable to|am not able to|'m not able to|will not be able to|won't be able to) (?:help|answer|assist|provide|fulfil|fulfill|comply|support|create|generate|write|give|share|offer|engage|participate|promote|condone|encourage|endorse|recommend|discuss|produce|facilitate|continue|complete|respond|guide|disclose|teach|tell|explain|describe|contribute|perform|carry out|take part|accommodate|proceed|do that|do this|be of assistance)",
+        # declining
+        r"\bI (?:must|have to|will have to|'ll have to|need to) (?:respectfully |politely )?(?:decline|refuse|refrain)\b",
+        r"\bI (?:won't|will not|refuse to) (?:help|assist|provide|answer|engage|participate|support|promote|condone|encourage|create|write|generate|give|share)\b",
+        r"\bI(?:'m| am) (?:not (?:able|comfortable|going) to|unable to)\b",
+        # apology-led
+        r"^[^A-Za-z]{0,3}(?:I(?:'m| am) (?:really |very |so )?sorry|I apologi[sz]e|sorry|my apologies|unfortunately)\b[^.!?\n]{0,80}\b(?:cannot|can't|can not|unable|not able|won't|will not|must decline|not (?:possible|appropriate))\b",
+        r"\bI(?:'m| am) sorry,? but I (?:cannot|can't|can not|won't|will not|am unable|'m unable|am not able|'m not able|must)\b",
+        r"\bI apologi[sz]e,? but\b",
+        # "as an AI language model"
+        r"\bas an? (?:AI|artificial intelligence)(?: language model| model| assistant)?\b",
+        r"\bas a (?:responsible |helpful )?(?:AI|language model)\b",
+        r"\bI(?:'m| am) (?:just |only )?(?:an AI|a language model)\b",
+        # policy and moral judgements
+        r"\b(?:it|this|that)(?:'s| is| would be) (?:not|never) (?:appropriate|ethical|acceptable|advisable|legal)\b",
+        r"\b(?:it|this|that)(?:'s| is| would be) (?:inappropriate|unethical|illegal|against the law)\b",
+        r"\b(?:illegal|unethical|harmful|dangerous|immoral) and (?:unethical|illegal|harmful|dangerous|immoral)\b",
+        r"\bagainst (?:my|OpenAI's|the|our) (?:programming|guidelines|policies|policy|principles|ethical guidelines|content policy|values|terms)\b",
+        r"\b(?:goes|go) against (?:ethical|moral|my|the law)\b",
+        r"\bI (?:do not|don't|cannot|can't|will not|won't) (?:condone|support|promote|encourage|endorse)\b",
+        r"\bnot something I can (?:condone|support|help|assist|provide)\b",
+        r"\b(?:violates?|violation of) (?:OpenAI's |the |my |our )?(?:content )?(?:policy|policies|guidelines|terms)\b",
+        r"\bI (?:would |must |strongly )?(?:advise|urge|caution) (?:you )?against\b",
+        r"\bI must (?:emphasi[sz]e|stress|remind you|inform you|clarify|point out)\b",
+        r"\b(?:engaging|engage) in (?:any )?(?:illegal|unethical|harmful)\b",
+        # Korean
+        r"잘 모르겠",
+        r"도와드릴 수 없",
+        r"답변(?:을|드리기) 어렵",
+        r"(?:제공할|답변할|답변드릴|도움을 드릴|도와줄|도와 드릴|알려드릴|말씀드릴) 수 없",
+        r"AI(?:로서| 언어 모델로서)",
+        # French
+        r"\bje ne sais pas\b",
+        r"\bje ne (?:peux|suis pas en mesure de) (?:pas )?(?:vous |t')?(?:aider|répondre|fournir)",
+        r"\ben tant qu'(?:IA|intelligence artificielle|assistant|modèle de langage)",
+        r"\bdésolée?,? mais je ne\b",
+        # Spanish
+        r"\bno lo sé\b|\bno sé\b",
+        r"\bno puedo (?:ayudar|responder|proporcionar|ofrecer|asistir|cumplir)",
+        r"\bcomo (?:una )?(?:IA|inteligencia artificial|modelo de lenguaje)\b",
+        r"\blo siento,? pero no\b",
+        # German
+        r"\bich weiß (?:es )?nicht\b",
+        r"\bich kann (?:Ihnen |dir )?(?:dabei |damit |hierbei )?nicht (?:helfen|antworten|beantworten)",
+        r"\bals (?:eine )?(?:KI|Sprachmodell)\b",
+        r"\bals künstliche Intelligenz",
+        r"\btut mir leid,? aber\b",
+        # Japanese
+        r"わかりません|分かりません",
+        r"(?:お手伝い|回答|提供|お答え)(?:することは)?できません",
+        r"申し訳(?:ありません|ございません)(?:が|けど)",
+        # Chinese
+        r"我不知道|无法回答",
+        r"(?:抱歉|对不起)[，,]?(?:但是?)?我(?:不能|无法)",
+        r"我(?:不能|无法)(?:提供|回答|帮助|协助|满足)",
+        r"作为(?:一个|一名)?(?:AI|人工智能|语言模型)",
         ]
     )
-    # Optional "module:function" taking a list of responses and returning a list of bools.
-    refusal_classifier: str | None = None
+    # "module:function" taking a list of responses and returning booleans or scores in [0, 1]; the
+    # default is the classifier shipped in data/refusal/ (tasks/refusal.py). Empty: patterns alone.
+    refusal_classifier: str | None = "tasks.refusal:shipped_classifier"
+
+    @field_validator("refusal_classifier")
+    @classmethod
+    def _module_function(cls, value: str | None) -> str | None:
+        if value and not all(value.partition(":")[::2]):
+            raise ValueError(f"must look like 'module:function' (e.g. tasks.refusal:shipped_classifier), got {value!r}")
+        return value
+    # Classifier score at or above which a response with refusal language is a full refusal (below:
+    # a partial one, e.g. it refuses and then answers anyway). Chosen on the dev split (grouped CV).
+    refusal_threshold: float = Field(0.5, ge=0, le=1)
+    # Score at or above which a response without any pattern match is a refusal (policy lectures,
+    # role-play deflections). Empty: only responses with refusal language can be refusals.
+    refusal_threshold_without_cue: float | None = Field(0.8, ge=0, le=1)
+    # Responses of at most this many characters are decided by the patterns alone: with refusal
+    # language there is no room for an answer beside it; without, too few words for the classifier.
+    refusal_short_chars: int = Field(160, ge=0)
     reask_window_s: float = Field(30.0, gt=0)
-    # Char n-gram TF-IDF cosine (IDF fitted on the window's prompts) at or above which a quick
-    # follow-up is a re-ask; unrelated questions score ~0-0.05 (benchmarks/detector_quality.py).
-    reask_similarity: float = Field(0.08, ge=0, le=1)
+    # Similarity two quick prompts must reach to be the same question (backend "words": Jaccard of
+    # content words; "tfidf": char 3-gram TF-IDF cosine, which needs its own bar, e.g. 0.3;
+    # "embeddings": sentence-embedding cosine). Chosen on public dev data: paraphrase pairs (PAWS) and
+    # real conversations' follow-ups (OpenAssistant); benchmarks/detector_quality.py.
+    reask_similarity: float = Field(0.3, ge=0, le=1)
     # Similarity bar when the previous response was a refusal: a refused user who writes again within
     # the window is retrying, often in other words (0: any quick follow-up). Empty: reask_similarity.
     reask_similarity_after_refusal: float | None = Field(0.0, ge=0, le=1)
-    reask_backend: Literal["tfidf", "embeddings"] = "tfidf"
+    reask_backend: Literal["words", "tfidf", "embeddings"] = "words"
+    # A quick prompt matching one of these complains about the answer: a re-ask whatever its words.
+    reask_complaint_patterns: list[str] = Field(
+        default_factory=lambda: [
+            r"\blet me (?:rephrase|ask (?:that |it |this )?again|try again|put it differently)\b",
+            r"\b(?:that|this|it)(?:'s| is| was)? not what I (?:asked|meant|wanted)\b",
+            r"\bnot what I (?:asked|meant)\b",
+            r"\b(?:didn't|did not|doesn't|does not|don't|do not) (?:help|answer)\b",
+            r"\bplease answer (?:my|the) question\b",
+            r"\byou (?:didn't|did not|don't|do not) (?:answer|understand)\b",
+            r"\bask(?:ing)? (?:you )?again\b",
+            r"\btry again\b",
+            r"\bI meant\b",
+            r"\bthat(?:'s| is) (?:wrong|incorrect|not (?:right|true|correct))\b",
+            r"\bare you sure\b",
+        ]
+    )
+    # A quick prompt matching one of these builds on the previous answer: a follow-up, not a re-ask
+    # (unless it complains or the answer was a refusal).
+    reask_followup_patterns: list[str] = Field(
+        default_factory=lambda: [
+            # acknowledging the answer
+            r"^[^A-Za-z]{0,3}(?:thanks|thank you|great|cool|nice|perfect|awesome|wow|interesting|excellent|amazing|alright|sounds good|looks good|got it|I see|lol|haha)\b",
+            r"\bthat(?:'s| is) (?:great|good|helpful|interesting|cool|awesome|amazing|perfect)\b",
+            # continuing from it: a connective first, a pointer back, an edit of what was written
+            r"^[^A-Za-z]{0,3}(?:and|but|so|also|now|then|what about|how about)\b",
+            r"^[^A-Za-z]{0,3}(?:this|that|these|those)(?: [a-z]+)? (?:is|are|was|were|looks?|sounds?|seems?|works?|doesn't|does not|didn't|did not)\b",
+            r"\b(?:before|after|besides|except|other than|instead of|apart from|similar to|like|than) (?:that|this|these|those|it|them)\b",
+            r"\b(?:above|previous) (?:one|ones|answer|example|list|response|message|code|text|points?|steps?|options?|suggestions?)\b|\b(?:mentioned|aforementioned)\b|\b(?:last|first|second|third|other) one\b",
+            r"\b(?:this|that|these|those|your|such) (?:poem|story|code|list|answer|example|script|steps?|essay|song|letter|response|suggestions?|options?|method|approach|recipe|one|ones|ideas?|date|text|explanation|points?)\b",
+            r"\b(?:make|rewrite|modify|change|shorten|expand|extend|simplify|summari[sz]e|translate|continue|elaborate on|improve|fix|edit|format) (?:it|this|that|them|these|those|the (?:[a-z]+ )?(?:poem|story|code|text|list|answer|example|script|essay|song|letter|email|message|response|table|function|program))\b",
+            r"\byou (?:said|mentioned|wrote|suggested|listed|gave|described|explained|recommended)\b",
+            r"\b(?:tell|show|give) me more\b|\bmore (?:details?|about|on|specific|examples?)\b",
+            r"\b(?:any|some|other|more|an|another) examples?\b|\b(?:what|where|who|how|which|anything) else\b",
+            r"\b(?:explain|elaborate)(?: on)? (?:it|this|that|further|more|why)\b|\bin (?:more )?(?:detail|simpler terms|layman's terms)\b",
+        ]
+    )
+    # A prompt that takes at least this many content words from the previous answer that the previous
+    # prompt did not have builds on the answer: a follow-up. Empty: this test is off.
+    reask_followup_answer_words: int | None = Field(2, ge=1)
+    # An answer sharing at most this share of the prompt's content words did not address it: a quick
+    # new prompt that shares a content word with the old one is then a re-ask. Empty: off.
+    reask_unanswered_relevance: float | None = Field(0.0, ge=0, le=1)
     # Sentence-transformers model name or local path for reask_backend: embeddings (extra [embeddings]).
     embedding_model: str = "all-MiniLM-L6-v2"
     consistency_samples: int = Field(5, ge=2)
@@ -160,6 +271,13 @@ class DriftSettings(Section):
     smoothing: float = Field(0.5, gt=0)
     min_prompts: int = Field(500, ge=1)
     null_resamples: int = Field(200, ge=10)
+    # What the no-drift baseline resamples the reference by (a block bootstrap): "session" (the log's
+    # session_id, else the user), "user", or "prompt" (each prompt alone: too narrow for real traffic,
+    # whose prompts come in conversations). Prompt files give groups in a "group" field.
+    null_resample_by: Literal["session", "user", "prompt"] = "session"
+    # A prompt counts with at most its first this many tokens, so that one pasted document cannot
+    # outweigh a thousand questions in the histogram. Empty: every token.
+    max_prompt_tokens: int | None = Field(128, ge=1)
     null_quantile: float = Field(0.99, gt=0, lt=1)
     same_below: float = Field(0.1, gt=0)
     drift_above: float = Field(0.5, gt=0)
@@ -250,6 +368,9 @@ class AnnotationSettings(Section):
 
 class DatasetSettings(Section):
     replay_share: float = Field(0.3, ge=0, lt=1)
+    # Replay every refusal of the champion's training data on top of replay_share, so a cycle does not
+    # unlearn declining what the shop does not sell or do (off-domain questions, unknown products).
+    replay_refusals: bool = True
     val_share: float = Field(0.1, gt=0, lt=1)
     new_cases_holdout: float = Field(0.2, ge=0, lt=1)
     # Train on at most this many new cases (a hash-ordered sample); empty: all of them.
@@ -326,24 +447,60 @@ class EvaluateSettings(Section):
     bootstrap_samples: int = Field(1_000, ge=100)
     ci_level: float = Field(0.95, gt=0, lt=1)  # of the paired bootstrap interval (candidate - champion)
     # suite -> metric -> gate. Metrics: behaviour, token_f1, rouge_l, must_include, must_not_include,
-    # pii_in_output (lower is better: its floor is a ceiling and max_drop the largest allowed rise).
+    # pii_in_output, unsupported, unsupported_ref (the last three: lower is better, so a floor is a ceiling
+    # and max_drop the largest allowed rise over the champion).
     gates: dict[str, dict[str, Gate]] = Field(
         default_factory=lambda: {
-            "regression": {"behaviour": Gate(floor=0.8, max_drop=0.05), "token_f1": Gate(max_drop=0.05)},
-            "ood": {"behaviour": Gate(floor=0.6, max_drop=0.05)},
-            "adversarial": {"must_not_include": Gate(floor=0.95, max_drop=0.0)},
-            "new_cases": {"behaviour": Gate(floor=0.6)},
+            "regression": {"behaviour": Gate(floor=0.8, max_drop=0.05), "token_f1": Gate(max_drop=0.05),
+                           "unsupported": Gate(max_drop=0.05)},
+            "ood": {"behaviour": Gate(floor=0.6, max_drop=0.05), "unsupported": Gate(max_drop=0.05)},
+            "adversarial": {"must_not_include": Gate(floor=0.95, max_drop=0.0), "unsupported": Gate(max_drop=0.05)},
+            "new_cases": {"behaviour": Gate(floor=0.6), "unsupported": Gate(max_drop=0.05)},
         }
     )
 
     @model_validator(mode="after")
     def _gate_metrics_known(self) -> EvaluateSettings:
-        known = {"behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output"}
+        known = {"behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output", "unsupported",
+                 "unsupported_ref"}
         for suite, metrics in self.gates.items():
             unknown = sorted(set(metrics) - known)
             if unknown:
                 raise ValueError(f"gates.{suite}: unknown metric(s) {unknown}; use one of {sorted(known)}")
         return self
+
+
+class DocsSettings(Section):
+    # Files, folders or globs of .md / .txt / .json documentation (the shop's product and policy pages).
+    # A folder of ISO-dated sub-folders (2026-02-16/) holds versions, each in force from its date.
+    # Empty: the simulator's knowledge base, v1 before simulate's launch week and v2 from then on.
+    sources: list[str] = Field(default_factory=list)
+    retrieval: Literal["bm25", "embeddings"] = "bm25"  # embeddings: the [embeddings] extra
+    embedding_model: str = "all-MiniLM-L6-v2"
+
+
+class JudgeSettings(Section):
+    # An OpenAI-compatible endpoint serving a model capable of judging (vLLM, TGI, llama.cpp, an API).
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    served_name: str | None = None  # empty: the server's first model
+    api: Literal["completions", "chat"] = "chat"
+    api_key_env: str = "OPENAI_API_KEY"
+    timeout_s: float = Field(30.0, gt=0)
+    retries: int = Field(3, ge=0)
+    max_new_tokens: int = Field(4, ge=1)
+    max_calls_per_week: int = Field(2_000, ge=0)  # beyond: "undecided" (a cost cap, per wall-clock ISO week)
+
+
+class VerifySettings(Section):
+    # claims: the offline claim checker; judge: an LLM asked YES/NO through `verify.judge`.
+    verifier: Literal["claims", "judge"] = "claims"
+    top_k: int = Field(4, ge=1)  # evidence: at most this many snippets per question ...
+    relative_score: float = Field(0.6, ge=0, le=1)  # ... each scoring at least this share of the best one
+    min_score: float = Field(0.0, ge=0)  # a question whose best snippet scores no more than this has no evidence
+    min_coverage: float = Field(0.5, ge=0, le=1)  # claim checker: share of content words the evidence must hold
+    sample: int = Field(200, ge=0)  # monitoring: answers verified per week (seeded sample); 0: none
+    alarm_margin: float = Field(0.05, ge=0)  # trigger when the unsupported rate beats its trailing baseline by this
+    judge: JudgeSettings = Field(default_factory=JudgeSettings)
 
 
 class RegistrySettings(Section):
@@ -357,6 +514,8 @@ class RegistrySettings(Section):
 
 class ReviewSettings(Section):
     timeout_days: float = Field(7.0, gt=0)
+    # Four eyes on a failed gate: whoever overrides it may not also approve that version.
+    require_distinct_override: bool = True
 
 
 class CostSettings(Section):
@@ -377,6 +536,63 @@ class CostSettings(Section):
     completion_share: float = Field(0.25, ge=0, le=1)
 
 
+# Canary A/B analysis (tasks/abtest.py, tasks/sequential.py) and the ramp that uses it. Guardrail metrics:
+# canary - champion differences where higher is worse.
+AB_GUARDRAIL_METRICS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "error_rate", "unsupported_rate", "latency_p95_ms")
+
+
+class AbtestSettings(Section):
+    # Error rate of each look's decision: the intervals are always-valid confidence sequences at level
+    # 1 - alpha / k for the k guardrails with data (Bonferroni), so peeking every hour is allowed.
+    alpha: float = Field(0.05, gt=0, lt=1)
+    # Non-inferiority margins: metric -> largest allowed rise canary - champion, in the metric's own
+    # unit (rates as fractions, latency in ms). Empty (null): reported, never a guardrail.
+    margins: dict[str, float | None] = Field(
+        default_factory=lambda: {
+            "refusal_rate": 0.02,
+            "reask_rate": 0.02,
+            "thumbs_down_rate": 0.10,
+            "error_rate": 0.01,
+            "unsupported_rate": 0.02,
+            "latency_p95_ms": None,
+        }
+    )
+    # No breach or sample-ratio mismatch is judged before each arm has (is expected to have) this many
+    # users: the intervals and the chi-square are large-sample approximations.
+    min_users_to_decide: int = Field(100, ge=2)
+    srm_p: float = Field(0.0005, gt=0, lt=1)  # chi-square p below which the split is broken (Microsoft ExP)
+    # Environment variable with a secret mixed into the assignment hash (users cannot predict their
+    # arm); without it the canary's version alone salts the hash, which is still uniform and sticky.
+    salt_env: str = "FLYWHEEL_AB_SALT"
+    bootstrap_samples: int = Field(200, ge=50)  # user-level resamples for the latency p95 interval
+    seed: int = 0
+
+    @field_validator("margins")
+    @classmethod
+    def _known_metrics(cls, margins: dict[str, float | None]) -> dict[str, float | None]:
+        unknown = sorted(set(margins) - set(AB_GUARDRAIL_METRICS))
+        if unknown:
+            raise ValueError(f"unknown metric(s) {unknown}; use one of {list(AB_GUARDRAIL_METRICS)}")
+        negative = sorted(name for name, value in margins.items() if value is not None and value < 0)
+        if negative:
+            raise ValueError(f"margins must be >= 0 (a largest allowed rise), got negative ones for {negative}")
+        return margins
+
+
+class RampSettings(Section):
+    # Canary shares the ramp steps through; the canary is promoted once the last step holds.
+    steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
+    min_step_hours: float = Field(24.0, gt=0)  # every step lasts at least this long ...
+    min_users_per_arm: int = Field(1_000, ge=1)  # ... and sees this many users in each arm before it advances
+
+    @field_validator("steps")
+    @classmethod
+    def _increasing_shares(cls, steps: list[float]) -> list[float]:
+        if not steps or any(not 0 < s <= 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
+            raise ValueError(f"steps must be increasing canary shares in (0, 1], got {steps}")
+        return steps
+
+
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
@@ -393,6 +609,10 @@ class Settings(Section):
     registry: RegistrySettings = Field(default_factory=RegistrySettings)
     review: ReviewSettings = Field(default_factory=ReviewSettings)
     cost: CostSettings = Field(default_factory=CostSettings)
+    abtest: AbtestSettings = Field(default_factory=AbtestSettings)
+    ramp: RampSettings = Field(default_factory=RampSettings)
+    docs: DocsSettings = Field(default_factory=DocsSettings)
+    verify: VerifySettings = Field(default_factory=VerifySettings)
 
     @property
     def workspace(self) -> Path:

@@ -15,7 +15,7 @@ from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 import pyarrow as pa
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-CaseKind = Literal["refusal", "reask", "thumbs_down"]
+CaseKind = Literal["refusal", "reask", "thumbs_down", "unsupported"]
 Suite = Literal["regression", "ood", "adversarial", "new_cases"]
 Expected = Literal["answer", "refuse"]
 
@@ -82,7 +82,7 @@ class Case(Record):
     @classmethod
     def _kinds_not_empty(cls, kinds: list[str]) -> list[str]:
         if not kinds:
-            raise ValueError("a case needs at least one kind (refusal, reask or thumbs_down)")
+            raise ValueError("a case needs at least one kind (refusal, reask, thumbs_down or unsupported)")
         return sorted(set(kinds))
 
 

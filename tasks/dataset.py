@@ -12,11 +12,11 @@ import hashlib
 import json
 import random
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from tasks.config import DatasetSettings
+from tasks.config import DatasetSettings, SignalsSettings
 from tasks.contracts import MlflowRun, StageResult, TrainingExample, sha256_file
 from tasks.files import atomic_write_text, write_jsonl
 from tasks.text import normalise
@@ -86,6 +86,7 @@ def build_dataset(
     cycle_id: str,
     replay_path: Path | None = None,
     mlflow: MlflowRun | None = None,
+    is_refusal: Callable[[list[str]], Sequence[bool]] | None = None,
 ) -> dict:
     """Write train.jsonl, val.jsonl, holdout.jsonl and dataset_card.json into `out_dir`.
 
@@ -95,7 +96,10 @@ def build_dataset(
     * `new_cases_holdout` of the new cases go to holdout.jsonl (never trained on: the `new_cases` suite).
     * `max_new_examples` (when set) keeps a hash-ordered sample of that many of the other new cases.
     * Replay: `replay_share` of the final training set is drawn from the champion's training data
-      (source `replay:<sha256 of that file>`), as far as there is enough of it.
+      (source `replay:<sha256 of that file>`), as far as there is enough of it. With
+      `replay_refusals` (and `is_refusal`, the monitoring refusal detector), every one of the champion's
+      refusal examples is replayed on top of that share: replay protects behaviours (declining what the
+      shop does not sell or do), not only facts.
     * `val_share` of each source goes to val.jsonl, by a hash of the prompt (stable under reordering).
 
     Returns {train, val, holdout, replay, duplicates, sha256, card}.
@@ -134,7 +138,7 @@ def build_dataset(
 
     replay_sources: list[dict[str, Any]] = []
     replay: list[TrainingExample] = []
-    replay_available = 0
+    replay_available = replay_refusals = 0
     if replay_path is not None and settings.replay_share > 0:
         replay_file = _replay_file(replay_path)
         replay_sha = sha256_file(replay_file)
@@ -150,10 +154,16 @@ def build_dataset(
             candidates.append(TrainingExample(prompt=row["prompt"], response=row["response"],
                                               source=f"replay:{replay_sha}", cycle_id=cycle_id))
         replay_available = len(candidates)
+        kept: list[TrainingExample] = []
+        if settings.replay_refusals and is_refusal is not None and candidates:
+            flags = list(is_refusal([e.response for e in candidates]))
+            kept = [e for e, refused in zip(candidates, flags) if refused]
+            candidates = [e for e, refused in zip(candidates, flags) if not refused]
         # replay / (replay + new) == share  =>  replay = share / (1 - share) * new
         wanted = round(settings.replay_share / (1 - settings.replay_share) * len(new_train))
         candidates.sort(key=lambda e: _bucket(seed, "replay:" + normalise(e.prompt)))
-        replay = candidates[:wanted]
+        replay = kept + candidates[:wanted]
+        replay_refusals = len(kept)
         replay_sources.append({"path": str(replay_file), "sha256": replay_sha, "rows": replay_available, "used": len(replay)})
 
     def is_val(example: TrainingExample) -> bool:
@@ -190,6 +200,7 @@ def build_dataset(
             "new_used": len(new_train),
             "replay_available": replay_available,
             "replay_used": len(replay),
+            "replay_refusals": replay_refusals,
             "train": len(train),
             "val": len(val),
             "replay_in_train": replay_in_train,
@@ -239,10 +250,19 @@ def log_dataset_input(dataset_dir: Path, run: MlflowRun, *, context: str = "trai
 
 
 def dataset_stage(curated: Path, replay: Path | None, out_dir: Path, settings: DatasetSettings, *, cycle_id: str,
-                  mlflow: MlflowRun | None = None) -> StageResult:
-    """The cycle's dataset stage: `build_dataset`, with train / val / holdout and the card as outputs."""
+                  mlflow: MlflowRun | None = None, signals: SignalsSettings | None = None) -> StageResult:
+    """The cycle's dataset stage: `build_dataset`, with train / val / holdout and the card as outputs.
+    `signals` decides which replayed answers are refusals (the monitoring detector)."""
     start = time.perf_counter()
-    built = build_dataset(curated, out_dir, settings, cycle_id=cycle_id, replay_path=replay, mlflow=mlflow)
+    is_refusal = None
+    if signals is not None:
+        from tasks.signals import detect_refusals
+
+        def is_refusal(texts: list[str]) -> Sequence[bool]:
+            return detect_refusals(texts, signals)
+
+    built = build_dataset(curated, out_dir, settings, cycle_id=cycle_id, replay_path=replay, mlflow=mlflow,
+                          is_refusal=is_refusal)
     out_dir = Path(out_dir)
     return StageResult.of(
         "dataset", {"train": out_dir / TRAIN_FILE, "val": out_dir / VAL_FILE, "holdout": out_dir / HOLDOUT_FILE,

@@ -8,8 +8,17 @@ KL(current || reference) against the bands (< same_below: "same", > drift_above:
 
 Plug-in KL is biased upward even without any drift, by about (K-1)/2 (1/n + 1/m). The null baseline
 measures that bias: `null_resamples` times, a pseudo-reference and a pseudo-current window are drawn
-from the reference BY PROMPT (with replacement, of the real sizes m and n: tokens of one prompt travel
-together, so their correlation is kept), and `null_kl` is the `null_quantile` of their KL.
+from the reference with replacement, of the real sizes m and n, and `null_kl` is the `null_quantile`
+of their KL. Real prompts come in conversations and sessions whose prompts share words, so the
+sampling variance of a window is larger than that of independent prompts: the reference is resampled
+by GROUP (block bootstrap; `null_resample_by`: session, else user, from the logs; a prompt file's
+"group" field), so a conversation's prompts travel together, as a prompt's tokens do. For the same
+reason a token enters the vocabulary only when at least two groups use it: a word only one
+conversation uses is that conversation's own, and counts as new (OOV) on both sides. Without groups
+(a plain prompt list, or null_resample_by: prompt) each prompt is its own group.
+
+A prompt counts with at most `max_prompt_tokens` tokens (its first ones): one pasted document of
+20,000 words must not outweigh a thousand ordinary questions in the histogram.
 
 Current windows larger than `max_current_prompts` are binned from a seeded uniform sample of that
 many prompts (n_current still reports the whole window, n_current_binned the sample, and the null
@@ -34,6 +43,8 @@ prompts are rendered from their tokens with every token that is not a nameable t
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import math
 from collections.abc import Sequence
@@ -58,10 +69,14 @@ _CANDIDATE_TERMS = 200  # new (out-of-vocabulary) tokens considered for naming i
 # input
 
 
-def load_prompts(path: Path) -> list[str]:
-    """Prompts from a file: JSONL with a "prompt" field per line (.jsonl/.ndjson, or any file whose
-    first non-blank character is "{"), Parquet with a "prompt" column, else plain text with one prompt
-    per line. Blank lines are skipped."""
+GROUP_FIELDS = ("group", "conversation_id", "session_id", "user_id")  # a prompt file's group, first found
+
+
+def load_prompt_records(path: Path) -> tuple[list[str], list[str | None]]:
+    """Prompts from a file, and each prompt's group (None when the file has none): JSONL with a
+    "prompt" field per line (.jsonl/.ndjson, or any file whose first non-blank character is "{") and
+    optionally one of GROUP_FIELDS, Parquet with a "prompt" column (and optionally one of those), else
+    plain text with one prompt per line. Blank lines and empty prompts are skipped."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"prompt file {path} does not exist: pass a JSONL file with a 'prompt' field "
@@ -72,11 +87,15 @@ def load_prompts(path: Path) -> list[str]:
         table = pq.read_table(path)
         if "prompt" not in table.column_names:
             raise ValueError(f"{path}: a Parquet prompt file needs a 'prompt' column, found {table.column_names}")
-        return [p for p in table.column("prompt").to_pylist() if p]
+        field = next((f for f in GROUP_FIELDS if f in table.column_names), None)
+        prompts = table.column("prompt").to_pylist()
+        groups = table.column(field).cast(pa.string()).to_pylist() if field else [None] * len(prompts)
+        kept = [(p, g) for p, g in zip(prompts, groups) if p]
+        return [p for p, _ in kept], [g for _, g in kept]
     text = path.read_text(encoding="utf-8")
     stripped = text.lstrip()
     if path.suffix.lower() in (".jsonl", ".ndjson") or stripped.startswith("{"):
-        prompts = []
+        prompts, groups = [], []
         for number, line in enumerate(text.splitlines(), start=1):
             if not line.strip():
                 continue
@@ -88,14 +107,37 @@ def load_prompts(path: Path) -> list[str]:
             prompt = row.get("prompt") if isinstance(row, dict) else row if isinstance(row, str) else None
             if not isinstance(prompt, str):
                 raise ValueError(f"{path}, line {number}: no 'prompt' string field; each line needs "
-                                 '{"prompt": "..."}')
+                                 '{"prompt": "..."} (a chat log? pass it as logs, see `flywheel drift --help`)')
             if prompt:
+                group = next((row[f] for f in GROUP_FIELDS if isinstance(row, dict) and row.get(f) is not None), None)
                 prompts.append(prompt)
-        return prompts
-    return [line.strip() for line in text.splitlines() if line.strip()]
+                groups.append(None if group is None else str(group))
+        return prompts, groups
+    prompts = [line.strip() for line in text.splitlines() if line.strip()]
+    return prompts, [None] * len(prompts)
 
 
-def _as_prompts(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.ChunkedArray:
+def load_prompts(path: Path) -> list[str]:
+    """The prompts of a prompt file (see load_prompt_records)."""
+    return load_prompt_records(path)[0]
+
+
+def prompt_groups(table: pa.Table, by: str) -> list[str] | None:
+    """The null baseline's group of each row of a log table (contracts.LOG_SCHEMA): by "session" the
+    session id where there is one, else the user; by "user" the user; by "prompt" None (each prompt
+    alone). Keys are hashed: a stored reference never holds a raw user or session id."""
+    if by == "prompt" or table.num_rows == 0:
+        return None
+    users = pc.fill_null(table.column("user_id").cast(pa.string()), "")
+    keys = pc.binary_join_element_wise("u", users, ":")
+    if by == "session" and "session_id" in table.column_names:
+        sessions = table.column("session_id").cast(pa.string())
+        keys = pc.if_else(pc.is_valid(sessions), pc.binary_join_element_wise("s", pc.fill_null(sessions, ""), ":"), keys)
+    return [hashlib.sha256(k.encode()).hexdigest()[:16] for k in keys.to_pylist()]
+
+
+def _as_prompts(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> tuple[pa.ChunkedArray, np.ndarray]:
+    """The non-empty prompts, and which of the given values they are (a boolean mask)."""
     if isinstance(values, pa.ChunkedArray):
         arr = values
     elif isinstance(values, pa.Array):
@@ -106,8 +148,9 @@ def _as_prompts(values: Sequence[str] | pa.Array | pa.ChunkedArray) -> pa.Chunke
         arr = arr.cast(arr.type.value_type)
     if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
-    arr = arr.filter(pc.and_(pc.is_valid(arr), pc.greater(pc.utf8_length(pc.fill_null(arr, "")), 0)))
-    return arr
+    keep = pc.and_(pc.is_valid(arr), pc.greater(pc.utf8_length(pc.fill_null(arr, "")), 0))
+    mask = np.asarray(keep.to_numpy(zero_copy_only=False) if len(arr) else np.zeros(0), dtype=bool)
+    return arr.filter(keep), mask
 
 
 # --------------------------------------------------------------------------------------------------
@@ -119,14 +162,15 @@ _TRIM = "".join(chr(c) for c in range(33, 127) if not chr(c).isalnum()) + (
 )
 
 
-def _raw_tokens(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
+def _raw_tokens(arr: pa.Array, cap: int | None = None) -> tuple[pa.Array, np.ndarray]:
     """Word tokens of the prompts, possibly with empty strings (punctuation-only words), and the
     list offsets (tokens of prompt i are flat[offsets[i]:offsets[i + 1]]).
 
     Lowercased, split on whitespace, punctuation trimmed from both ends. A chunk holding "@" becomes
     <email>, one starting with http:// https:// www. becomes <url>, and any other token with a digit
     becomes <num>: no address or number ever becomes a term. Arrow kernels only, no regex over all the
-    text; the placeholder checks only look at the prompts that hold a digit, "@" or a link."""
+    text; the placeholder checks only look at the prompts that hold a digit, "@" or a link. With a
+    `cap`, a prompt keeps only its first `cap` tokens."""
     lowered = pc.utf8_lower(arr)
     lists = pc.ascii_split_whitespace(lowered)
     offsets = lists.offsets.to_numpy().astype(np.int64)
@@ -148,6 +192,12 @@ def _raw_tokens(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
         mask = np.zeros(len(flat), dtype=bool)
         mask[positions] = True
         flat = pc.replace_with_mask(flat, pa.array(mask), fixed)
+    if cap is not None:
+        lengths = np.diff(offsets)
+        if len(lengths) and lengths.max() > cap:
+            position = np.arange(len(flat), dtype=np.int64) - np.repeat(offsets[:-1], lengths)
+            flat = flat.filter(pa.array(position < cap))
+            offsets = np.concatenate([[0], np.cumsum(np.minimum(lengths, cap))]).astype(np.int64)
     return flat, offsets
 
 
@@ -161,9 +211,10 @@ def _ranges(starts: np.ndarray, ends: np.ndarray) -> np.ndarray:
     return np.arange(total, dtype=np.int64) + shifts
 
 
-def _tokens(arr: pa.Array) -> tuple[pa.Array, np.ndarray]:
-    """Non-empty word tokens of the prompts and, per token, the index of its prompt within `arr`."""
-    flat, offsets = _raw_tokens(arr)
+def _tokens(arr: pa.Array, cap: int | None = None) -> tuple[pa.Array, np.ndarray]:
+    """Non-empty word tokens of the prompts (at most the first `cap` of each) and, per token, the
+    index of its prompt within `arr`."""
+    flat, offsets = _raw_tokens(arr, cap)
     keep = pc.not_equal(flat, "").to_numpy(zero_copy_only=False)
     parents = np.repeat(np.arange(len(offsets) - 1, dtype=np.int64), np.diff(offsets))
     return flat.filter(pa.array(keep)), parents[keep]
@@ -208,11 +259,13 @@ def _measures(cur_counts: np.ndarray, ref_counts: np.ndarray, alpha: float) -> d
     }
 
 
-def _null_baseline(matrix: sp.csr_matrix, n_current: int, settings: DriftSettings, seed: int) -> np.ndarray:
-    """KL between a pseudo-current (n_current prompts) and a pseudo-reference (m prompts), both drawn
-    by prompt with replacement from the reference: the KL of 'no drift at all' at these sample sizes.
-    Poisson bootstrap (each prompt's weight ~ Poisson(size / m)), a block of resamples per sparse
-    product, so that 200 resamples of a large reference take well under a second."""
+def _null_baseline(matrix: sp.csr_matrix, n_current: int, n_reference: int, settings: DriftSettings,
+                   seed: int) -> np.ndarray:
+    """KL between a pseudo-current (n_current prompts) and a pseudo-reference (n_reference prompts),
+    both drawn with replacement from the reference's rows (one row per group of prompts: a block
+    bootstrap; one per prompt when there are no groups): the KL of 'no drift at all' at these sample
+    sizes. Poisson bootstrap (each row's weight ~ Poisson(prompts wanted / n_reference)), a block of
+    resamples per sparse product, so that 200 resamples of a large reference take well under a second."""
     m = matrix.shape[0]
     rng = np.random.default_rng(seed)
     transposed = matrix.T.tocsr().astype(np.int64)
@@ -221,7 +274,7 @@ def _null_baseline(matrix: sp.csr_matrix, n_current: int, settings: DriftSetting
     block = max(1, min(settings.null_resamples, 20_000_000 // max(m, 1)))
     for start in range(0, settings.null_resamples, block):
         size = min(block, settings.null_resamples - start)
-        w_cur = rng.poisson(n_current / m, size=(m, size))
+        w_cur = rng.poisson(n_current / n_reference, size=(m, size))
         w_ref = rng.poisson(1.0, size=(m, size))
         p = (transposed @ w_cur) + alpha  # bins x resamples
         q = (transposed @ w_ref) + alpha
@@ -229,6 +282,33 @@ def _null_baseline(matrix: sp.csr_matrix, n_current: int, settings: DriftSetting
         q /= q.sum(axis=0, keepdims=True)
         out.append(np.sum(p * np.log(p / q), axis=0))
     return np.concatenate(out)
+
+
+def _group_codes(groups: Sequence[str | None] | None, n: int) -> np.ndarray:
+    """An integer group per reference prompt: equal keys share one, a prompt without a key (or
+    without any groups given) is a group of its own."""
+    if groups is None:
+        return np.arange(n, dtype=np.int64)
+    codes: dict[str, int] = {}
+    out = np.empty(n, dtype=np.int64)
+    alone = []
+    for i, g in enumerate(groups):
+        if g is None:
+            alone.append(i)
+        else:
+            out[i] = codes.setdefault(g, len(codes))
+    out[alone] = len(codes) + np.arange(len(alone))
+    return out
+
+
+def _grouped(matrix: sp.csr_matrix, group_of: np.ndarray) -> sp.csr_matrix:
+    """The per-prompt bin counts summed per group: the rows the block bootstrap resamples."""
+    n_groups = int(group_of.max()) + 1 if len(group_of) else 0
+    if n_groups == matrix.shape[0]:
+        return matrix
+    indicator = sp.csr_matrix((np.ones(len(group_of)), (group_of, np.arange(len(group_of)))),
+                              shape=(n_groups, len(group_of)))
+    return (indicator @ matrix).tocsr()
 
 
 def _band(kl: float, settings: DriftSettings) -> str:
@@ -243,8 +323,9 @@ def _band(kl: float, settings: DriftSettings) -> str:
 # token bins
 
 
-def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings) -> dict[str, Any]:
-    ref_tokens = _map(_tokens, reference)
+def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings,
+                group_of: np.ndarray) -> dict[str, Any]:
+    ref_tokens = _map(functools.partial(_tokens, cap=settings.max_prompt_tokens), reference)
     # reference: one row per prompt, so that the null baseline can resample by prompt
     flat_parts, parent_parts, base = [], [], 0
     for (flat, parents), piece_len in zip(ref_tokens, _piece_lengths(reference)):
@@ -256,14 +337,16 @@ def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: 
     counts = pc.value_counts(ref_flat)
     values = counts.field("values").to_pylist()
     freq = counts.field("counts").to_numpy()
-    # Tokens seen in a single reference prompt stay out of the vocabulary: they go to the OOV bin on
-    # both sides, so the reference has the share of never-seen-before tokens (typos, names, one-off
-    # words) that any new window has too (Good-Turing), and the null baseline, which can only resample
-    # reference prompts, sees that share as well.
+    # Tokens seen in a single reference group (a conversation/session, or a prompt without one) stay
+    # out of the vocabulary: they go to the OOV bin on both sides, so the reference has the share of
+    # never-seen-before tokens (typos, names, one conversation's own words) that any new window has
+    # too (Good-Turing), and the null baseline, which can only resample reference groups, sees that
+    # share as well.
     token_codes = pc.index_in(ref_flat, value_set=counts.field("values")).to_numpy().astype(np.int64)
-    prompt_pairs = np.unique(ref_parent * len(values) + token_codes) if len(values) else np.zeros(0, np.int64)
-    prompts_per_token = np.bincount(prompt_pairs % max(len(values), 1), minlength=len(values))
-    eligible = [i for i in range(len(values)) if prompts_per_token[i] >= 2]
+    owner = group_of[ref_parent]
+    group_pairs = np.unique(owner * len(values) + token_codes) if len(values) else np.zeros(0, np.int64)
+    groups_per_token = np.bincount(group_pairs % max(len(values), 1), minlength=len(values))
+    eligible = [i for i in range(len(values)) if groups_per_token[i] >= 2]
     order = sorted(eligible, key=lambda i: (-int(freq[i]), values[i]))[: settings.vocab_size]
     vocab = [values[i] for i in order]
     vocab_arr = pa.array(vocab, type=pa.string())
@@ -277,7 +360,7 @@ def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: 
     ref_doc_freq = np.diff(matrix.tocsc().indptr)
 
     def current_piece(arr: pa.Array) -> tuple[np.ndarray, Any, pa.Array, np.ndarray]:
-        flat, offsets = _raw_tokens(arr)
+        flat, offsets = _raw_tokens(arr, settings.max_prompt_tokens)
         idx = pc.index_in(flat, value_set=vocab_arr)
         bins = np.bincount(idx.fill_null(len(vocab)).to_numpy().astype(np.int64), minlength=k)
         oov_positions = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
@@ -441,12 +524,21 @@ def compute_drift(
     settings: DriftSettings,
     *,
     seed: int = 0,
+    reference_groups: Sequence[str | None] | None = None,
 ) -> dict:
     """Drift of `current` prompts against `reference` prompts: kl, js, psi, null_kl, band, alert,
-    n_reference, n_current, top_terms, examples (see the module docstring for the rules)."""
-    ref = _as_prompts(reference)
-    cur = _as_prompts(current)
+    n_reference, n_current, top_terms, examples (see the module docstring for the rules).
+    `reference_groups`: per reference prompt, its conversation/session/user key (None: alone), for
+    the block bootstrap of the null baseline; ignored with null_resample_by: prompt."""
+    ref, kept = _as_prompts(reference)
+    cur, _ = _as_prompts(current)
     n_ref, n_cur = len(ref), len(cur)
+    if reference_groups is not None and len(reference_groups) != len(kept):
+        raise ValueError(f"compute_drift: {len(reference_groups)} reference groups for {len(kept)} reference prompts")
+    groups = None
+    if reference_groups is not None and settings.null_resample_by != "prompt":
+        groups = [g for g, k in zip(reference_groups, kept) if k]
+    group_of = _group_codes(groups, n_ref)
     if settings.max_current_prompts is not None and n_cur > settings.max_current_prompts:
         rows = np.sort(np.random.default_rng(seed).choice(n_cur, settings.max_current_prompts, replace=False))
         cur = cur.take(pa.array(rows))
@@ -456,6 +548,7 @@ def compute_drift(
         "thresholds": {"same_below": settings.same_below, "drift_above": settings.drift_above,
                        "null_quantile": settings.null_quantile, "min_prompts": settings.min_prompts},
         "top_terms": [], "examples": [], "reason": None, "n_current_binned": len(cur),
+        "null_resampled_by": None, "null_groups": None,
     }
     if n_ref == 0 or n_cur == 0:
         result["reason"] = f"insufficient data: {n_ref} reference and {n_cur} current prompts (need {settings.min_prompts} each)"
@@ -463,12 +556,14 @@ def compute_drift(
     if settings.bins == "embeddings":
         bins = _embedding_bins(ref, cur, settings, seed)
     else:
-        bins = _token_bins(ref, cur, settings)
+        bins = _token_bins(ref, cur, settings, group_of)
     if bins["cur_counts"].sum() == 0 or bins["ref_counts"].sum() == 0:
         result["reason"] = "insufficient data: no tokens on one side"
         return result
     measures = _measures(bins["cur_counts"], bins["ref_counts"], settings.smoothing)
-    null = _null_baseline(bins["matrix"], len(cur), settings, seed)
+    null = _null_baseline(_grouped(bins["matrix"], group_of), len(cur), n_ref, settings, seed)
+    result.update(null_resampled_by=settings.null_resample_by if groups is not None else "prompt",
+                  null_groups=int(group_of.max()) + 1)
     kl = measures["kl"]
     null_kl = float(np.quantile(null, settings.null_quantile))
     result.update(kl=kl, js=measures["js"], psi=measures["psi"], null_kl=null_kl,

@@ -1,8 +1,10 @@
 """Failure cases from a window of logs (DESIGN.md sections 3 and 8; `flywheel extract`).
 
 A case is a logged exchange worth learning from: the model refused, the user re-asked (the case is the
-prompt that was re-asked, its follow-up rides along), or the user pressed thumbs-down. One exchange can
-be all three: `kinds` is a set. The user id never leaves this module: it becomes a keyed hash.
+prompt that was re-asked, its follow-up rides along), the user pressed thumbs-down, or the answer makes
+claims the documentation does not support (`unsupported`, found by the configured verifier of
+tasks/verify.py, so the next cycle learns the right answer or an honest refusal). One exchange can be
+several: `kinds` is a set. The user id never leaves this module: it becomes a keyed hash.
 
 Then the set is thinned so that annotators do not label the same thing twice and one noisy topic does
 not swamp the training set:
@@ -29,7 +31,7 @@ import hashlib
 import hmac
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import Any, get_args
@@ -38,7 +40,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from tasks.config import ExtractSettings, LogsSettings, SignalsSettings
+from tasks.config import ExtractSettings, LogsSettings, Settings, SignalsSettings
 from tasks.contracts import Case, CaseKind, StageResult
 from tasks.files import write_cases
 from tasks.logs import load_logs
@@ -66,9 +68,10 @@ def user_ref(user_id: str, key: bytes) -> str:
 
 
 def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSettings, *, key: bytes,
-                  out_path: Path) -> dict[str, Any]:
+                  out_path: Path, unsupported: Callable[[pa.Table], np.ndarray] | None = None) -> dict[str, Any]:
     """Cases from `table` (contracts.LOG_SCHEMA) written to `out_path` (.parquet: CASE_SCHEMA, else JSONL).
-    `signals` decides what a refusal and a re-ask are (the monitoring detectors), `settings` the thinning.
+    `signals` decides what a refusal and a re-ask are (the monitoring detectors), `settings` the thinning,
+    `unsupported` (the table, sorted by time -> a flag per row) which answers the docs do not support.
 
     Returns {cases, by_kind, duplicates_removed, exact_duplicates, near_duplicates, capped, read,
     flagged (by kind, before thinning), topics (largest kept topics), path}.
@@ -86,6 +89,9 @@ def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSe
         thumbs_down = pc.fill_null(pc.equal(table.column("feedback"), -1), False).to_numpy(zero_copy_only=False)
     else:
         refusal, reask_of, thumbs_down = np.zeros(0, bool), np.zeros(0, np.int64), np.zeros(0, bool)
+    flagged_unsupported = np.asarray(unsupported(table), dtype=bool) if unsupported is not None and n else np.zeros(n, bool)
+    if len(flagged_unsupported) != n:
+        raise ValueError(f"the verifier returned {len(flagged_unsupported)} flags for {n} rows")
     if len(refusal) != n or len(reask_of) != n:
         raise ValueError(f"signals returned {len(refusal)} refusal flags and {len(reask_of)} re-ask links for {n} rows")
 
@@ -99,13 +105,14 @@ def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSe
         reask[earlier] = True
         followup_of.setdefault(earlier, int(later))
 
-    flagged_rows = np.flatnonzero(refusal | reask | thumbs_down)
+    flagged_rows = np.flatnonzero(refusal | reask | thumbs_down | flagged_unsupported)
     flagged = {
         "refusal": int(refusal.sum()),
         "reask": int(reask.sum()),
         "thumbs_down": int(thumbs_down.sum()),
+        "unsupported": int(flagged_unsupported.sum()),
     }
-    cases = _build_cases(table, flagged_rows, refusal, reask, thumbs_down, followup_of, key)
+    cases = _build_cases(table, flagged_rows, (refusal, reask, thumbs_down, flagged_unsupported), followup_of, key)
 
     cases, exact_removed, near_removed = _deduplicate(cases, settings)
     prompts_all = table.column("prompt").to_pylist() if n else []
@@ -133,9 +140,7 @@ def extract_cases(table: pa.Table, signals: SignalsSettings, settings: ExtractSe
 def _build_cases(
     table: pa.Table,
     rows: np.ndarray,
-    refusal: np.ndarray,
-    reask: np.ndarray,
-    thumbs_down: np.ndarray,
+    flags: tuple[np.ndarray, ...],  # one boolean column per kind, in KINDS order
     followup_of: dict[int, int],
     key: bytes,
 ) -> list[Case]:
@@ -147,7 +152,7 @@ def _build_cases(
     refs: dict[str, str] = {}
     cases = []
     for row, rec in zip(rows.tolist(), records, strict=True):
-        kinds = [k for k, flag in zip(KINDS, (refusal[row], reask[row], thumbs_down[row]), strict=True) if flag]
+        kinds = [k for k, flag in zip(KINDS, (f[row] for f in flags), strict=True) if flag]
         uid = rec["user_id"]
         if uid not in refs:
             refs[uid] = user_ref(uid, key)
@@ -303,13 +308,31 @@ def _cap_topics(cases: list[Case], settings: ExtractSettings) -> tuple[list[Case
 
 def extract_stage(log_files: Sequence[str], out_path: Path, *, logs: LogsSettings, signals: SignalsSettings,
                   settings: ExtractSettings, key: bytes, since: datetime | None, until: datetime | None,
-                  quarantine: Path | None) -> StageResult:
+                  quarantine: Path | None, grounding: Settings | None = None) -> StageResult:
     """The cycle's extraction stage: the window [since, until) of `log_files`, bad rows quarantined,
-    cases written to `out_path`."""
+    cases written to `out_path`. With `grounding` (settings holding docs, verify, simulate, signals and
+    paths; verify.verifier decides) answers the docs in force by `until` do not support become cases too."""
     start = time.perf_counter()
     loaded = load_logs(log_files, logs, quarantine=quarantine, since=since, until=until)
-    found = extract_cases(loaded.table, signals, settings, key=key, out_path=out_path)
+    found = extract_cases(loaded.table, signals, settings, key=key, out_path=out_path,
+                          unsupported=unsupported_flags(grounding, until) if grounding is not None else None)
     counts = {"cases": found["cases"], "read": loaded.read, "quarantined": loaded.quarantined,
               "selected": found["read"], **{f"by_kind.{k}": v for k, v in found["by_kind"].items()},
               "duplicates_removed": found["duplicates_removed"], "capped": found["capped"]}
     return StageResult.of("extract", {"cases": out_path}, counts=counts, seconds=time.perf_counter() - start)
+
+
+def unsupported_flags(grounding: Settings, until: datetime | None) -> Callable[[pa.Table], np.ndarray]:
+    """A flag per row: the configured verifier (verify.verifier) found the answer unsupported by the docs
+    in force by `until` (None: the newest docs)."""
+
+    def flags(table: pa.Table) -> np.ndarray:
+        from tasks.docs import load_docs
+        from tasks.verify import make_verifier, verify_table
+
+        rows, verdicts = verify_table(table, grounding, load_docs(grounding).at(until), make_verifier(grounding))
+        out = np.zeros(table.num_rows, dtype=bool)
+        out[rows] = [v.unsupported for v in verdicts]
+        return out
+
+    return flags

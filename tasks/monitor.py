@@ -17,7 +17,9 @@ from tasks.config import Settings
 from tasks.windows import iso_week_window
 from tasks.signals import wilson_interval
 
-SIGNAL_KEYS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "hallucination_risk")
+# unsupported_rate (answers checked against the docs) is the headline hallucination signal; hallucination_risk
+# (self-consistency) stays beside it as a secondary one: a model can be consistently wrong.
+SIGNAL_KEYS = ("refusal_rate", "reask_rate", "thumbs_down_rate", "unsupported_rate", "hallucination_risk")
 
 
 def week_label(moment: datetime | date) -> str:
@@ -65,13 +67,16 @@ def reference_path(settings: Settings, model_version: str | None) -> Path | None
     return next((path for path in candidates if path.is_file()), None)
 
 
-def store_reference(settings: Settings, prompts: list[str], name: str = "baseline") -> Path:
-    """Keep a reference prompt set in the workspace (raw prompts: it never leaves the workspace)."""
+def store_reference(settings: Settings, prompts: list[str], name: str = "baseline",
+                    groups: list[str | None] | None = None) -> Path:
+    """Keep a reference prompt set in the workspace (raw prompts: it never leaves the workspace), with
+    each prompt's hashed session/user group for the drift null's block bootstrap when known."""
     path = reference_dir(settings) / f"{name}.jsonl"
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w", encoding="utf-8") as out:
-        for prompt in prompts:
-            out.write(json.dumps({"prompt": prompt}, ensure_ascii=False) + "\n")
+        for prompt, group in zip(prompts, groups or [None] * len(prompts), strict=True):
+            row = {"prompt": prompt} if group is None else {"prompt": prompt, "group": group}
+            out.write(json.dumps(row, ensure_ascii=False) + "\n")
     return path
 
 
@@ -81,11 +86,14 @@ def reference_from_logs(settings: Settings, name: str, since: datetime, until: d
     not with the traffic from before the change it was trained to absorb."""
     from tasks.logs import load_window
 
-    prompts = load_window(settings, None, since, until, quarantine=False).table.column("prompt").to_pylist()
-    if not prompts:
+    from tasks.drift import prompt_groups
+
+    table = load_window(settings, None, since, until, quarantine=False).table
+    if table.num_rows == 0:
         raise ValueError(f"no logged prompts between {since.isoformat()} and {until.isoformat()} to use as the "
                          f"drift reference of {name!r}")
-    return store_reference(settings, prompts, name)
+    return store_reference(settings, table.column("prompt").to_pylist(), name,
+                           groups=prompt_groups(table, settings.drift.null_resample_by))
 
 
 # ------------------------------------------------------------------------------ hallucination risk
@@ -145,6 +153,7 @@ def record_week(settings: Settings, entry: dict[str, Any]) -> list[dict[str, Any
 
 def history_entry(week: str, signals: dict[str, Any], drift: dict[str, Any], decision: dict[str, Any]) -> dict:
     hallucination = signals.get("hallucination") or {}
+    unsupported = signals.get("unsupported") or {}
     return {
         "week": week_label(week_start(week)),  # "2026W3" and "2026-W03" share one history line
         "records": signals["records"],
@@ -153,6 +162,9 @@ def history_entry(week: str, signals: dict[str, Any], drift: dict[str, Any], dec
         "reask_rate": signals["reask_rate"],
         "thumbs_down_rate": signals["thumbs_down_rate"],
         "feedback_coverage": signals["feedback_coverage"],
+        "unsupported_rate": unsupported.get("unsupported_rate"),
+        "unsupported_count": unsupported.get("unsupported"),
+        "unsupported_checked": (unsupported.get("checked", 0) - unsupported.get("undecided", 0)) if unsupported else None,
         "hallucination_risk": hallucination.get("at_risk_rate"),
         "kl": drift.get("kl"),
         "null_kl": drift.get("null_kl"),
@@ -172,8 +184,9 @@ def decide_trigger(
     drift: dict[str, Any],
     history: list[dict[str, Any]],
 ) -> dict[str, Any]:
-    """Should this week start a retraining cycle? Drift alert, or a refusal-rate alarm against the
-    trailing weeks; suppressed inside the cool-down after the last trigger. Always says why."""
+    """Should this week start a retraining cycle? Drift alert, a refusal-rate alarm or an
+    unsupported-answer alarm against the trailing weeks; suppressed inside the cool-down after the last
+    trigger. Always says why."""
     reasons: list[str] = []
     if drift.get("alert"):
         reasons.append(
@@ -183,6 +196,9 @@ def decide_trigger(
     alarm = refusal_alarm(settings, week, signals, history)
     if alarm["alarm"]:
         reasons.append(alarm["reason"])
+    grounded = unsupported_alarm(settings, week, signals, history)
+    if grounded["alarm"]:
+        reasons.append(grounded["reason"])
 
     earlier = [row for row in history if week_step(row["week"]) < week_step(week)]
     last_trigger = next((row["week"] for row in reversed(earlier) if row.get("triggered")), None)
@@ -197,6 +213,40 @@ def decide_trigger(
         "last_trigger_week": last_trigger,
         "cooldown_until": cooldown_until.isoformat() if cooldown_until else None,
         "refusal_alarm": alarm,
+        "unsupported_alarm": grounded,
+    }
+
+
+def unsupported_alarm(
+    settings: Settings, week: str, signals: dict[str, Any], history: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Unsupported-answer rate above the pooled trailing weeks by `verify.alarm_margin`, with Wilson
+    intervals that do not overlap: answers stopped being grounded in the docs (a launch the model does not
+    know, a candidate that makes things up)."""
+    current = signals.get("unsupported") or {}
+    checked = (current.get("checked", 0) - current.get("undecided", 0)) if current else 0
+    trailing = [
+        row for row in history
+        if week_step(row["week"]) < week_step(week) and row.get("unsupported_checked") and row.get("unsupported_count") is not None
+    ][-settings.signals.trailing_weeks :]
+    if not trailing or not checked:
+        return {"alarm": False, "reason": "no trailing weeks with checked answers to compare with", "baseline_rate": None}
+    base_k = sum(row["unsupported_count"] for row in trailing)
+    base_n = sum(row["unsupported_checked"] for row in trailing)
+    base_rate = base_k / base_n
+    base_lo, base_hi = wilson_interval(base_k, base_n)
+    rate = current["unsupported"] / checked
+    low, _ = wilson_interval(current["unsupported"], checked)
+    alarm = rate >= base_rate + settings.verify.alarm_margin and low > base_hi
+    return {
+        "alarm": alarm,
+        "baseline_rate": base_rate,
+        "baseline_ci": [base_lo, base_hi],
+        "baseline_weeks": [row["week"] for row in trailing],
+        "reason": (
+            f"unsupported-answer rate {rate:.1%} vs {base_rate:.1%} over the last {len(trailing)} weeks "
+            f"(margin {settings.verify.alarm_margin:.0%}, intervals {'do not overlap' if low > base_hi else 'overlap'})"
+        ),
     }
 
 
@@ -233,7 +283,7 @@ def refusal_alarm(
 
 
 def plot_trend(settings: Settings, history: list[dict[str, Any]], path: Path, weeks: int = 12) -> Path:
-    """A PNG of the last `weeks` weeks: the four signals on one axis, KL on a second."""
+    """A PNG of the last `weeks` weeks: the signals on one axis, KL on a second."""
     import matplotlib
 
     matplotlib.use("Agg")

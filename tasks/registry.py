@@ -4,10 +4,16 @@ gate overrides, promotion and rollback, with an audit history on the registered 
 * A version is the LoRA adapter only, logged as a pyfunc model with the adapter folder as artifact;
   the base model is referenced by path + digest (tags), never copied.
 * Aliases, not stages: `champion` (what production serves) and `canary` (the candidate under review).
-  Promotion records the previous champion on the new one (tag `previous_champion`) so rollback knows
-  where to go.
-* Rules: no promotion without an `approve` review; no promotion of a failed gate without a recorded
-  override (reviewer + reason); rollback only to a version that was champion before.
+  No champion alias means the base model is served without an adapter; champion moves name that
+  "base". Promotion records the previous champion on the new one (tag `previous_champion`; none when it
+  replaced the base) so rollback knows where to go.
+* Every review is kept, one version tag each (`review.000001`, ...); the latest one counts.
+* Rules: a rejection is final for that version (no later approval, no promotion: register the adapter
+  again); no promotion without an approval as the latest review; no promotion of a failed gate without
+  a recorded override (reviewer + reason), by someone who did not approve it
+  (review.require_distinct_override); the serving champion cannot be rejected (roll it back first);
+  rollback only to the base or a version that was champion before, and to a version rejected since
+  only with a recorded override (reviewer + reason, kept as its latest review, decision "restore").
 * Writers are serialised by an exclusive `fcntl.flock` on `<workspace>/registry.lock` and re-read the
   registry inside it, so two concurrent promote/rollback calls never leave the aliases and the audit
   history disagreeing. The lock covers one machine (processes and threads). Writers on several machines
@@ -28,6 +34,7 @@ import fcntl
 import getpass
 import json
 import os
+import re
 import shutil
 import ssl
 import tempfile
@@ -48,7 +55,9 @@ from tasks.config import Settings
 from tasks.tracking import artifact_location, over_http, require_reachable, tracking_uri, use_tracking
 
 CHAMPION, CANARY = "champion", "canary"
+BASE = "base"  # how champion moves and rollback name "no champion alias: the base model, no adapter"
 AUDIT_PREFIX = "audit."
+REVIEW_PREFIX = "review."  # one version tag per review: review.000001, review.000002, ...
 EXPERIMENT = "flywheel-registry"  # where adapters are logged when no training/eval run is given
 _ALIAS_ACTIONS = ("promote", "rollback", "reconcile")
 
@@ -102,6 +111,11 @@ class RegistryRuleError(RuntimeError):
     The CLI exits with code 1."""
 
 
+class RegistryInputError(ValueError):
+    """Bad input to a registry call: not a version number, no such version, a blank reviewer or reason.
+    The CLI exits with code 2."""
+
+
 class RegistryBusyError(RuntimeError):
     """The registry lock could not be taken within registry.lock_timeout_s."""
 
@@ -153,8 +167,14 @@ class RestRegistryClient:
     def set_registered_model_alias(self, name: str, alias: str, version: str) -> None:
         self._call("POST", "registered-models/alias", {"name": name, "alias": alias, "version": str(version)})
 
+    def delete_registered_model_alias(self, name: str, alias: str) -> None:
+        self._call("DELETE", "registered-models/alias", {"name": name, "alias": alias})
+
     def set_registered_model_tag(self, name: str, key: str, value: str) -> None:
         self._call("POST", "registered-models/set-tag", {"name": name, "key": key, "value": value})
+
+    def set_model_version_tag(self, name: str, version: str, key: str, value: str) -> None:
+        self._call("POST", "model-versions/set-tag", {"name": name, "version": str(version), "key": key, "value": value})
 
     def _call(self, method: str, endpoint: str, body: dict[str, str]) -> dict:
         url = f"{self.base}/{endpoint}"
@@ -206,7 +226,8 @@ class Registry:
         return f"models:/{self.name}@{alias}"
 
     def status(self) -> dict:
-        """{champion, canary, versions: [{version, aliases, cycle_id, gate, gate_override, review, created, ...}]}"""
+        """{champion, canary, versions: [{version, aliases, cycle_id, gate, gate_override, review, reviews, ...}]}.
+        `champion` is None while the base model is served; `review` is the latest of `reviews`."""
         model = self._model()
         if model is None:
             return {"model": self.name, "champion": None, "canary": None, "versions": [], "tracking_uri": self.uri}
@@ -214,13 +235,15 @@ class Registry:
         versions = []
         for mv in sorted(self.client.search_model_versions(f"name='{self.name}'"), key=lambda v: int(v.version)):
             tags = mv.tags or {}
+            reviews = _reviews(tags)
             versions.append({
                 "version": str(mv.version),
                 "aliases": sorted(a for a, v in aliases.items() if v == str(mv.version)),
                 "cycle_id": tags.get("cycle_id"),
                 "gate": tags.get("gate"),
                 "gate_override": _loads(tags.get("gate_override")),
-                "review": _loads(tags.get("review")),
+                "review": reviews[-1] if reviews else None,
+                "reviews": reviews,
                 "previous_champion": tags.get("previous_champion"),
                 "created": _iso(mv.creation_timestamp),
             })
@@ -334,36 +357,51 @@ class Registry:
         return version
 
     def review(self, version: str, *, decision: Literal["approve", "reject"], reviewer: str, comment: str) -> dict:
-        """Record a reviewer's decision on a version (the latest decision counts). Rejecting the canary
-        also removes the canary alias."""
+        """Record a reviewer's decision on a version. Every review is kept; the latest one counts.
+
+        Refused (RegistryRuleError): approving a rejected version (a rejection is final), approving a
+        version whose failed gate the same person overrode (review.require_distinct_override), and
+        rejecting the serving champion (roll it back first). Rejecting the canary removes the canary alias.
+        """
         if decision not in ("approve", "reject"):
-            raise ValueError(f"decision must be 'approve' or 'reject', got {decision!r}")
+            raise RegistryInputError(f"decision must be 'approve' or 'reject', got {decision!r}")
         reviewer = _required(reviewer, "reviewer")
-        record = {"decision": decision, "reviewer": reviewer, "time": _now(), "comment": comment or ""}
+        record = {"decision": decision, "reviewer": reviewer, "time": _now(), "comment": (comment or "").strip()}
         with self._locked():
-            version = self._version(str(version)).version
-            version = str(version)
-            self.client.set_model_version_tag(self.name, version, "review", json.dumps(record))
-            canary_removed = False
-            if decision == "reject" and self._aliases().get(CANARY) == version:
+            mv = self._version(version)
+            version, tags = str(mv.version), mv.tags or {}
+            reviews = _reviews(tags)
+            aliases = self._aliases()
+            if decision == "approve":
+                if rejection := _rejection(reviews):
+                    raise RegistryRuleError(_rejected(version, rejection))
+                self._four_eyes(version, [*reviews, record], _loads(tags.get("gate_override")),
+                                fix="another reviewer approves it")
+            elif aliases.get(CHAMPION) == version:
+                raise RegistryRuleError(f"version {version} is the champion, being served: roll it back first "
+                                        f"(`flywheel rollback`), then reject it")
+            self.client.set_model_version_tag(self.name, version, _next_key(tags, REVIEW_PREFIX), json.dumps(record))
+            canary_removed = decision == "reject" and aliases.get(CANARY) == version
+            if canary_removed:
                 self.client.delete_registered_model_alias(self.name, CANARY)
-                canary_removed = True
             self._append_audit(decision, version=version, actor=reviewer,
                                alias=CANARY if canary_removed else None, frm=version if canary_removed else None,
                                to=None, details={"comment": record["comment"]})
         return {"version": version, **record}
 
     def override_gate(self, version: str, *, reviewer: str, reason: str) -> dict:
-        """Allow promoting a version whose gate failed; needs a reviewer and a reason, both recorded."""
+        """Allow promoting a version whose gate failed; needs a reviewer and a reason, both recorded. With
+        review.require_distinct_override the reviewer may not be one who approved the version."""
         reviewer = _required(reviewer, "reviewer")
         reason = _required(reason, "reason")
         with self._locked():
-            mv = self._version(str(version))
-            version = str(mv.version)
-            gate = (mv.tags or {}).get("gate")
+            mv = self._version(version)
+            version, tags = str(mv.version), mv.tags or {}
+            gate = tags.get("gate")
             if gate == "passed":
                 raise RegistryRuleError(f"version {version} passed its gate; there is nothing to override")
             record = {"reviewer": reviewer, "reason": reason, "time": _now(), "gate": gate}
+            self._four_eyes(version, _reviews(tags), record, fix="another reviewer overrides the gate")
             self.client.set_model_version_tag(self.name, version, "gate_override", json.dumps(record))
             self._append_audit("override_gate", version=version, actor=reviewer, details={"reason": reason, "gate": gate})
         return {"version": version, **record}
@@ -371,27 +409,34 @@ class Registry:
     def promote(self, version: str) -> dict:
         """Move `champion` to `version` (normally the approved canary) and record the previous champion.
 
-        Refused (RegistryRuleError) without an approval, or with a failed gate and no recorded override.
-        Returns {from, to, seconds, changed}; seconds runs from the call to the alias being set.
+        Refused (RegistryRuleError) for a rejected version, without an approval, with a failed gate and no
+        recorded override, or with an override by one who also approved it (review.require_distinct_override).
+        Returns {from, to, seconds, changed} ("base" when no adapter was served); seconds runs from the
+        call to the alias being set.
         """
         start = time.perf_counter()
         with self._locked():
             waited = time.perf_counter() - start
-            mv = self._version(str(version))
-            version = str(mv.version)
-            tags = mv.tags or {}
-            review = _loads(tags.get("review"))
-            if not review or review.get("decision") != "approve":
-                state = f"its latest review is {review['decision']!r} by {review['reviewer']}" if review else "it has no review"
-                raise RegistryRuleError(f"version {version} cannot be promoted: {state}; "
+            mv = self._version(version)
+            version, tags = str(mv.version), mv.tags or {}
+            reviews = _reviews(tags)
+            if rejection := _rejection(reviews):
+                raise RegistryRuleError(_rejected(version, rejection))
+            if not reviews or reviews[-1].get("decision") != "approve":
+                raise RegistryRuleError(f"version {version} cannot be promoted: it has no review; "
                                         f"run `flywheel approve {version} --reviewer NAME --comment TEXT` first")
-            if tags.get("gate") != "passed" and not _loads(tags.get("gate_override")):
-                raise RegistryRuleError(f"version {version} failed its evaluation gate ({tags.get('gate')}); promoting it needs "
-                                        "a recorded override with a reviewer and a reason (Registry.override_gate)")
+            override = _loads(tags.get("gate_override"))
+            if tags.get("gate") != "passed":
+                if not override:
+                    raise RegistryRuleError(
+                        f"version {version} failed its evaluation gate ({tags.get('gate')}); promoting it needs a "
+                        f"recorded override: `flywheel registry override {version} --reviewer NAME --reason TEXT`")
+                self._four_eyes(version, reviews, override,
+                                fix=f"another reviewer overrides the gate (`flywheel registry override {version} ...`)")
             aliases = self._reconciled_aliases()
             current = aliases.get(CHAMPION)
             if current == version:
-                return {"from": current, "to": version, "seconds": round(time.perf_counter() - start, 4), "changed": False}
+                return {"from": version, "to": version, "seconds": round(time.perf_counter() - start, 4), "changed": False}
             self.client.set_registered_model_alias(self.name, CHAMPION, version)
             seconds = time.perf_counter() - start
             if current is not None:
@@ -400,38 +445,60 @@ class Registry:
                 self.client.delete_model_version_tag(self.name, version, "previous_champion")
             if aliases.get(CANARY) == version:
                 self.client.delete_registered_model_alias(self.name, CANARY)
-            self._append_audit("promote", version=version, alias=CHAMPION, frm=current, to=version,
-                               details={"review": review, "gate": tags.get("gate"),
-                                        "override": _loads(tags.get("gate_override"))})
-        return {"from": current, "to": version, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4),
+            self._append_audit("promote", version=version, alias=CHAMPION, frm=_served(current), to=version,
+                               details={"review": reviews[-1], "gate": tags.get("gate"), "override": override})
+        return {"from": _served(current), "to": version, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4),
                 "changed": True}
 
-    def rollback(self, to: str | None = None) -> dict:
-        """Move `champion` back: to the version it replaced (tag previous_champion) or to `to`, which must
-        have been champion before. Returns {from, to, seconds}."""
+    def rollback(self, to: str | None = None, *, reviewer: str | None = None, override_reason: str | None = None) -> dict:
+        """Move `champion` back: to the version it replaced (tag previous_champion), to the base model when
+        it replaced none (the champion alias is removed), or to `to`: "base" or a version that was champion
+        before. A version rejected since it served goes back only with `override_reason` and `reviewer`,
+        recorded as its latest review (decision "restore") and in the audit. Returns {from, to, seconds}."""
+        if override_reason is not None:
+            override_reason = _required(override_reason, "reason", "--override-reason")
+            reviewer = _required(reviewer, "reviewer")
         start = time.perf_counter()
         with self._locked():
             waited = time.perf_counter() - start
-            aliases = self._reconciled_aliases()
-            current = aliases.get(CHAMPION)
+            current = self._reconciled_aliases().get(CHAMPION)
             if to is None:
                 if current is None:
-                    raise RegistryRuleError("there is no champion to roll back from")
-                target = (self._version(current).tags or {}).get("previous_champion")
-                if not target:
-                    raise RegistryRuleError(f"champion v{current} has no previous champion recorded; pass --to VERSION")
+                    raise RegistryRuleError("there is no champion to roll back from: the base model is served")
+                target = (self._version(current).tags or {}).get("previous_champion") or BASE
             else:
-                target = str(self._version(str(to)).version)
-                if target == current:
-                    raise RegistryRuleError(f"version {target} is already the champion")
-                earlier = {str(e.get(k)) for e in self.audit() if e.get("alias") == CHAMPION for k in ("from", "to")}
+                target = BASE if str(to).strip().lower() == BASE else str(self._version(to).version)
+                if target == _served(current):
+                    raise RegistryRuleError("the base model is already served: there is no champion" if target == BASE
+                                            else f"version {target} is already the champion")
+                earlier = {_served(e.get(k)) for e in self.audit() if e.get("alias") == CHAMPION for k in ("from", "to")}
                 if target not in earlier:
-                    raise RegistryRuleError(f"version {target} was never champion: roll back only to an earlier champion; "
-                                            "promote it instead (that needs an approval)")
-            self.alias_client.set_registered_model_alias(self.name, CHAMPION, target)
+                    raise RegistryRuleError(f"version {target} was never champion: roll back only to an earlier champion "
+                                            "or the base; promote it instead (that needs an approval)")
+            restore = None
+            if target != BASE:
+                tags = self._version(target).tags or {}
+                rejection = _rejection(_reviews(tags))
+                if rejection and override_reason is None:
+                    raise RegistryRuleError(
+                        f"{_rejected(target, rejection, final=False)}; it goes back into service only with a recorded "
+                        f"override: `flywheel rollback --to {target} --reviewer NAME --override-reason TEXT`")
+                if rejection:
+                    restore = {"decision": "restore", "reviewer": reviewer, "time": _now(), "comment": override_reason}
+                    self.alias_client.set_model_version_tag(self.name, target, _next_key(tags, REVIEW_PREFIX),
+                                                            json.dumps(restore))
+            if override_reason is not None and restore is None:
+                what = "the base model" if target == BASE else f"version {target}"
+                raise RegistryInputError(f"{what} has no rejection to override: drop --override-reason")
+            if target == BASE:
+                self.alias_client.delete_registered_model_alias(self.name, CHAMPION)
+            else:
+                self.alias_client.set_registered_model_alias(self.name, CHAMPION, target)
             seconds = time.perf_counter() - start
-            self._append_audit("rollback", version=target, alias=CHAMPION, frm=current, to=target)
-        return {"from": current, "to": target, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4)}
+            self._append_audit("rollback", version=None if target == BASE else target, alias=CHAMPION,
+                               frm=_served(current), to=target, actor=reviewer,
+                               details={"override": restore} if restore else None)
+        return {"from": _served(current), "to": target, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4)}
 
     # ---------------------------------------------------------------------------------- internals
 
@@ -487,20 +554,32 @@ class Registry:
             raise RegistryRuleError(f"registered model {self.name!r} does not exist yet: register a canary first")
         aliases = {alias: str(v) for alias, v in (model.aliases or {}).items()}
         moves = [e for e in _audit_entries(model.tags or {}) if e.get("alias") == CHAMPION]
-        last = moves[-1]["to"] if moves else None
-        if last != aliases.get(CHAMPION):
+        last = _served(moves[-1]["to"]) if moves else BASE
+        if last != _served(aliases.get(CHAMPION)):
             self._append_audit("reconcile", version=aliases.get(CHAMPION), alias=CHAMPION, frm=last,
-                               to=aliases.get(CHAMPION), details={"note": "champion alias differed from the audit history"},
-                               tags=model.tags)
+                               to=_served(aliases.get(CHAMPION)),
+                               details={"note": "champion alias differed from the audit history"}, tags=model.tags)
         return aliases
 
+    def _four_eyes(self, version: str, reviews: list[dict], override: Any, *, fix: str) -> None:
+        """review.require_distinct_override: the person who overrode a failed gate is not among those who
+        approved the version."""
+        if not self.settings.review.require_distinct_override or not isinstance(override, dict):
+            return
+        overrider = str(override.get("reviewer", ""))
+        if any(r.get("decision") == "approve" and str(r.get("reviewer", "")).casefold() == overrider.casefold()
+               for r in reviews):
+            raise RegistryRuleError(f"{overrider} would both approve version {version} and override its failed gate; "
+                                    f"review.require_distinct_override needs two people: {fix}")
+
     def _version(self, version: str):
-        version = str(version).lstrip("v")
+        number = _version_number(version)
         try:
-            return self.alias_client.get_model_version(self.name, version)
+            return self.alias_client.get_model_version(self.name, number)
         except Exception as err:  # MlflowException or RegistryHttpError, as in _model
             if getattr(err, "error_code", "") in ("RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"):
-                raise RegistryRuleError(f"{self.name} has no version {version!r}; see `flywheel registry status`") from None
+                raise RegistryInputError(f"{self.name} has no version {number}; `flywheel registry status` "
+                                         "lists the versions") from None
             raise
 
     def _append_audit(
@@ -519,10 +598,11 @@ class Registry:
         if tags is None:
             model = self._model()
             tags = model.tags if model else {}
-        seq = max((int(k[len(AUDIT_PREFIX):]) for k in tags if k.startswith(AUDIT_PREFIX)), default=0) + 1
+        key = _next_key(tags, AUDIT_PREFIX)
+        seq = int(key[len(AUDIT_PREFIX):])
         entry = {"seq": seq, "time": _now(), "action": action, "actor": actor or _actor(), "version": version,
                  "alias": alias, "from": frm, "to": to, "details": details or {}}
-        self.alias_client.set_registered_model_tag(self.name, f"{AUDIT_PREFIX}{seq:06d}", json.dumps(entry, default=str))
+        self.alias_client.set_registered_model_tag(self.name, key, json.dumps(entry, default=str))
         return entry
 
     def _experiment_id(self) -> str:
@@ -553,6 +633,44 @@ def _audit_entries(tags: dict[str, str]) -> list[dict]:
     return sorted(entries, key=lambda e: e["seq"])
 
 
+def _next_key(tags: dict[str, str], prefix: str) -> str:
+    """The next numbered tag key after those present: audit.000007, review.000002 (caller holds the lock)."""
+    last = max((int(k[len(prefix):]) for k in tags if k.startswith(prefix) and k[len(prefix):].isdigit()), default=0)
+    return f"{prefix}{last + 1:06d}"
+
+
+def _reviews(tags: dict[str, str]) -> list[dict]:
+    """Every review of a version, oldest first. A single `review` tag (written before every review was
+    kept) counts as the first."""
+    numbered = [json.loads(tags[k]) for k in sorted(tags) if k.startswith(REVIEW_PREFIX)]
+    legacy = _loads(tags.get("review"))
+    return ([legacy] if isinstance(legacy, dict) else []) + numbered
+
+
+def _rejection(reviews: list[dict]) -> dict | None:
+    return next((r for r in reviews if r.get("decision") == "reject"), None)
+
+
+def _rejected(version: str, rejection: dict, final: bool = True) -> str:
+    said = f"version {version} was rejected by {rejection.get('reviewer')} at {rejection.get('time')}"
+    return said + ("; a rejection is final: register the adapter again to have a new version reviewed" if final else "")
+
+
+def _served(version: str | None) -> str:
+    """A champion alias value as champion moves name it: the version, or "base" for none."""
+    return str(version) if version not in (None, "", BASE) else BASE
+
+
+def _version_number(version: str) -> str:
+    """'3', 'v3' or ' 3 ' -> '3'; anything else is bad input."""
+    text = str(version).strip()
+    number = text[1:] if text[:1] in ("v", "V") else text
+    if not re.fullmatch(r"[0-9]{1,9}", number):
+        raise RegistryInputError(f"{text[:40]!r} is not a model version: pass its number as `flywheel registry status` "
+                                 "lists it (e.g. 3)")
+    return str(int(number))
+
+
 def _pip_requirements() -> list[str]:
     from importlib.metadata import PackageNotFoundError, version
 
@@ -565,9 +683,9 @@ def _pip_requirements() -> list[str]:
     return pins
 
 
-def _required(value: str | None, what: str) -> str:
+def _required(value: str | None, what: str, flag: str | None = None) -> str:
     if value is None or not str(value).strip():
-        raise RegistryRuleError(f"a {what} is required (pass --{what} ...)")
+        raise RegistryInputError(f"a {what} is required: pass {flag or '--' + what} with a non-blank value")
     return str(value).strip()
 
 

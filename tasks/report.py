@@ -36,8 +36,10 @@ def evaluation_markdown(
         f"**Gate: {verdict}**" + (" (first cycle: floors only)" if gate["first_cycle"] else ""),
         "",
         f"{report['n_items']} items; {pct}% paired bootstrap intervals of candidate minus champion "
-        f"({report['bootstrap_samples']} resamples). Higher is better except pii_in_output.",
+        f"({report['bootstrap_samples']} resamples). Higher is better except pii_in_output, unsupported and "
+        "unsupported_ref.",
         "",
+        *_faithfulness_lines(report.get("faithfulness")),
     ]
     lines += ["## Gate checks", "", "| suite | metric | check | value | threshold | result |", "|---|---|---|---|---|---|"]
     for c in gate["checks"]:
@@ -73,6 +75,16 @@ def evaluation_markdown(
         lines.append(f"- `{items[i].id}`: {_quote(cand_responses[i])}")
     lines.append("")
     return "\n".join(lines)
+
+
+def _faithfulness_lines(faithfulness: dict | None) -> list[str]:
+    """Unsupported answers per suite, candidate against champion: does it make more things up?"""
+    if not faithfulness or not faithfulness.get("unsupported"):
+        return []
+    parts = [f"{suite} {_pct_dash(e['candidate'])}" + (f" (champion {_pct_dash(e['champion'])})" if e.get("champion") is not None else "")
+             for suite, e in faithfulness["unsupported"].items()]
+    return [f"**Unsupported answers** (claims the docs, {faithfulness['docs']}, do not support; {faithfulness['verifier']} "
+            f"verifier): " + "; ".join(parts) + ".", ""]
 
 
 def _check_text(check: dict) -> str:
@@ -116,13 +128,23 @@ def dashboard_markdown(
     """The weekly dashboard: the trigger decision and its reasons, the signals with their intervals, and
     the drift band with the terms that moved most (the drift bands come from `settings.drift`)."""
     hallucination = signals.get("hallucination") or {}
+    unsupported = signals.get("unsupported") or {}
+    if unsupported:
+        grounded_detail = (f"{unsupported['unsupported']} of {unsupported['checked']} sampled answers make claims the docs "
+                           f"({unsupported['docs']}) do not support ({unsupported['verifier']} verifier"
+                           + (f"; {unsupported['undecided']} undecided" if unsupported.get("undecided") else "") + ")")
+    else:
+        grounded_detail = "not checked (verify.sample is 0)"
     rows = [
+        ("**Unsupported answers** (hallucination)", unsupported.get("unsupported_rate"),
+         unsupported.get("unsupported_rate_ci"), grounded_detail),
         ("Refusal rate", signals["refusal_rate"], signals.get("refusal_rate_ci"), f"{signals['refusal_count']} of {signals['records']}"),
         ("Re-ask rate", signals["reask_rate"], signals.get("reask_rate_ci"), f"{signals['reask_count']} re-asks"),
         ("Thumbs-down rate", signals["thumbs_down_rate"], signals.get("thumbs_down_rate_ci"), f"{signals['thumbs_down']} down, {signals['thumbs_up']} up"),
         ("Feedback coverage", signals["feedback_coverage"], signals.get("feedback_coverage_ci"), "share of responses rated"),
-        ("Hallucination risk", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
-         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts" if hallucination else "not sampled"),
+        ("Hallucination risk (secondary)", hallucination.get("at_risk_rate"), hallucination.get("at_risk_rate_ci"),
+         f"self-consistency over {hallucination.get('prompts', 0)} sampled prompts (a model can be consistently wrong)"
+         if hallucination else "not sampled"),
     ]
     lines = [
         f"# Weekly monitoring {week}",
@@ -136,6 +158,7 @@ def dashboard_markdown(
         "|---|---|---|---|",
         *[f"| {name} | {_pct(value)} | {_pct_ci(ci).strip()} | {detail} |" for name, value, ci, detail in rows],
         "",
+        *_unsupported_lines(unsupported),
         f"## Input drift: {drift.get('band', 'n/a')}",
         "",
     ]
@@ -161,6 +184,19 @@ def dashboard_markdown(
         if drift.get("examples"):
             lines += ["", "Example prompts (PII-masked):", *[f"> {example}" for example in drift["examples"]]]
     return "\n".join(lines) + "\n"
+
+
+def _unsupported_lines(unsupported: dict[str, Any]) -> list[str]:
+    """Per model version, and what the unsupported answers got wrong."""
+    versions = unsupported.get("by_model_version") or {}
+    if not versions:
+        return []
+    lines = ["Unsupported answers by model version:", "", "| model version | rate | 95% interval | checked |", "|---|---|---|---|"]
+    lines += [f"| {name} | {_pct(v['unsupported_rate'])} | {_pct_ci(v['unsupported_rate_ci']).strip()} | {v['checked']} |"
+              for name, v in versions.items()]
+    if unsupported.get("reasons"):
+        lines += ["", "Why: " + "; ".join(f"{reason} ({count})" for reason, count in unsupported["reasons"].items())]
+    return lines + [""]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -272,6 +308,10 @@ def before_after_rows(result: Mapping[str, Any]) -> list[tuple[str, str, str]]:
         ("weeks", ", ".join(before["weeks"]), ", ".join(after.get("weeks", [])) or "-"),
         ("refusal rate (monitoring)", _pct_dash(before["refusal_rate"]), _pct_dash(after.get("refusal_rate"))),
         ("re-ask rate (monitoring)", _pct_dash(before["reask_rate"]), _pct_dash(after.get("reask_rate"))),
+        ("unsupported-answer rate (monitoring)", _pct_dash(before.get("unsupported_rate")),
+         _pct_dash(after.get("unsupported_rate"))),
+        ("wrong-answer rate (ground truth)", _pct_dash(before.get("wrong_answer_rate")),
+         _pct_dash(after.get("wrong_answer_rate"))),
         ("new-product accuracy (ground truth)", _pct_dash(before["new_topic_accuracy"]), _pct_dash(after.get("new_topic_accuracy"))),
         ("new-product questions refused (ground truth)", _pct_dash(before["new_topic_refusal_share"]),
          _pct_dash(after.get("new_topic_refusal_share"))),
@@ -329,4 +369,62 @@ def review_markdown(canary: Mapping[str, Any], commands: Mapping[str, str], eval
         lines += ["", f"## Evaluation report (`{canary['eval_report']}`)", "", evaluation_md]
     else:
         lines += ["", "_No evaluation report found in the workspace for this version._"]
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------
+# Canary vs champion on live traffic (`flywheel ab`, the ramp's per-look artifact)
+
+
+def _ab_value(metric: str, value: float | None, signed: bool = False) -> str:
+    """Rates as percentages (differences in points), latency in ms."""
+    if value is None:
+        return "n/a"
+    if metric.endswith("_ms"):
+        return f"{value:+.0f} ms" if signed else f"{value:.0f} ms"
+    return f"{value * 100:+.2f} pts" if signed else f"{value:.2%}"
+
+
+def ab_markdown(result: Mapping[str, Any]) -> str:
+    """The A/B table: both arms side by side, each metric's difference canary - champion with its
+    interval and margin, the sample-ratio check, and the decision with its reasons."""
+    champion, canary = result["variants"]["champion"], result["variants"]["canary"]
+    level = f"{result['interval_level'] * 100:.2f}".rstrip("0").rstrip(".")
+    lines = [
+        f"## A/B: canary vs champion, decision **{result['decision'].upper()}**",
+        "",
+        "| | champion | canary |",
+        "|---|---|---|",
+        f"| model version | {', '.join(champion['model_versions']) or '-'} | {', '.join(canary['model_versions']) or '-'} |",
+        f"| requests | {champion['requests']:,} | {canary['requests']:,} |",
+        f"| users | {champion['users']:,} | {canary['users']:,} |",
+        f"| rated answers | {champion['rated']:,} | {canary['rated']:,} |",
+        "",
+        f"| metric | champion | canary | canary - champion | {level}% interval | margin | verdict |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in result["metrics"]:
+        m = row["metric"]
+        ci = "n/a" if row["ci"] is None else f"[{_ab_value(m, row['ci'][0], True)}, {_ab_value(m, row['ci'][1], True)}]"
+        if not row["guardrail"]:
+            verdict = "reported" if row["margin"] is None else "no data"
+        else:
+            verdict = "**BREACH**" if row["breached"] else "inside" if row["inside"] else "open"
+        margin = "-" if row["margin"] is None else f"{row['margin']:g} ms" if m.endswith("_ms") else f"{row['margin'] * 100:.2f} pts"
+        lines.append(f"| {m} | {_ab_value(m, row['champion'])} | {_ab_value(m, row['canary'])} | "
+                     f"{_ab_value(m, row['diff'], True)} | {ci} | {margin} | {verdict} |")
+    observed = result["observed_share"]
+    lines += [
+        "",
+        f"Sample ratio: canary share expected {result['expected_share']:g}, observed "
+        f"{'n/a' if observed is None else f'{observed:.4f}'} (chi-square p = {result['srm_p']:.3g}): "
+        + ("**MISMATCH, the step is invalid**" if result["srm"] else "ok"),
+        "",
+        f"Intervals: {result['method']}, always valid however often one looks (latency: user bootstrap); "
+        f"a breach is an interval wholly above its margin, inside is wholly below it.",
+        "",
+        "Why:",
+        "",
+        *[f"- {reason}" for reason in result["reasons"]],
+    ]
     return "\n".join(lines)

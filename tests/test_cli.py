@@ -59,13 +59,31 @@ def test_every_command_explains_itself(args: list[str]) -> None:
 def test_logs_validate_counts_and_strict_says_no(workspace: Path) -> None:
     bad = workspace / "extra" / "bad.jsonl"
     bad.parent.mkdir(exist_ok=True)
-    bad.write_text('{"request_id": "x"}\nnot json\n', encoding="utf-8")
+    good = next((workspace / "logs").glob("*.jsonl")).read_text(encoding="utf-8").splitlines()[0]
+    bad.write_text(good + '\n{"request_id": "x"}\nnot json\n', encoding="utf-8")
     code, payload, _ = run("logs", "validate", str(bad), "--workspace", str(workspace), "--json")
     assert code == 0
-    assert payload["read"] == 2 and payload["accepted"] == 0 and payload["quarantined"] == 2
+    assert payload["read"] == 3 and payload["accepted"] == 1 and payload["quarantined"] == 2
     assert payload["reasons"] == {"missing_field": 1, "not_json": 1}
     strict, _, _ = run("logs", "validate", str(bad), "--workspace", str(workspace), "--strict")
     assert strict == 1
+
+
+def test_logs_validate_says_no_when_every_row_was_quarantined(workspace: Path, tmp_path: Path) -> None:
+    """A wrong preset quarantines everything: that must not look like success."""
+    chat = tmp_path / "chat.jsonl"
+    chat.write_text(json.dumps({"id": "c1", "created": 1767600000, "model": "m", "user": "u1",
+                                "messages": [{"role": "user", "content": "Hi"}],
+                                "choices": [{"index": 0, "message": {"role": "assistant", "content": "Hello"}}]}) + "\n",
+                    encoding="utf-8")
+    result = runner.invoke(app, ["logs", "validate", str(chat), "--workspace", str(workspace), "--json"])
+    assert result.exit_code == 1
+    assert json.loads(result.stdout.strip().splitlines()[-1])["accepted"] == 0
+    assert "logs.preset" in result.stderr and "openai_chat" in result.stderr
+    config = tmp_path / "chat.yaml"
+    config.write_text("logs:\n  preset: openai_chat\n", encoding="utf-8")
+    fixed, payload, _ = run("logs", "validate", str(chat), "--config", str(config), "--workspace", str(workspace), "--json")
+    assert fixed == 0 and payload["accepted"] == 1
 
 
 def test_signals_json_keys(workspace: Path) -> None:
@@ -88,6 +106,38 @@ def test_drift_between_two_prompt_files(workspace: Path, tmp_path: Path) -> None
     other.write_text("\n".join(f"is the helix fold phone waterproof {i}" for i in range(600)), encoding="utf-8")
     alert, payload, _ = run("drift", "--reference", str(same), "--current", str(other), "--json")
     assert alert == 1 and payload["alert"] is True
+
+
+def test_drift_reads_openai_chat_logs_as_logs(workspace: Path, tmp_path: Path) -> None:
+    """An openai_chat JSONL log is recognised as logs (its prompts are the last user messages), its
+    users become the null baseline's groups, whatever logs.preset says."""
+    def chat_log(path: Path, topic: str) -> Path:
+        rows = [{"id": f"{topic}-{i}", "created": 1767600000 + i, "model": "m", "user": f"u{i % 40}",
+                 "messages": [{"role": "system", "content": "Be brief."},
+                              {"role": "user", "content": f"{topic} question number {i}"}],
+                 "choices": [{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": "ok"}]}}]}
+                for i in range(600)]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        return path
+
+    reference = chat_log(tmp_path / "ref.jsonl", "how do I return my order")
+    code, payload, _ = run("drift", "--reference", str(reference), "--current", str(reference),
+                           "--workspace", str(workspace), "--json")
+    assert code == 0
+    assert payload["n_reference"] == 600 and payload["band"] == "same"
+    assert payload["null_resampled_by"] == "session" and payload["null_groups"] == 40
+    shifted = chat_log(tmp_path / "cur.jsonl", "is the helix fold phone waterproof")
+    alert, payload, _ = run("drift", "--reference", str(reference), "--current", str(shifted),
+                            "--workspace", str(workspace), "--json")
+    assert alert == 1 and payload["alert"] is True
+
+
+def test_drift_on_logs_nobody_can_map_is_bad_input(workspace: Path, tmp_path: Path) -> None:
+    odd = tmp_path / "odd.jsonl"
+    odd.write_text('{"question": "hi", "answer": "hello"}\n', encoding="utf-8")
+    result = runner.invoke(app, ["drift", "--reference", str(odd), "--current", str(odd), "--workspace", str(workspace)])
+    assert result.exit_code != 0
+    assert "logs.preset" in str(result.exception) and "logs.columns" in str(result.exception)
 
 
 def test_agreement_blocks_with_exit_1(tmp_path: Path) -> None:

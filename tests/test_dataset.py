@@ -183,3 +183,28 @@ def test_max_new_examples_keeps_a_stable_sample_so_scarce_replay_keeps_its_share
     assert result["holdout"] == uncapped["holdout"]
     again = build_dataset(_curated(tmp_path), tmp_path / "c", settings, cycle_id="c1", replay_path=_replay(tmp_path, 30))
     assert again["sha256"] == result["sha256"]
+
+
+def test_replay_keeps_every_refusal_of_the_champion(tmp_path: Path) -> None:
+    from tasks.config import SignalsSettings
+    from tasks.signals import detect_refusals
+
+    curated = tmp_path / "curated.jsonl"
+    curated.write_text("".join(json.dumps({"case_id": f"c{i}", "prompt": f"new question {i}?",
+                                           "corrected_response": f"new answer {i}"}) + "\n" for i in range(20)),
+                       encoding="utf-8")
+    replay = tmp_path / "champion.jsonl"
+    rows = [{"prompt": f"old question {i}?", "response": f"old answer {i}"} for i in range(200)]
+    rows += [{"prompt": f"off-domain question {i}?", "response": "I'm sorry, I don't know about that."} for i in range(30)]
+    replay.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    settings = DatasetSettings(replay_share=0.2, new_cases_holdout=0.0)
+
+    def refusals(texts):
+        return detect_refusals(texts, SignalsSettings())
+
+    kept = build_dataset(curated, tmp_path / "with", settings, cycle_id="c", replay_path=replay, is_refusal=refusals)
+    card = json.loads((tmp_path / "with" / "dataset_card.json").read_text())
+    assert card["counts"]["replay_refusals"] == 30 and kept["replay"] == 30 + 5  # all refusals + the 20% share
+    plain = build_dataset(curated, tmp_path / "without", settings.model_copy(update={"replay_refusals": False}),
+                          cycle_id="c", replay_path=replay, is_refusal=refusals)
+    assert plain["replay"] == 5

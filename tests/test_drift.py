@@ -146,3 +146,77 @@ def test_large_windows_are_binned_from_a_sample():
     assert res["band"] == "same" and res["alert"] is False
     full = compute_drift(prompts(2000, 1), prompts(1000, 2), D.model_copy(update={"max_current_prompts": None}))
     assert full["n_current_binned"] == 1000 and full["null_kl"] < res["null_kl"]
+
+
+# ------------------------------------------------------------------------ clustered traffic (issue 17)
+
+WORDS = [f"w{chr(97 + i)}{chr(97 + j)}" for i in range(26) for j in range(26)]
+
+
+def conversations(n: int, seed: int) -> tuple[list[str], list[str]]:
+    """Prompts that come in conversations: each conversation keeps to its own few words for its 4
+    turns, as real chats do, so two halves of the same traffic differ more than independent prompts."""
+    rng = np.random.default_rng(seed)
+    prompts, groups = [], []
+    for c in range(n):
+        own = rng.choice(len(WORDS), size=3, replace=False)
+        for _ in range(4):
+            prompts.append(" ".join(["please", "help"] + [WORDS[i] for i in own[rng.integers(0, 3, size=3)]]))
+            groups.append(f"c{seed}-{c}")
+    return prompts, groups
+
+
+def test_the_null_resamples_whole_conversations_so_a_same_source_split_does_not_alarm():
+    settings = D.model_copy(update={"vocab_size": 1000})
+    alarms_by_prompt = alarms_by_conversation = 0
+    for seed in range(4):
+        reference, groups = conversations(150, seed)
+        current, _ = conversations(150, 100 + seed)
+        by_prompt = compute_drift(reference, current, settings, seed=seed)
+        by_conversation = compute_drift(reference, current, settings, seed=seed, reference_groups=groups)
+        assert by_prompt["null_resampled_by"] == "prompt" and by_prompt["null_groups"] == 600
+        assert by_conversation["null_resampled_by"] == "session" and by_conversation["null_groups"] == 150
+        assert by_conversation["null_kl"] > by_prompt["null_kl"]
+        alarms_by_prompt += by_prompt["kl"] > by_prompt["null_kl"]
+        alarms_by_conversation += by_conversation["kl"] > by_conversation["null_kl"]
+    assert alarms_by_prompt == 4 and alarms_by_conversation == 0
+    # asked to resample by prompt, the groups are not used
+    reference, groups = conversations(150, 0)
+    plain = compute_drift(reference, reference, settings.model_copy(update={"null_resample_by": "prompt"}),
+                          reference_groups=groups)
+    assert plain["null_resampled_by"] == "prompt"
+
+
+def test_one_very_long_prompt_cannot_move_the_histogram():
+    reference = prompts(1000, 1)
+    pasted = " ".join(f"clause{i % 50} of the pasted contract" for i in range(3000))
+    current = prompts(999, 2) + [pasted]
+    capped = compute_drift(reference, current, D)
+    uncapped = compute_drift(reference, current, D.model_copy(update={"max_prompt_tokens": None}))
+    assert capped["band"] == "same" and capped["alert"] is False
+    assert uncapped["band"] != "same" and uncapped["kl"] > 5 * capped["kl"]
+
+
+def test_prompt_files_and_logs_carry_the_groups(tmp_path):
+    import pyarrow as pa
+
+    from tasks.contracts import LOG_SCHEMA
+    from tasks.drift import load_prompt_records, prompt_groups
+
+    jsonl = tmp_path / "ref.jsonl"
+    jsonl.write_text('{"prompt": "a", "group": "g1"}\n{"prompt": "b", "session_id": "s9"}\n{"prompt": "c"}\n'
+                     '{"prompt": "", "group": "g2"}\n', encoding="utf-8")
+    assert load_prompt_records(jsonl) == (["a", "b", "c"], ["g1", "s9", None])
+    table = pa.Table.from_pylist([
+        {"request_id": str(i), "ts": None, "user_id": user, "session_id": session, "prompt": "p", "response": "r",
+         "model_version": "v", "metadata": "{}"}
+        for i, (user, session) in enumerate([("alice", "s1"), ("alice", "s1"), ("alice", None), ("bob", None)])
+    ], schema=LOG_SCHEMA)
+    by_session = prompt_groups(table, "session")
+    assert by_session[0] == by_session[1] != by_session[2] != by_session[3]
+    by_user = prompt_groups(table, "user")
+    assert by_user[0] == by_user[1] == by_user[2] != by_user[3]
+    assert prompt_groups(table, "prompt") is None
+    assert not any("alice" in g or "bob" in g or "s1" in g for g in by_session)  # hashed, never the raw ids
+    with pytest.raises(ValueError, match="2 reference groups for 3 reference prompts"):
+        compute_drift(["a", "b", "c"], ["a"], D, reference_groups=["g", "g"])

@@ -272,9 +272,14 @@ def test_missing_suites_fail_except_new_cases_which_is_skipped() -> None:
 
 def test_default_gates_in_config_are_understood() -> None:
     summary = _summary(regression__behaviour=(0.9, 0.9), regression__token_f1=(0.5, 0.52), ood__behaviour=(0.7, 0.7),
-                       adversarial__must_not_include=(1.0, 1.0), new_cases__behaviour=(0.8, 0.1))
+                       adversarial__must_not_include=(1.0, 1.0), new_cases__behaviour=(0.8, 0.1),
+                       regression__unsupported=(0.10, 0.08), ood__unsupported=(0.0, 0.0),
+                       adversarial__unsupported=(0.02, 0.0), new_cases__unsupported=(0.2, 0.3))
     result = check_gates(summary, Settings().evaluate.gates, has_champion=True)
     assert result["passed"], result["failed"]
+    # unsupported is lower-is-better: a rise of more than 5 points over the champion fails
+    summary["regression"]["unsupported"].update(candidate=0.2, diff=0.12)
+    assert check_gates(summary, Settings().evaluate.gates, has_champion=True)["failed"] == ["regression.unsupported.max_rise"]
 
 
 # ------------------------------------------------------------------------------------ the stage
@@ -458,3 +463,26 @@ def test_evaluate_adapter_against_the_registered_champion(tmp_path: Path) -> Non
     # Both adapters start as the identity (LoRA B = 0): same answers, zero difference.
     assert report["suites"]["adversarial"]["behaviour"]["diff"] == 0
     assert (tmp_path / "e2" / "report.md").is_file()
+
+
+def test_a_candidate_that_makes_things_up_fails_the_unsupported_gate(settings: Settings, tmp_path: Path) -> None:
+    items = load_suites(DATA, ["regression", "ood"])
+    champion = Scripted("base", oracle(items))
+    wrong_page = next(t.answer for t in load_knowledge_base(DATA, "v2").topics if t.id == "product_helix_fold")
+    honest = oracle(items)
+
+    def candidate_answer(prompt: str) -> str:  # answers a third of the regression items with the wrong product's page
+        answer = honest(prompt)
+        return wrong_page if answer != REFUSAL and hash(prompt) % 3 == 0 else answer
+
+    report = evaluate_candidate(Scripted("cand", candidate_answer), champion, items, settings, tmp_path / "out")
+    regression = report["suites"]["regression"]
+    assert regression["unsupported"]["champion"] == 0.0 and regression["unsupported"]["candidate"] > 0.2
+    assert regression["unsupported_ref"]["champion"] == 0.0 and regression["unsupported_ref"]["candidate"] > 0.2
+    assert report["suites"]["ood"]["unsupported"]["champion"] == 0.0  # documented answers and refusals
+    assert "regression.unsupported.max_rise" in report["gate"]["failed"] and not report["passed"]
+    assert report["faithfulness"]["verifier"] == "claims"
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "**Unsupported answers**" in md and "| unsupported |" in md
+    rows = [json.loads(line) for line in (tmp_path / "out" / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+    assert {r["candidate"]["verdict"] for r in rows} == {"supported", "unsupported", "refused"}

@@ -13,7 +13,7 @@ import pytest
 
 from tasks.config import ExtractSettings, SignalsSettings
 from tasks.contracts import CASE_SCHEMA, LOG_SCHEMA
-from tasks.extract import derive_topics, extract_cases, topic_cap, user_ref
+from tasks.extract import derive_topics, extract_cases, topic_cap, unsupported_flags, user_ref
 from tasks.files import read_cases
 
 KEY = b"test-secret-key"
@@ -75,7 +75,7 @@ def test_kinds_are_multi_labelled_and_the_reask_carries_its_followup(tmp_path):
     assert cases["req-0003"].kinds == ["thumbs_down"] and cases["req-0003"].followup is None
     assert cases["req-0004"].kinds == ["refusal"]
     assert result["cases"] == 3 and result["read"] == 6
-    assert result["by_kind"] == {"refusal": 2, "reask": 1, "thumbs_down": 2}
+    assert result["by_kind"] == {"refusal": 2, "reask": 1, "thumbs_down": 2, "unsupported": 0}
     assert result["duplicates_removed"] == 0 and result["capped"] == 0
 
 
@@ -115,7 +115,7 @@ def test_parquet_and_jsonl_outputs_follow_the_case_contract(tmp_path):
 
 def test_empty_window(tmp_path):
     result = extract_cases(_table([]), SignalsSettings(), ExtractSettings(), key=KEY, out_path=tmp_path / "cases.parquet")
-    assert result["cases"] == 0 and result["by_kind"] == {"refusal": 0, "reask": 0, "thumbs_down": 0}
+    assert result["cases"] == 0 and result["by_kind"] == {"refusal": 0, "reask": 0, "thumbs_down": 0, "unsupported": 0}
     assert pq.read_table(tmp_path / "cases.parquet").num_rows == 0
 
 
@@ -237,3 +237,25 @@ def test_topic_cap_arithmetic():
     assert topic_cap([4, 4, 4, 4], 0.25, 1) == 4  # evenly spread: nothing to cut
     assert topic_cap([10, 10], 0.25, 1) == 1  # fewer topics than 1/share: impossible, floor
     assert topic_cap([], 0.25, 5) == 5
+
+
+def test_answers_the_docs_do_not_support_become_unsupported_cases(tmp_path):
+    from tasks.config import load_settings
+    from tasks.knowledge import load_knowledge_base
+
+    answers = {t.id: t.answer for t in load_knowledge_base(None, "v2").topics}
+    rows = [
+        _row(0, user="ann", prompt="How much is the Helix Watch?", response=answers["product_helix_watch"]),
+        _row(1, user="ben", prompt="How much is the Quasar VR headset?", response=answers["product_lumen_55"]),
+        _row(2, user="cy", prompt="What is your return policy?", response=answers["return_policy"].replace("30", "90")),
+        _row(3, user="dee", prompt="Tell me a joke.", response=answers["gift_cards"], feedback=-1),
+    ]
+    grounding = load_settings(None, {"paths.workspace": str(tmp_path / "ws")})
+    out = tmp_path / "cases.jsonl"
+    result = extract_cases(_table(rows), SignalsSettings(), ExtractSettings(), key=KEY, out_path=out,
+                           unsupported=unsupported_flags(grounding, None))
+    cases = _by_request(out)
+    assert set(cases) == {"req-0001", "req-0002", "req-0003"}  # the documented answer is no case
+    assert cases["req-0001"].kinds == ["unsupported"] and cases["req-0002"].kinds == ["unsupported"]
+    assert cases["req-0003"].kinds == ["thumbs_down", "unsupported"]
+    assert result["flagged"]["unsupported"] == 3 and result["by_kind"]["unsupported"] == 3

@@ -162,6 +162,23 @@ def test_openai_chat_preset_maps_messages_onto_prompt_and_response(tmp_path):
     assert bad["line"] == 5 and "prompt" in bad["message"]
 
 
+def test_an_empty_reply_as_a_list_of_parts_is_accepted_like_the_plain_string(tmp_path):
+    """"content": "" is an empty reply; [{"type": "text", "text": ""}] and [] say the same and must not
+    be quarantined as a missing response."""
+    rows = [
+        openai_row(0, choices=[{"index": 0, "message": {"role": "assistant", "content": ""}}]),
+        openai_row(1, choices=[{"index": 0, "message": {"role": "assistant", "content": [{"type": "text", "text": ""}]}}]),
+        openai_row(2, choices=[{"index": 0, "message": {"role": "assistant", "content": []}}]),
+        openai_row(3, choices=[{"index": 0, "message": {"role": "assistant", "content": None}}]),  # no reply at all
+    ]
+    result = load_logs([write_lines(tmp_path / "chat.jsonl", rows)], LogsSettings(preset="openai_chat"),
+                       quarantine=tmp_path / "q.jsonl")
+    check_invariant(result)
+    replies = {r["request_id"]: r["response"] for r in result.table.to_pylist()}
+    assert replies == {"chatcmpl-0": "", "chatcmpl-1": "", "chatcmpl-2": ""}
+    assert result.reasons == {"missing_field": 1}
+
+
 def test_openai_preset_reads_a_full_response_object(tmp_path):
     response = {"id": "x", "choices": [{"message": {"role": "assistant", "content": "Nested reply."}}]}
     path = write_lines(tmp_path / "c.jsonl", [openai_row(0, choices=..., response=response)])

@@ -348,3 +348,19 @@ def test_bootstrap_never_overwrites_a_foreign_directory(tmp_path: Path) -> None:
     with pytest.raises(ModelError, match="not a bootstrapped base"):
         bootstrap_base_model(foreign, data_dir=SHIPPED_DATA, size="test")
     assert (foreign / "config.json").read_text() == "{}"
+
+
+def test_the_base_learns_to_decline_off_domain_questions_it_is_never_evaluated_on() -> None:
+    from tasks.base_model import OFF_DOMAIN_QUESTIONS
+    from tasks.config import SHIPPED_DATA, SignalsSettings
+    from tasks.knowledge import load_knowledge_base
+    from tasks.signals import detect_refusals
+    from tasks.simulate.bank import OFFTOPIC_QUESTIONS
+    from tasks.text import normalise
+
+    pairs, _ = pretraining_examples(load_knowledge_base(SHIPPED_DATA, "v1"), off_domain_refusals=True)
+    answers = {q: a for q, a in pairs if q in OFF_DOMAIN_QUESTIONS}
+    assert len(answers) == len(OFF_DOMAIN_QUESTIONS) and all(detect_refusals(list(answers.values()), SignalsSettings()))
+    ood = {normalise(json.loads(line)["prompt"]) for line in (SHIPPED_DATA / "eval" / "ood.jsonl").read_text().splitlines()}
+    simulated = {normalise(q) for qs in OFFTOPIC_QUESTIONS.values() for q in qs}
+    assert not {normalise(q) for q in OFF_DOMAIN_QUESTIONS} & (ood | simulated)

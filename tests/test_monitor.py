@@ -86,3 +86,32 @@ def test_week_labels_are_validated_and_ordered_across_years() -> None:
     with pytest.raises(ValueError, match="weeks 1 to 52"):
         monitor.week_step("2025-W53")
     assert monitor.history_entry("2026W3", _signals(1, 10), {}, {"triggered": False})["week"] == "2026-W03"
+
+
+def _grounded(unsupported: int, checked: int) -> dict:
+    low, high = wilson_interval(unsupported, checked)
+    return {**_signals(100, 2000), "unsupported": {"unsupported": unsupported, "checked": checked, "undecided": 0,
+                                                   "unsupported_rate": unsupported / checked,
+                                                   "unsupported_rate_ci": [low, high]}}
+
+
+def test_unsupported_answer_jump_triggers_and_is_the_dashboards_headline(settings: Settings) -> None:
+    from tasks.report import dashboard_markdown
+
+    for week in ("2026-W01", "2026-W02", "2026-W03"):
+        monitor.record_week(settings, monitor.history_entry(week, _grounded(30, 200), {}, {"triggered": False}))
+    history = monitor.load_history(settings)
+    assert history[-1]["unsupported_rate"] == 0.15 and history[-1]["unsupported_checked"] == 200
+    calm = monitor.decide_trigger(settings, "2026-W04", _grounded(34, 200), {}, history)
+    assert not calm["triggered"] and not calm["unsupported_alarm"]["alarm"]
+    jump = monitor.decide_trigger(settings, "2026-W04", _grounded(80, 200), {}, history)
+    assert jump["triggered"] and jump["unsupported_alarm"]["alarm"]
+    assert jump["reasons"] == [jump["unsupported_alarm"]["reason"]] and "40.0% vs 15.0%" in jump["reasons"][0]
+    signals = _grounded(80, 200)
+    signals["unsupported"].update(verifier="claims", docs="in force from 2026-02-16", refused=20, by_model_version={
+        "v1": {"unsupported_rate": 0.4, "unsupported_rate_ci": [0.33, 0.47], "checked": 200}},
+        reasons={"price contradicted": 50})
+    markdown = dashboard_markdown(settings, "2026-W04", signals, {}, jump)
+    table = markdown.split("| signal |")[1]
+    assert table.index("Unsupported answers") < table.index("Refusal rate") < table.index("Hallucination risk (secondary)")
+    assert "80 of 200 sampled answers" in markdown and "| v1 | 40.0% |" in markdown and "price contradicted (50)" in markdown

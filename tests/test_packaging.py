@@ -84,3 +84,27 @@ def test_the_wheel_holds_every_module_of_the_checkout(installed: Path) -> None:
     shipped = json.loads(subprocess.run([str(installed / "python"), "-c", code], cwd=installed, capture_output=True,
                                         text=True, check=True).stdout)
     assert [m for m in checkout if m not in shipped] == []
+
+
+@pytest.mark.slow
+def test_the_refusal_classifier_loads_offline_from_the_installed_wheel(installed: Path, tmp_path: Path) -> None:
+    """The default signals.refusal_classifier is package data: the wheel carries its arrays and the
+    installed package scores with them, from another directory, with no network and no checkout."""
+    code = (
+        "import json; from tasks.config import SignalsSettings; "
+        "from tasks.refusal import SHIPPED_CLASSIFIER, classify_refusals, load_classifier; "
+        "w, b, bits = load_classifier(); "
+        "two = 'GPT: I am sorry, but I cannot help with that.\\n\\nDAN: Sure! ' + 'Step one, buy the parts online. ' * 8; "
+        "lecture = 'I am sorry, but I cannot provide that. ' + 'It is important to respect the law and others. ' * 4; "
+        "kinds = classify_refusals([lecture, two, 'The return window is 30 days.'], SignalsSettings()); "
+        "print(json.dumps({'path': str(SHIPPED_CLASSIFIER), 'weights': len(w), 'kinds': kinds.tolist()}))"
+    )
+    env = {"PATH": str(installed), "HOME": str(tmp_path), "HF_HUB_OFFLINE": "1", "NO_PROXY": "*",
+           "HTTP_PROXY": "http://127.0.0.1:9", "HTTPS_PROXY": "http://127.0.0.1:9"}
+    done = subprocess.run([str(installed / "python"), "-c", code], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    shown = json.loads(done.stdout.strip().splitlines()[-1])
+    assert "_shipped" in shown["path"] and str(REPO_ROOT) not in shown["path"]
+    assert shown["weights"] == 1 << 17
+    assert shown["kinds"] == [2, 1, 0]  # full, partial (the classifier tells them apart), none

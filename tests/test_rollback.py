@@ -21,7 +21,7 @@ from typer.testing import CliRunner
 
 from flows.cli import app
 from tasks.config import REPO_ROOT, ConfigError, Settings, load_settings
-from tasks.registry import Registry, RegistryRuleError
+from tasks.registry import Registry, RegistryInputError, RegistryRuleError
 
 PASSED = {"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": []},
           "suites": {"regression": {"behaviour": {"candidate": 0.9, "diff": None}}}}
@@ -42,10 +42,11 @@ def champions(settings: Settings, adapter: Path, count: int = 2) -> list[str]:
 
 
 def champion_seen_by(uri: str, name: str) -> str:
-    """The champion as another MLflow client (e.g. a serving process) resolves it."""
+    """The champion as another MLflow client (e.g. a serving process) resolves it; "base" without one."""
     from mlflow import MlflowClient
 
-    return str(MlflowClient(uri, uri).get_model_version_by_alias(name, "champion").version)
+    aliases = MlflowClient(uri, uri).get_registered_model(name).aliases
+    return str(aliases["champion"]) if "champion" in aliases else "base"
 
 
 def assert_consistent(registry: Registry) -> None:
@@ -80,13 +81,55 @@ def test_cli_rollback_moves_the_champion_back_and_records_it(tmp_path: Path, tem
     last = registry.audit()[-1]
     assert (last["action"], last["alias"], last["from"], last["to"]) == ("rollback", "champion", v2, v1)
 
-    refused = runner.invoke(app, ["rollback", "--workspace", str(tmp_path), "--json"])
-    assert refused.exit_code == 1  # v1 replaced nothing: no previous champion to go back to
-    assert registry.audit()[-1]["seq"] == last["seq"]
-
     forward = runner.invoke(app, ["rollback", "--workspace", str(tmp_path), "--to", v2, "--json"])
     assert forward.exit_code == 0, forward.output
     assert champion_seen_by(registry.uri, registry.name) == v2
+    assert_consistent(registry)
+
+
+def test_cli_rollback_after_the_first_promotion_serves_the_base_model(tmp_path: Path, template_db: Path,
+                                                                      adapter: Path) -> None:
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    settings = load_settings(None, {"paths.workspace": str(tmp_path)})
+    (v1,) = champions(settings, adapter, 1)
+    runner = CliRunner()
+
+    result = runner.invoke(app, ["rollback", "--workspace", str(tmp_path), "--json"])
+    assert result.exit_code == 0, result.output
+    assert last_json(result.stdout)["from"] == v1 and last_json(result.stdout)["to"] == "base"
+    registry = Registry(settings)
+    assert champion_seen_by(registry.uri, registry.name) == "base" and registry.status()["champion"] is None
+    last = registry.audit()[-1]
+    assert (last["action"], last["from"], last["to"]) == ("rollback", v1, "base")
+    status = runner.invoke(app, ["registry", "status", "--workspace", str(tmp_path)])
+    assert "champion: none (the base model is served, no adapter)" in status.stdout
+
+    refused = runner.invoke(app, ["rollback", "--workspace", str(tmp_path), "--json"])
+    assert refused.exit_code == 1 and "the base model is served" in refused.output
+    assert registry.audit()[-1]["seq"] == last["seq"]
+    back = runner.invoke(app, ["rollback", "--workspace", str(tmp_path), "--to", v1, "--json"])
+    assert back.exit_code == 0 and last_json(back.stdout)["to"] == v1
+    assert_consistent(registry)
+
+
+def test_cli_rollback_to_a_rejected_version_needs_an_override(tmp_path: Path, template_db: Path, adapter: Path) -> None:
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    settings = load_settings(None, {"paths.workspace": str(tmp_path)})
+    v1, v2 = champions(settings, adapter)
+    runner = CliRunner()
+    ws = ["--workspace", str(tmp_path), "--json"]
+    assert runner.invoke(app, ["rollback", *ws]).exit_code == 0
+    assert runner.invoke(app, ["reject", v2, "--reviewer", "bo", "--comment", "leaks order ids", *ws]).exit_code == 0
+
+    refused = runner.invoke(app, ["rollback", "--to", v2, *ws])
+    assert refused.exit_code == 1 and "--override-reason" in refused.output
+    registry = Registry(settings)
+    assert champion_seen_by(registry.uri, registry.name) == v1
+    restored = runner.invoke(app, ["rollback", "--to", v2, "--reviewer", "lead",
+                                   "--override-reason", "v1 fails the new payment flow", *ws])
+    assert restored.exit_code == 0, restored.output
+    assert champion_seen_by(registry.uri, registry.name) == v2
+    assert registry.audit()[-1]["details"]["override"]["reviewer"] == "lead"
     assert_consistent(registry)
 
 
@@ -171,12 +214,22 @@ def test_rollback_rules_hold_through_a_server(server, adapter: Path) -> None:
     assert registry.rollback()["to"] == v2
     with pytest.raises(RegistryRuleError, match="already the champion"):
         registry.rollback(to=v2)
-    with pytest.raises(RegistryRuleError, match="has no version"):
+    with pytest.raises(RegistryInputError, match="has no version"):
         registry.rollback(to="99")
     assert registry.rollback(to=v3)["to"] == v3
     assert registry.rollback(to=v1)["to"] == v1
     assert [(e["action"], e["to"]) for e in registry.audit() if e["alias"] == "champion"][-3:] == [
         ("rollback", v2), ("rollback", v3), ("rollback", v1)]
+    assert_consistent(registry)
+    # v1 replaced the base: going back from it removes the alias, through the REST path too
+    assert registry.rollback()["to"] == "base"
+    assert champion_seen_by(server[1], "rules-model") == "base"
+    # a version rejected since it served needs a recorded override, written through the REST path
+    Registry(local).review(v3, decision="reject", reviewer="bo", comment="tone")
+    with pytest.raises(RegistryRuleError, match="--override-reason"):
+        registry.rollback(to=v3)
+    assert registry.rollback(to=v3, reviewer="lead", override_reason="incident: base answers worse")["to"] == v3
+    assert Registry(local).status()["versions"][2]["review"]["decision"] == "restore"
     assert_consistent(registry)
     unknown = Registry(server_settings(server, "no-such-model")[1])
     with pytest.raises(RegistryRuleError, match="does not exist yet"):

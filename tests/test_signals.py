@@ -115,10 +115,10 @@ def test_refusal_accepts_arrow_and_unicode_boundary():
 
 
 def test_refusal_patterns_are_configurable_and_classifier_slot(monkeypatch):
-    custom = S.model_copy(update={"refusal_patterns": [r"\bnope\b"]})
+    custom = S.model_copy(update={"refusal_patterns": [r"\bnope\b"], "refusal_classifier": None})
     assert detect_refusals(["Nope.", "nopes", "I don't know"], custom).tolist() == [True, False, False]
     # Python-only constructs (lookbehind) still work, without the RE2 pre-filter
-    look = S.model_copy(update={"refusal_patterns": [r"(?<!not )sorry"]})
+    look = S.model_copy(update={"refusal_patterns": [r"(?<!not )sorry"], "refusal_classifier": None})
     assert detect_refusals(["sorry", "not sorry"], look).tolist() == [True, False]
     import types
     import sys
@@ -127,7 +127,8 @@ def test_refusal_patterns_are_configurable_and_classifier_slot(monkeypatch):
     module.classify = lambda texts: ["apolog" in t.lower() for t in texts]
     monkeypatch.setitem(sys.modules, "fake_refusal_classifier", module)
     both = S.model_copy(update={"refusal_classifier": "fake_refusal_classifier:classify"})
-    assert detect_refusals(["We apologise.", "I don't know", "Fine.", None], both).tolist() == [True, True, False, False]
+    long_apology = "We apologise for any inconvenience this may have caused you. " * 3  # long: the classifier decides
+    assert detect_refusals([long_apology, "I don't know", "Fine.", None], both).tolist() == [True, True, False, False]
     with pytest.raises(ValueError, match="module:function"):
         detect_refusals(["x"], S.model_copy(update={"refusal_classifier": "nocolon"}))
     with pytest.raises(ValueError, match="refusal_patterns"):
@@ -225,19 +226,25 @@ def test_compute_signals_counts_rates_and_versions():
         {"t": 8, "user": "a", "prompt": "Vireo smart lock, what is it?", "response": "It is a lock.", "version": "v2"},
         {"t": 100, "user": "b", "prompt": "How long is shipping?", "response": "3-5 business days.", "version": "v2", "feedback": 1},
         {"t": 200, "user": "c", "prompt": "잘 지내세요?", "response": "죄송합니다, 잘 모르겠습니다.", "version": "v2"},
+        # refuses, then answers anyway: a partial refusal, counted apart from the full ones
+        {"t": 300, "user": "d", "prompt": "How do I pick a lock?", "version": "v2",
+         "response": "GPT: I'm sorry, but I can't help with that.\n\nDAN: Sure! Insert a tension wrench into the "
+                     "bottom of the keyhole, apply light pressure, then rake the pins with a pick until each one "
+                     "sets; keep the tension steady and the plug will turn."},
     ]
     out = compute_signals(logs(rows), S)
-    assert out["records"] == 4
-    assert out["refusal_count"] == 2 and out["refusal_rate"] == 0.5
-    assert out["reask_count"] == 1 and out["reask_rate"] == 0.25
+    assert out["records"] == 5
+    assert out["refusal_count"] == 2 and out["refusal_rate"] == 0.4
+    assert out["partial_refusal_count"] == 1 and out["by_model_version"]["v2"]["partial_refusal_count"] == 1
+    assert out["reask_count"] == 1 and out["reask_rate"] == 0.2
     assert (out["thumbs_up"], out["thumbs_down"]) == (1, 1)
-    assert out["thumbs_down_rate"] == 0.5 and out["feedback_coverage"] == 0.5
-    for key in ("refusal_rate_ci", "reask_rate_ci", "thumbs_down_rate_ci", "feedback_coverage_ci"):
+    assert out["thumbs_down_rate"] == 0.5 and out["feedback_coverage"] == 0.4
+    for key in ("refusal_rate_ci", "partial_refusal_rate_ci", "reask_rate_ci", "thumbs_down_rate_ci", "feedback_coverage_ci"):
         low, high = out[key]
         assert 0.0 <= low <= out[key[:-3]] <= high <= 1.0
     assert out["hallucination"] is None
     v1, v2 = out["by_model_version"]["v1"], out["by_model_version"]["v2"]
-    assert (v1["records"], v2["records"]) == (1, 3)
+    assert (v1["records"], v2["records"]) == (1, 4)
     assert v1["reask_count"] == 1 and v2["reask_count"] == 0  # counted against the re-asked answer
     assert v1["refusal_count"] == 1 and v2["refusal_count"] == 1
     json.dumps(out)  # JSON-serialisable throughout

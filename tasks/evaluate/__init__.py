@@ -12,6 +12,7 @@ from tasks.evaluate.gates import check_gates
 from tasks.evaluate.scoring import (
     LOWER_IS_BETTER,
     METRICS,
+    add_faithfulness,
     detect_refusals,
     find_pii,
     score_item,
@@ -41,6 +42,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "METRICS",
     "SUITE_FILES",
+    "add_faithfulness",
     "answer_all",
     "check_gates",
     "detect_refusals",

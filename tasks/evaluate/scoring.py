@@ -2,7 +2,9 @@
 
 * Per item: expected behaviour (answer vs refuse, judged by the same refusal detector monitoring uses),
   token F1 and ROUGE-L against the reference, share of `must_include` present, `must_not_include` clean,
-  structured PII (email, phone, card, SSN) in the output.
+  structured PII (email, phone, card, SSN) in the output; faithfulness: `unsupported` (1 when the
+  configured verifier finds claims the docs do not support, 0 for a grounded answer or a refusal) and,
+  where the item has a reference answer, `unsupported_ref` (the claim checker against that reference).
 * Per suite and metric: candidate and champion means and a paired bootstrap interval of the difference.
 """
 
@@ -20,10 +22,11 @@ from tasks.config import Settings
 from tasks.contracts import EvalItem
 from tasks.text import rouge_l, token_f1
 
-METRICS = ("behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output")
+METRICS = ("behaviour", "token_f1", "rouge_l", "must_include", "must_not_include", "pii_in_output", "unsupported",
+           "unsupported_ref")
 # Metrics where a larger value is worse. Their gate reads the other way round: `floor` is a ceiling
 # (the candidate's rate may not exceed it) and `max_drop` is the largest allowed *rise* over the champion.
-LOWER_IS_BETTER = frozenset({"pii_in_output"})
+LOWER_IS_BETTER = frozenset({"pii_in_output", "unsupported", "unsupported_ref"})
 
 
 # --------------------------------------------------------------------------------------------------
@@ -94,12 +97,36 @@ def score_item(item: EvalItem, response: str, settings: Settings, *, refused: bo
         ),
         "pii_in_output": float(bool(pii)),
         "pii_kinds": pii,
+        "unsupported": None,  # filled by add_faithfulness (it needs the docs and the verifier)
+        "unsupported_ref": None,
     }
 
 
 def score_responses(items: Sequence[EvalItem], responses: Sequence[str], settings: Settings) -> list[dict]:
     refused = detect_refusals(responses, settings)
     return [score_item(item, resp, settings, refused=bool(r)) for item, resp, r in zip(items, responses, refused, strict=True)]
+
+
+def add_faithfulness(items: Sequence[EvalItem], responses: Sequence[str], scores: list[dict], settings: Settings,
+                     corpus, verifier) -> list[dict]:
+    """Fill `unsupported` (the verifier against the docs) and `unsupported_ref` (the claim checker against
+    the item's reference answer, where it has one) into `scores`; returns the verdicts for the report."""
+    from tasks.docs import Snippet
+    from tasks.verify import ClaimChecker, verify_answers
+
+    refused = [s["refused"] for s in scores]
+    prompts = [item.prompt for item in items]
+    # An item's reference answer is documentation for its question: it goes along as evidence.
+    references = [[Snippet(f"reference:{item.id}", "", item.reference)] if item.reference else [] for item in items]
+    verdicts = verify_answers(prompts, responses, corpus, verifier, settings, refused=refused, extra_evidence=references)
+    checker = ClaimChecker(settings.verify)
+    for i, (item, verdict) in enumerate(zip(items, verdicts, strict=True)):
+        scores[i]["unsupported"] = None if verdict.label == "undecided" else float(verdict.unsupported)
+        scores[i]["verdict"] = verdict.label
+        if item.reference:
+            ref = checker.check(item.prompt, responses[i], [Snippet(f"reference:{item.id}", "", item.reference)])
+            scores[i]["unsupported_ref"] = 0.0 if refused[i] else float(ref.unsupported)
+    return verdicts
 
 
 # --------------------------------------------------------------------------------------------------
@@ -128,10 +155,10 @@ def summarise(
     for suite, idx in by_suite.items():
         summary[suite] = {}
         for metric in METRICS:
-            cand = np.array([_num(candidate[i][metric]) for i in idx], dtype=float)
+            cand = np.array([_num(candidate[i].get(metric)) for i in idx], dtype=float)
             entry: dict[str, Any] = {"candidate": _mean(cand), "n": int(np.sum(~np.isnan(cand)))}
             if champion is not None:
-                champ = np.array([_num(champion[i][metric]) for i in idx], dtype=float)
+                champ = np.array([_num(champion[i].get(metric)) for i in idx], dtype=float)
                 paired = ~np.isnan(cand) & ~np.isnan(champ)
                 diffs = cand[paired] - champ[paired]
                 entry.update(

@@ -17,7 +17,9 @@ from tasks.config import Settings
 from tasks.contracts import EvalItem, Generator, MlflowRun, StageResult
 from tasks.files import atomic_write_text, write_jsonl
 from tasks.evaluate.gates import check_gates
-from tasks.evaluate.scoring import score_responses, summarise
+from tasks.docs import load_docs
+from tasks.evaluate.scoring import add_faithfulness, score_responses, summarise
+from tasks.verify import make_verifier
 from tasks.evaluate.suites import load_suites, workspace_suites
 from tasks.generation import make_generator
 from tasks.registry import Registry
@@ -67,12 +69,16 @@ def evaluate_candidate(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     prompts = [item.prompt for item in items]
+    docs = load_docs(settings)
+    corpus, verifier = docs.at(None), make_verifier(settings)  # the newest docs: what the candidate will serve under
     cand_responses = answer_all(candidate, prompts, settings, seed=seed)
     cand_scores = score_responses(items, cand_responses, settings)
+    add_faithfulness(items, cand_responses, cand_scores, settings, corpus, verifier)
     champ_responses = champ_scores = None
     if champion is not None:
         champ_responses = answer_all(champion, prompts, settings, seed=seed)
         champ_scores = score_responses(items, champ_responses, settings)
+        add_faithfulness(items, champ_responses, champ_scores, settings, corpus, verifier)
     summary = summarise(items, cand_scores, champ_scores, samples=settings.evaluate.bootstrap_samples,
                         level=settings.evaluate.ci_level, seed=seed)
     has_champion = champion is not None if gate_against_champion is None else bool(gate_against_champion and champion)
@@ -84,6 +90,9 @@ def evaluate_candidate(
         "gated_against_champion": has_champion,
         "n_items": len(items),
         "n_by_suite": {suite: sum(item.suite == suite for item in items) for suite in summary},
+        "faithfulness": {"verifier": verifier.name, "docs": docs.label(None),
+                         "unsupported": {suite: {k: m["unsupported"].get(k) for k in ("candidate", "champion", "diff")}
+                                         for suite, m in summary.items() if "unsupported" in m}},
         "ci_level": settings.evaluate.ci_level,
         "bootstrap_samples": settings.evaluate.bootstrap_samples,
         "suites": summary,

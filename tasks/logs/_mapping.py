@@ -375,9 +375,10 @@ def _special_json(source: str, get: Any) -> str:
 
 
 MACROS = [  # run on every connection that executes these queries
-    # A message content: a string, or a list of parts whose text parts are joined with newlines.
+    # A message content: a string, or a list of parts whose text parts are joined with newlines. An
+    # empty list (or empty text parts) is the empty string, as "content": "" is: not a missing field.
     "CREATE OR REPLACE TEMP MACRO __content(c) AS CASE WHEN json_type(c) = 'ARRAY' THEN "
-    "to_json(NULLIF(array_to_string(list_transform(list_filter(json_extract(c, '$[*]'), "
+    "to_json(COALESCE(array_to_string(list_transform(list_filter(json_extract(c, '$[*]'), "
     "lambda p: json_extract_string(p, '$.type') = 'text'), lambda p: json_extract_string(p, '$.text')), "
     "chr(10)), '')) ELSE c END",
 ]

@@ -117,7 +117,7 @@ def simulate(
 
 def outcome_summary(truth_path: Path, weeks: Iterable[int]) -> dict[str, Any]:
     """What really happened in the simulated `weeks`, from the ground truth: the share of requests
-    answered correctly, refused and answered wrongly, overall and for the topics of knowledge base
+    answered correctly, refused and answered wrongly (made up or mistaken), overall and for the topics of knowledge base
     v2 (the products launched mid-quarter). Shares are None when there is nothing to count."""
     wanted = set(weeks)
     counts: Counter[str] = Counter()
@@ -138,6 +138,7 @@ def outcome_summary(truth_path: Path, weeks: Iterable[int]) -> dict[str, Any]:
         "records": counts["records"],
         "accuracy": share("correct", "records"),
         "refusal_share": share("refusal", "records"),
+        "wrong_share": share("wrong", "records"),
         "new_topic_records": counts["new_topic_records"],
         "new_topic_accuracy": share("new_topic_correct", "new_topic_records"),
         "new_topic_refusal_share": share("new_topic_refusal", "new_topic_records"),

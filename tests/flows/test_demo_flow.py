@@ -17,7 +17,8 @@ from tasks.registry import Registry
 pytestmark = pytest.mark.slow
 
 REQUIRED_KEYS = {"drift_detected_week", "cycle_id", "canary_version", "gate_passed", "promoted", "refusal_rate_before",
-                 "refusal_rate_after", "new_topic_accuracy_before", "new_topic_accuracy_after", "seconds"}
+                 "refusal_rate_after", "new_topic_accuracy_before", "new_topic_accuracy_after", "seconds",
+                 "wrong_answer_rate_before", "wrong_answer_rate_after", "unsupported_rate_before", "unsupported_rate_after"}
 
 
 @pytest.fixture(scope="module")
@@ -101,6 +102,10 @@ def test_auto_approve_promotes_and_the_new_champion_answers_the_weeks_after(demo
     assert after["week"] == "2026-W06" and after["model_version"] == "v1"  # the adapter, not the bare base
     assert all(row["model_version"].startswith("base@") for row in promoted["weeks"][:-1])
     assert promoted["refusal_rate_after"] is not None and promoted["new_topic_accuracy_after"] is not None
+    # what users saw (ground truth) beside what monitoring measured (answers checked against the docs)
+    for when in ("before", "after"):
+        assert 0 <= promoted[f"wrong_answer_rate_{when}"] <= 1 and 0 <= promoted[f"unsupported_rate_{when}"] <= 1
+    assert promoted["before"]["unsupported_checked"] > 0 and promoted["weeks"][-1]["unsupported_rate"] is not None
     workspace = Path(promoted["workspace"])
     logged = {json.loads(line)["model_version"] for path in (workspace / "logs").glob("*.jsonl")
               for line in path.read_text().splitlines()}
@@ -112,6 +117,8 @@ def test_auto_approve_promotes_and_the_new_champion_answers_the_weeks_after(demo
 def test_same_quarter_same_figures(awaiting: dict, promoted: dict) -> None:
     assert promoted["refusal_rate_before"] == awaiting["refusal_rate_before"]
     assert promoted["new_topic_accuracy_before"] == awaiting["new_topic_accuracy_before"]
+    assert promoted["wrong_answer_rate_before"] == awaiting["wrong_answer_rate_before"]
+    assert promoted["unsupported_rate_before"] == awaiting["unsupported_rate_before"]
     assert promoted["cycle_id"] == awaiting["cycle_id"]
 
 

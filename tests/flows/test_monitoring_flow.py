@@ -107,3 +107,15 @@ def test_dashboard_artifact_is_published_with_its_key(monitored) -> None:
     assert dashboards, "no monitoring-dashboard artifact"
     assert any("Retraining triggered: yes" in a.data for a in dashboards)
     assert asyncio.run(latest("monitoring-signals"))
+
+
+def test_unsupported_answers_are_checked_against_the_docs_in_force(monitored) -> None:
+    workspace, results = monitored
+    first, launch = results[0]["signals"]["unsupported"], results[-1]["signals"]["unsupported"]
+    assert first["checked"] == launch["checked"] == 200 and first["verifier"] == "claims"
+    assert first["docs"] == "always" and launch["docs"] == "in force from 2026-01-26"  # launch week 4
+    assert set(launch["by_model_version"]) == {"scripted-v1"}
+    assert 0 < launch["unsupported_rate"] < 0.5 and launch["unsupported_rate_ci"][0] <= launch["unsupported_rate"]
+    history = load_history(load_settings(None, {"paths.workspace": str(workspace)}))
+    assert [row["unsupported_rate"] for row in history] == [r["signals"]["unsupported"]["unsupported_rate"] for r in results]
+    assert "unsupported_alarm" in results[-1]["decision"]

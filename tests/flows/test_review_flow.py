@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.review import ReviewDecision, canary_review, mlflow_version_url, validate_decision
+from flows.review import ReviewDecision, canary_review, mlflow_version_url, review_key
 from flows.rollback import rollback
 from tasks.config import REPO_ROOT, load_settings
 from tasks.registry import Registry, RegistryRuleError
@@ -76,16 +76,59 @@ def test_review_without_a_canary_says_what_to_do(workspace: Path) -> None:
         canary_review(workspace=str(workspace))
 
 
-def test_review_decision_form_has_required_fields_and_is_validated_again() -> None:
+def test_review_form_refuses_blank_text_itself() -> None:
+    """The Resume form's schema is what Prefect's server checks an answer against before it resumes the
+    run (schema_tools.validate in its resume endpoint): blank text must fail there, not in the flow."""
+    from prefect.utilities.schema_tools import ValidationError, validate
+
     fields = ReviewDecision.model_fields
     assert all(fields[name].is_required() for name in ("decision", "reviewer", "comment"))
-    assert validate_decision(ReviewDecision(decision="approve", reviewer="alice", comment="ok")) is None
-    assert "reviewer" in validate_decision(ReviewDecision(decision="approve", reviewer="  ", comment="ok"))
-    assert "comment" in validate_decision(ReviewDecision(decision="reject", reviewer="bob", comment=" \n"))
+    schema = ReviewDecision.model_json_schema()
+    good = {"decision": "approve", "reviewer": "alice", "comment": "ok"}
+    validate(good, schema, raise_on_error=True)
+    for field, blank in (("reviewer", "   "), ("reviewer", ""), ("comment", " \n\t"), ("reviewer", "\u3000")):
+        with pytest.raises(ValidationError, match=field):
+            validate({**good, field: blank}, schema, raise_on_error=True)
+        with pytest.raises(ValueError):
+            ReviewDecision(**{**good, field: blank})
     with pytest.raises(ValueError):
         ReviewDecision(decision="maybe", reviewer="alice", comment="ok")
     form = ReviewDecision.with_initial_data(description="evidence")
     assert form._description == "evidence" and all(form.model_fields[n].is_required() for n in fields)
+
+
+def test_every_ask_again_uses_a_pause_key_prefect_accepts() -> None:
+    """Prefect derives the run-input keys from the pause key and accepts lowercase letters, digits and
+    dashes only; a refused key leaves the run suspended with a Resume dialog that never loads."""
+    from prefect.input.run_input import keyset_from_paused_state
+    from prefect.states import Suspended
+    from prefect.types.names import raise_on_name_alphanumeric_dashes_only
+
+    keys = [review_key("12", attempt) for attempt in (1, 2, 3)]
+    assert len(set(keys)) == 3
+    for key in keys:
+        for input_key in keyset_from_paused_state(Suspended(pause_key=key)).values():
+            raise_on_name_alphanumeric_dashes_only(input_key, "key")
+
+
+def test_rollback_flow_after_the_first_champion_serves_the_base_model(workspace: Path, adapter: Path) -> None:
+    registry = registry_of(workspace)
+    version = register(registry, adapter, "c1")
+    registry.review(version, decision="approve", reviewer="ana", comment="good")
+    registry.promote(version)
+
+    result = rollback(workspace=str(workspace))
+
+    assert (result["from"], result["to"]) == (version, "base")
+    assert registry.status()["champion"] is None
+    markdown = latest_artifact("rollback").data
+    assert "v1 -> **base**" in markdown and "now serving: the base model, no adapter" in markdown
+    registry.review(version, decision="reject", reviewer="bo", comment="tone")
+    with pytest.raises(RegistryRuleError, match="--override-reason"):
+        rollback(to=version, workspace=str(workspace))
+    restored = rollback(to=version, reviewer="lead", override_reason="base is worse", workspace=str(workspace))
+    assert restored["to"] == version and registry.status()["champion"] == version
+    assert "rejection overridden, reason: base is worse" in latest_artifact("rollback").data
 
 
 def test_rollback_flow_moves_the_champion_back(workspace: Path, adapter: Path) -> None:

@@ -1,9 +1,11 @@
 """A real local stack (flows/local_stack.py): Prefect server in a subprocess on a free port with a
 temporary PREFECT_HOME, the `canary-review` deployment from prefect.yaml, a process worker, an MLflow
-server on the workspace's store (the worker's flows go through it). The run
-suspends waiting for the reviewer's form, is resumed through the API with an answer, restarts from
-the top on the worker, records the review and moves the champion alias. Every wait is bounded; the
-stack's processes are always stopped."""
+server on the workspace's store (the worker's flows go through it). The run suspends waiting for the
+reviewer's form. A whitespace-only reviewer is refused by the form (Prefect's server checks the answer
+against the form's schema; the run stays suspended and resumable); an answer the registry refuses (the
+gate's overrider approving it too) makes the flow ask again under a new, valid pause key; a valid
+answer restarts the run from the top on the worker, records the review and moves the champion alias.
+Every wait is bounded; the stack's processes are always stopped."""
 
 from __future__ import annotations
 
@@ -19,8 +21,8 @@ from tasks.registry import Registry
 
 pytestmark = pytest.mark.integration
 
-PASSED = {"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": []},
-          "suites": {"regression": {"behaviour": {"candidate": 0.9, "diff": None}}}}
+FAILED = {"gate": {"passed": False, "first_cycle": False, "failed": ["regression.behaviour.max_drop"], "checks": []},
+          "suites": {"regression": {"behaviour": {"candidate": 0.82, "diff": -0.08}}}}
 
 
 def free_port() -> int:
@@ -39,10 +41,11 @@ def wait_for(read, done, what: str, timeout_s: float):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {value!r}")
 
 
-def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) -> None:
+def test_canary_review_suspends_asks_again_and_promotes(tmp_path: Path) -> None:
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
+    from prefect.input.run_input import keyset_from_paused_state
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
     from flows.local_stack import start_local_stack, stop_local_stack
@@ -54,7 +57,8 @@ def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) 
     (adapter / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4)
     registry = Registry(load_settings(None, {"paths.workspace": str(workspace)}))
     version = registry.register_canary(adapter, cycle_id="c1", base_path=Path("/models/base"), base_digest="b" * 64,
-                                       dataset_sha256="d" * 64, eval_report=PASSED)
+                                       dataset_sha256="d" * 64, eval_report=FAILED)
+    registry.override_gate(version, reviewer="lead", reason="the drop is one retired product")
 
     # Deploy all of prefect.yaml (checks it with Prefect's own loader); the retraining flow is optional
     # while it is being written.
@@ -89,12 +93,32 @@ def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) 
                 assert automations[0].actions[0].parameters == {"window": "{{ event.payload.window }}"}
             run = run_deployment("canary-review/canary-review", timeout=0)
             state = lambda: client.read_flow_run(run.id).state  # noqa: E731
-            suspended = wait_for(state, lambda s: s is not None and (s.is_paused() or s.is_final()),
-                                 "the run to suspend", 150)
-            assert suspended.is_paused() and suspended.name == "Suspended", suspended
+
+            def suspended_for(key: str):
+                """Wait until the run is suspended under `key`; its Resume form (input schema) must load."""
+                found = wait_for(state, lambda s: s is not None and (s.is_final() or (
+                    s.is_paused() and s.state_details.pause_key == key)), f"the run to suspend under {key}", 150)
+                assert found.is_paused() and found.name == "Suspended", found
+                keyset = keyset_from_paused_state(found)
+                assert json.loads(client.read_flow_run_input(run.id, keyset["schema"]))["required"] == [
+                    "decision", "reviewer", "comment"]
+                return found, client.read_flow_run_input(run.id, keyset["description"])
+
+            suspended_for(f"review-{version}")
             print(f"suspended after {time.monotonic() - started:.1f}s")
             assert registry.status()["champion"] is None
 
+            # 1. Blank text: the form refuses it; the run stays suspended under the same key, resumable.
+            with pytest.raises(RuntimeError, match="reviewer"):
+                resume_flow_run(run.id, run_input={"decision": "approve", "reviewer": "   ", "comment": "ok"})
+            suspended_for(f"review-{version}")
+            # 2. An answer the registry refuses: the flow records nothing and asks again under a new key.
+            resume_flow_run(run.id, run_input={"decision": "approve", "reviewer": "lead", "comment": "mine"})
+            _, asked_again = suspended_for(f"review-{version}-attempt-2")
+            assert "Previous answer refused" in asked_again and "require_distinct_override" in asked_again
+            assert registry.status()["versions"][0]["reviews"] == []
+            print(f"asked again after {time.monotonic() - started:.1f}s")
+            # 3. A valid answer: recorded, and the canary promoted.
             resume_flow_run(run.id, run_input={"decision": "approve", "reviewer": "alice", "comment": "ok"})
             final = wait_for(state, lambda s: s is not None and s.is_final(), "the resumed run to finish", 150)
             assert final.is_completed(), (final, final.message)
@@ -104,7 +128,7 @@ def test_canary_review_suspends_resumes_with_input_and_promotes(tmp_path: Path) 
 
     status = registry.status()
     assert status["champion"] == version and status["canary"] is None
-    review = status["versions"][0]["review"]
-    assert review["decision"] == "approve" and review["reviewer"] == "alice" and review["comment"] == "ok"
-    assert [e["action"] for e in registry.audit()] == ["register", "approve", "promote"]
+    reviews = status["versions"][0]["reviews"]
+    assert [(r["decision"], r["reviewer"], r["comment"]) for r in reviews] == [("approve", "alice", "ok")]
+    assert [e["action"] for e in registry.audit()] == ["register", "override_gate", "approve", "promote"]
     assert not (workspace / "stack.json").exists()

@@ -121,14 +121,16 @@ UntilOpt = Annotated[Optional[str], typer.Option(help="End of the window, ISO da
 def logs_validate(
     sources: SourcesArg = None,
     quarantine: Annotated[Optional[Path], typer.Option(help="Where rejected rows go [default: logs.quarantine in the workspace].")] = None,
-    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row was quarantined.")] = False,
+    strict: Annotated[bool, typer.Option("--strict", help="Exit 1 when any row was quarantined or any file could not be read.")] = False,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Schema-check logs: rows that are not JSON, miss a field, carry a bad timestamp or type, are not
-    UTF-8 or are too large go to the quarantine file with their source line and reason. Exits 1 when
-    every row was quarantined (usually the wrong logs.preset or logs.columns), or with --strict when any was."""
+    UTF-8 or are too large go to the quarantine file with their source line and reason; a file that
+    cannot be read at all (truncated, corrupt) is named and set aside, and the other files load. Exits 1
+    when every row was quarantined (usually the wrong logs.preset or logs.columns), or with --strict when
+    any was or a file could not be read."""
     from tasks.logs import load_window
 
     settings = settings_for(config, workspace)
@@ -137,6 +139,7 @@ def logs_validate(
     emit(summary, as_json, table([
         ("read", summary["read"]), ("accepted", summary["accepted"]), ("quarantined", summary["quarantined"]),
         *[(f"  {reason}", count) for reason, count in summary["reasons"].items()],
+        ("unreadable files", len(result.unreadable_files)),
         ("quarantine file", summary["quarantine"]), *[("warning", w) for w in summary["warnings"]],
     ]))
     if result.read and not result.accepted:
@@ -144,8 +147,10 @@ def logs_validate(
             f"all {result.read} rows were quarantined (see {summary['quarantine']}): is the mapping right? "
             f"logs.preset is {settings.logs.preset!r} (flywheel | openai_chat); logs.columns maps other field names"
         )
-    if strict and result.quarantined:
-        raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})")
+    if strict and (result.quarantined or result.unreadable_files):
+        unreadable = ", ".join(item["source"] for item in result.unreadable_files)
+        raise check_failed(f"{result.quarantined} rows quarantined (see {summary['quarantine']})"
+                           + (f"; unreadable files: {unreadable}" if unreadable else ""))
 
 
 @logs_app.command("stats")
@@ -293,11 +298,14 @@ def monitor(
     as_json: JsonOpt = False,
 ) -> None:
     """Run the weekly monitoring flow: signals, drift, MLflow run, Prefect dashboard artifact, and
-    the retraining decision. Without a Prefect server a temporary one is started for the run."""
+    the retraining decision. Without a Prefect server (PREFECT_API_URL) a temporary one is started for
+    the run; it stops with the command, however the command ends."""
     from flows.monitoring import weekly_monitoring
+    from flows.temporary_server import temporary_prefect_server
 
-    result = weekly_monitoring(week=week, config=str(config) if config else None,
-                               workspace=str(workspace) if workspace else None)
+    with temporary_prefect_server():
+        result = weekly_monitoring(week=week, config=str(config) if config else None,
+                                   workspace=str(workspace) if workspace else None)
     signals_, drift_ = result["signals"], result["drift"]
     emit(result, as_json, table([
         ("week", result["week"]),
@@ -442,37 +450,49 @@ def annotate_import(
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Import annotations from several annotators; bad rows are quarantined with file, row and reason."""
+    """Import annotations from several annotators; rows that cannot be used (malformed, no case id,
+    annotator or label, a label outside annotation.labels, cancelled, superseded) are quarantined with
+    file, row and reason. `flywheel agreement` applies the same rules."""
     from tasks.annotate import import_annotations
 
     settings = settings_for(config, workspace)
     summary = import_annotations(files, out, settings.annotation.labels)
     emit(summary, as_json, table([("annotations", summary["annotations"]), ("items", summary["items"]),
-                                  ("annotators", summary["annotators"]), ("quarantined", summary["quarantined"])]))
+                                  ("annotators", summary["annotators"]), ("quarantined", summary["quarantined"]),
+                                  *[(f"  {reason}", n) for reason, n in summary["reasons"].items()],
+                                  ("quarantine file", summary["quarantine"])]))
 
 
 @app.command()
 def agreement(
-    annotations: Annotated[Path, typer.Option("--annotations", help="Label Studio export JSON or CSV with header item,annotator,label.")],
+    annotations: Annotated[Path, typer.Option("--annotations", help="Label Studio export JSON, CSV with header item,annotator,label, or JSONL of annotations.")],
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
     """Inter-annotator agreement (Krippendorff's alpha, Fleiss' and Cohen's kappa) and the gate
-    decision: pass, filter (keep unanimous items) or block. Exits 1 on block."""
+    decision: pass, filter (keep unanimous items) or block. Ratings are judged by the same rules as
+    `annotate import` (labels from annotation.labels; cancelled, malformed and superseded rows and the
+    adjudicator's verdicts left out), and every exclusion is listed. Exits 1 on block."""
     from tasks.annotate import agreement_from_file
 
     settings = settings_for(config, workspace)
     result = agreement_from_file(annotations, settings.annotation)
-    alpha, ci = result["krippendorff_alpha"], result["alpha_ci"]
+
+    def shown(value: Any) -> Any:
+        return "n/a" if value is None else value
+
     emit(result, as_json, table([
         ("items", result["n_items"]), ("annotators", result["n_annotators"]),
-        ("Krippendorff's alpha", alpha), ("95% interval", ci),
-        ("Fleiss' kappa", result["fleiss_kappa"]), ("Cohen's kappa", result["cohen_kappa"]),
-        ("decision", result["decision"]),
+        ("Krippendorff's alpha", shown(result["krippendorff_alpha"])), ("95% interval", shown(result["alpha_ci"])),
+        ("Fleiss' kappa", shown(result["fleiss_kappa"])), ("Cohen's kappa", shown(result["cohen_kappa"])),
+        ("excluded ratings", result["excluded"]["ratings"]),
+        *[(f"  {kind}", n) for kind, n in result["excluded"]["reasons"].items()],
+        *[(f"  annotator {a['annotator']}", a["reason"]) for a in result["excluded_annotators"]],
+        ("decision", result["decision_reason"]),
     ]))
     if result["decision"] == "block":
-        raise check_failed(f"agreement alpha {alpha} is below {settings.annotation.block_alpha}: the cycle is blocked")
+        raise check_failed("the cycle is blocked: " + result["decision_reason"].removeprefix("block: "))
 
 
 # --------------------------------------------------------------------------- evaluation, registry
@@ -621,7 +641,8 @@ def train(
 ) -> None:
     """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
     Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
-    resumes from the newest checkpoint in <out>/checkpoints."""
+    resumes from the newest complete checkpoint in <out>/checkpoints (one cut short is skipped and
+    named)."""
     from tasks.base_model import resolve_base_model
     from tasks.train import train_adapter
 
@@ -630,7 +651,9 @@ def train(
     emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
                                  ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
                                  ("device", result.get("device")), ("seconds", result["seconds"]),
-                                 ("resumed from", result.get("resumed_from"))]))
+                                 ("resumed from", result.get("resumed_from")),
+                                 *[("skipped (incomplete)", f"{item['checkpoint']}: {item['reason']}")
+                                   for item in result.get("skipped_checkpoints", [])]]))
 
 
 # ----------------------------------------------------------------------------------- retraining
@@ -647,10 +670,15 @@ def retrain(
     """Run the quarterly retraining flow: extract, mask, annotate, agreement, dataset, LoRA training,
     evaluation, canary registration. A rerun skips finished stages (training resumes from its
     checkpoint). Exits 1 when the canary fails its gate or the cycle stops."""
-    from flows.retraining import quarterly_retraining
+    from tasks.windows import parse_window
 
-    result = quarterly_retraining(window=window, config=str(config) if config else None,
-                                  workspace=str(workspace) if workspace else None, fresh=fresh)
+    parse_window(window)  # a bad window is exit 2 before any server or folder is started
+    from flows.retraining import quarterly_retraining
+    from flows.temporary_server import temporary_prefect_server
+
+    with temporary_prefect_server():
+        result = quarterly_retraining(window=window, config=str(config) if config else None,
+                                      workspace=str(workspace) if workspace else None, fresh=fresh)
     rows = [("cycle", result["cycle_id"]), *[(f"  {name}", status) for name, status in result["stages"].items()],
             ("canary version", result["canary_version"]), ("gate", result["gate"])]
     if result.get("stopped"):
@@ -721,9 +749,12 @@ def demo(
     from flows.demo import check_workspace, demo_settings, flywheel_demo
     from tasks.report import before_after_rows
 
+    from flows.temporary_server import temporary_prefect_server
+
     check_workspace(demo_settings(str(config) if config else None, str(workspace) if workspace else None).workspace)
-    result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,
-                           auto_approve=auto_approve, weeks_after=weeks_after)
+    with temporary_prefect_server():
+        result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,
+                               auto_approve=auto_approve, weeks_after=weeks_after)
     width = max(len(name) for name, _, _ in before_after_rows(result))
     lines = [f"{'':{width}}  {'before':>24}  {'after':>24}"]
     lines += [f"{name:{width}}  {before:>24}  {after:>24}" for name, before, after in before_after_rows(result)]

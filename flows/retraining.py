@@ -18,7 +18,7 @@ import functools
 import inspect
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,7 @@ from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, 
                           SignalsSettings, TrainSettings, load_settings)
 from tasks.contracts import MlflowRun, StageResult
 from tasks.tracking import experiment_id, tracking_uri
+from tasks.windows import parse_window
 
 
 def stage(name: str, *, records: str, code: tuple[str, ...]):
@@ -175,24 +176,6 @@ def find_champion(settings: Settings) -> dict | None:
     return {"version": version, "cycle_id": entry.get("cycle_id"), "adapter": registry.adapter_path(version)}
 
 
-def resolve_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
-    """'2026-Q1', 'START..END' (ISO dates) or 'all'; empty: the last complete quarter."""
-    from tasks.windows import parse_time, quarter_window
-
-    if window == "all":
-        return None, None, "all"
-    if window and ".." in window:
-        start, end = window.split("..", 1)
-        return parse_time(start), parse_time(end), f"{start}_{end}".replace(":", "")
-    if not window:
-        now = now or datetime.now(timezone.utc)
-        quarter = (now.month - 1) // 3  # the current quarter's index; the previous one is complete
-        year, quarter = (now.year - 1, 4) if quarter == 0 else (now.year, quarter)
-        window = f"{year}-Q{quarter}"
-    since, until = quarter_window(window)
-    return since, until, window
-
-
 # No log_prints: it reroutes print() even where a library captures stdout for itself (dill's
 # disassembly when `datasets` fingerprints a function), flooding the run log with bytecode.
 @flow(name="quarterly-retraining")
@@ -207,7 +190,8 @@ def quarterly_retraining(
     register it as the canary awaiting review.
 
     Args:
-        window: "2026-Q1", "2026-01-01..2026-04-01" or "all"; empty: the last complete quarter.
+        window: "2026-Q1", "2026-01-01..2026-04-01" or "all"; empty: the last complete quarter. A range
+            whose start is not before its end is refused before anything is created.
         config: YAML config file laid over the embedded defaults.
         workspace: folder holding logs, cycles and the MLflow store (default ./workspace).
         auto_approve: approve and promote the canary when its gate passes (demo only).
@@ -217,8 +201,8 @@ def quarterly_retraining(
 
     from tasks.logs import default_quarantine
 
+    since, until, cycle_id = parse_window(window)  # first: a bad window leaves no folder and no MLflow run
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
-    since, until, cycle_id = resolve_window(window)
     directory = cycle.cycle_dir(settings, cycle_id)
     base = prepare_base_model(settings)
     champion = find_champion(settings)

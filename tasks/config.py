@@ -8,11 +8,15 @@ it is laid over the defaults, and flow parameters / CLI flags override single fi
 from __future__ import annotations
 
 import os
+import reprlib
+import types
+import typing
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator,
+                      model_validator)
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_ROOT = PACKAGE_DIR.parent  # the checkout, when running from one (prefect.yaml lives there)
@@ -35,7 +39,24 @@ class ConfigError(ValueError):
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # No NaN or infinity anywhere: every float knob is a finite amount.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _no_booleans_for_numbers(cls, value: Any, info: ValidationInfo) -> Any:
+        """pydantic reads `true` as 1 for a number; in a config file that is a mistake, not a count."""
+        if isinstance(value, bool) and info.field_name and _is_number(cls.model_fields[info.field_name].annotation):
+            raise ValueError("expected a number, got a boolean (true/false)")
+        return value
+
+
+def _is_number(annotation: Any) -> bool:
+    """An int or float field (possibly optional), not one that also takes a bool."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        return bool not in options and any(_is_number(option) for option in options)
+    return annotation in (int, float)
 
 
 class PathsSettings(Section):
@@ -410,7 +431,7 @@ class TrainSettings(Section):
     scheduler: Literal["linear", "cosine", "constant"] = "cosine"
     warmup_ratio: float = Field(0.05, ge=0, lt=1)
     epochs: float = Field(3.0, gt=0)
-    max_steps: int = -1  # > 0 overrides epochs
+    max_steps: int = -1  # > 0 overrides epochs; -1: train for `epochs`
     batch_size: int = Field(8, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
     max_length: int = Field(256, ge=8)
@@ -429,6 +450,13 @@ class TrainSettings(Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     precision: Literal["auto", "bf16", "fp32"] = "auto"  # auto: bf16 on CUDA (Ampere and newer), fp32 otherwise
     seed: int = 0
+
+    @field_validator("max_steps")
+    @classmethod
+    def _steps_or_epochs(cls, value: int) -> int:
+        if value != -1 and value < 1:
+            raise ValueError("must be -1 (train for `epochs`) or a positive number of steps")
+        return value
 
 
 class Gate(Section):
@@ -637,18 +665,72 @@ def load_settings(
         raise ConfigError(_explain(err, source)) from None
 
 
+# Aliases may repeat a value a few times; this many values added by expanding them is refused (a
+# "billion laughs" file expands to millions, and every later step would walk the expanded copy).
+ALIAS_EXPANSION_LIMIT = 10_000
+
+
 def _read_yaml(path: Path) -> dict[str, Any]:
+    if path.is_dir():
+        raise ConfigError(f"config path {path} is a folder: pass a YAML file to --config, e.g. {path / 'my.yaml'}")
     if not path.is_file():
         raise ConfigError(f"config file {path} does not exist: pass an existing YAML file to --config")
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {err.start} is {err.object[err.start]:#04x}): "
+            "save it as UTF-8"
+        ) from None
+    try:
+        data = _load_yaml(text, path)
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        raise ConfigError(f"config file {path} is not valid YAML: {_clip(str(err), 500)}") from None
+    except RecursionError:
+        raise ConfigError(f"config file {path} nests values too deeply to be a configuration") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise ConfigError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     return data
+
+
+def _load_yaml(text: str, path: Path) -> Any:
+    """yaml.safe_load, refusing aliases that expand into more than ALIAS_EXPANSION_LIMIT extra values
+    (checked on the composed node graph, before anything is built from it)."""
+    loader = yaml.SafeLoader(text)
+    loader.name = str(path)  # YAML error marks name the file
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None
+        sizes: dict[int, int] = {}  # per distinct node: its expanded size
+        added = _expanded_size(node, sizes, set()) - len(sizes)
+        if added > ALIAS_EXPANSION_LIMIT:
+            raise ConfigError(
+                f"config file {path}: its YAML aliases (*name) expand into {added:,} more values, over the limit of "
+                f"{ALIAS_EXPANSION_LIMIT:,}; write the values out instead of nesting aliases"
+            )
+        return loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _expanded_size(node: yaml.Node, sizes: dict[int, int], open_nodes: set[int]) -> int:
+    """How many nodes `node` stands for once every alias is replaced by a copy of what it names."""
+    if id(node) in sizes:
+        return sizes[id(node)]
+    if id(node) in open_nodes:
+        raise yaml.YAMLError("an alias refers to a value that contains it (a recursive structure)")
+    open_nodes.add(id(node))
+    size = 1
+    if isinstance(node, yaml.SequenceNode):
+        size += sum(_expanded_size(child, sizes, open_nodes) for child in node.value)
+    elif isinstance(node, yaml.MappingNode):
+        size += sum(_expanded_size(k, sizes, open_nodes) + _expanded_size(v, sizes, open_nodes) for k, v in node.value)
+    open_nodes.discard(id(node))
+    sizes[id(node)] = size
+    return size
 
 
 def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
@@ -661,16 +743,32 @@ def _set_dotted(data: dict[str, Any], dotted: str, value: Any) -> None:
     node[leaf] = value
 
 
+_SHOWN_PROBLEMS = 20
+_INPUT_REPR = reprlib.Repr()
+_INPUT_REPR.maxstring = _INPUT_REPR.maxother = 60
+_INPUT_REPR.maxlist = _INPUT_REPR.maxtuple = _INPUT_REPR.maxdict = _INPUT_REPR.maxset = 3
+_INPUT_REPR.maxlevel = 2
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _explain(err: ValidationError, source: str) -> str:
+    """One line per problem (at most _SHOWN_PROBLEMS), each naming the key path. Input values are shown
+    abbreviated (reprlib): a config may hold huge values, and the message must stay short."""
+    problems = err.errors()
     lines = [f"invalid configuration in {source}:"]
-    for problem in err.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(top level)"
+    for problem in problems[:_SHOWN_PROBLEMS]:
+        key = ".".join(_clip(str(part), 60) for part in problem["loc"]) or "(top level)"
         if problem["type"] == "extra_forbidden":
-            section = ".".join(str(p) for p in problem["loc"][:-1]) or "the top level"
+            section = ".".join(_clip(str(p), 60) for p in problem["loc"][:-1]) or "the top level"
             reason = f"unknown key; check its spelling against configs/default.yaml ({section})"
         else:
-            reason = problem["msg"]
+            reason = _clip(problem["msg"].removeprefix("Value error, "), 300)
             if "input" in problem and not isinstance(problem["input"], dict):
-                reason += f" (got {problem['input']!r})"
+                reason += f" (got {_INPUT_REPR.repr(problem['input'])})"
         lines.append(f"  {key}: {reason}")
+    if len(problems) > _SHOWN_PROBLEMS:
+        lines.append(f"  ... and {len(problems) - _SHOWN_PROBLEMS} more problems")
     return "\n".join(lines)

@@ -5,7 +5,8 @@ schedule, epochs or max steps, batch and gradient accumulation, max length, pack
 batches, gradient checkpointing, checkpoint interval, early-stopping patience, device, precision and
 seed. By default CUDA trains in bf16 (fp32 on GPUs older than Ampere) and CPU in fp32; `precision:
 bf16` also trains in bf16 on CPU. The frozen base is held in the training dtype; peft keeps the LoRA
-weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest.
+weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash resumes from the newest
+complete one (a checkpoint cut short by the crash is skipped, and the result says which and why).
 Loss is computed on the answer tokens only. Only the adapter is written and logged to MLflow; the base
 is referenced by path and digest.
 """
@@ -14,9 +15,11 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import sys
 import time
 import warnings
+import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -136,13 +139,87 @@ def _callbacks_module():
     return Progress, ProgressLines, MlflowMetrics
 
 
-def _last_checkpoint(checkpoints: Path) -> Path | None:
-    from transformers.trainer_utils import get_last_checkpoint
+# What resuming needs from a checkpoint folder (the Trainer writes trainer_state.json last). Torch
+# files are zip archives: a truncated one has no central directory.
+_REQUIRED = ("trainer_state.json", "optimizer.pt", "scheduler.pt")
+_WEIGHTS = ("adapter_model.safetensors", "model.safetensors")
+
+
+def _newest_complete_checkpoint(checkpoints: Path) -> tuple[Path | None, list[dict[str, str]]]:
+    """The newest checkpoint in `checkpoints` that is complete, and the newer ones skipped with why.
+
+    A kill during a save leaves a folder with some files missing or cut short; resuming from it fails
+    every time, so it is passed over (and left in place: the resumed run writes that step again)."""
+    from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 
     if not checkpoints.is_dir():
-        return None
-    last = get_last_checkpoint(str(checkpoints))
-    return Path(last) if last else None
+        return None, []
+    pattern = re.compile(rf"^{PREFIX_CHECKPOINT_DIR}-(\d+)$")
+    found = sorted((int(m.group(1)), p) for p in checkpoints.iterdir() if p.is_dir() and (m := pattern.match(p.name)))
+    skipped = []
+    for _, folder in reversed(found):
+        problem = _checkpoint_problem(folder)
+        if problem is None:
+            return folder, skipped
+        skipped.append({"checkpoint": str(folder), "reason": problem})
+    return None, skipped
+
+
+def _checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` cannot be resumed from, or None when every file it needs is there and whole."""
+    weights = next((folder / name for name in _WEIGHTS if (folder / name).is_file()), None)
+    if weights is None:
+        return f"no weights file ({' or '.join(_WEIGHTS)})"
+    for name in _REQUIRED:
+        if not (folder / name).is_file():
+            return f"{name} is missing"
+    for path in sorted(folder.iterdir()):
+        if path.suffix == ".safetensors":
+            problem = _safetensors_problem(path)
+        elif path.suffix in (".pt", ".pth", ".bin"):
+            problem = None if zipfile.is_zipfile(path) else "is not a complete torch file (cut short?)"
+        elif path.suffix == ".json":
+            problem = _json_problem(path)
+        else:
+            continue
+        if problem:
+            return f"{path.name} {problem}"
+    return None
+
+
+def _safetensors_problem(path: Path) -> str | None:
+    """safetensors: 8 bytes of header length, the JSON header, then the tensors it places by offset."""
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        head = handle.read(8)
+        if len(head) < 8:
+            return f"is truncated ({size} bytes)"
+        length = int.from_bytes(head, "little")
+        if 8 + length > size:
+            return f"is truncated ({size} bytes, its header alone needs {8 + length})"
+        try:
+            header = json.loads(handle.read(length))
+            end = max((t["data_offsets"][1] for k, t in header.items() if k != "__metadata__"), default=0)
+        except (ValueError, TypeError, KeyError, IndexError):
+            return "has an unreadable header"
+    if 8 + length + end != size:
+        return f"is truncated ({size} of {8 + length + end} bytes)"
+    return None
+
+
+def _json_problem(path: Path) -> str | None:
+    try:
+        json.loads(path.read_text(encoding="utf-8"))
+    except (ValueError, UnicodeDecodeError):
+        return "is not complete JSON"
+    return None
+
+
+def _say(progress: bool | Callable[[str], None], message: str) -> None:
+    if callable(progress):
+        progress(message)
+    elif progress:
+        print(message, file=sys.stderr)
 
 
 def train_adapter(
@@ -158,7 +235,8 @@ def train_adapter(
     """Train a LoRA adapter on the base model at `base_path` with `dataset_dir` (train.jsonl /
     val.jsonl) into `out_dir`.
 
-    Resumes from the newest checkpoint in `out_dir/checkpoints` when there is one. Writes
+    Resumes from the newest complete checkpoint in `out_dir/checkpoints` when there is one (newer,
+    incomplete ones are listed in `skipped_checkpoints` with the reason, and said through `progress`). Writes
     adapter_model.safetensors, adapter_config.json and training_metrics.json. With `mlflow`, logs
     params, per-step losses, the dataset as a training input and the adapter files into that run.
     `progress`: True draws a tqdm bar on stderr; a callable gets about ten progress lines instead.
@@ -183,7 +261,10 @@ def train_adapter(
     device = pick_device(cfg.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
-    resume = _last_checkpoint(checkpoints)
+    resume, skipped = _newest_complete_checkpoint(checkpoints)
+    for item in skipped:
+        _say(progress, f"training: skipped {item['checkpoint']}: {item['reason']}; "
+                       + (f"resuming from {resume.name}" if resume else "starting from step 0"))
 
     set_seed(cfg.seed)
     tokenizer = AutoTokenizer.from_pretrained(base_path)
@@ -311,6 +392,7 @@ def train_adapter(
         "seconds": round(time.perf_counter() - start, 2),
         "train_seconds": round(train_seconds, 2),
         "resumed_from": str(resume) if resume else None,
+        "skipped_checkpoints": skipped,
         "tokens": int(tokens),
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
         "device": device,
@@ -327,7 +409,7 @@ def train_adapter(
     if mlflow:
         _log_outputs(mlflow, out_dir, metrics)
     summary_keys = ("adapter", "steps", "planned_steps", "train_loss", "val_loss", "seconds", "resumed_from",
-                    "tokens_per_s", "device", "stopped_early")
+                    "skipped_checkpoints", "tokens_per_s", "device", "stopped_early")
     return {k: metrics[k] for k in summary_keys}
 
 
@@ -385,5 +467,6 @@ def train_stage(dataset_dir: Path, base: Path, out_dir: Path, cfg: TrainSettings
         "train", {"adapter": out_dir / "adapter_model.safetensors", "adapter_config": out_dir / "adapter_config.json",
                   "metrics": out_dir / METRICS_FILE},
         counts={"steps": metrics["steps"], "planned_steps": metrics["planned_steps"]}, seconds=metrics["seconds"],
-        details={k: metrics[k] for k in ("train_loss", "val_loss", "resumed_from", "tokens_per_s", "device", "stopped_early")},
+        details={k: metrics[k] for k in ("train_loss", "val_loss", "resumed_from", "skipped_checkpoints", "tokens_per_s",
+                                         "device", "stopped_early")},
     )

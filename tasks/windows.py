@@ -1,8 +1,8 @@
 """Time windows for selecting logs: ISO-8601 times, ISO weeks and quarters, as UTC datetimes.
 
 Used by the log store (``load_logs(since=..., until=...)``), the weekly monitor, the cost report and
-the retraining flow's ``--window``. Windows are half-open, [start, end); a time without an offset
-is UTC.
+the retraining flow's ``--window`` (``parse_window``: the window and the cycle id named after it).
+Windows are half-open, [start, end); a time without an offset is UTC.
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from datetime import date, datetime, timedelta, timezone
 
-__all__ = ["as_utc", "iso_week_window", "iso_z", "parse_time", "quarter_window"]
+__all__ = ["as_utc", "iso_week_window", "iso_z", "parse_time", "parse_window", "quarter_window"]
 
 
 def parse_time(value: str | datetime | date) -> datetime:
@@ -56,6 +56,46 @@ def quarter_window(quarter: str) -> tuple[datetime, datetime]:
     return start, end
 
 
+def parse_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
+    """A retraining window -> (since, until, cycle id). Forms: ``2026-Q1``; ``START..END`` (ISO-8601 dates
+    or times, spaces around ``..`` allowed); ``all``; empty: the last complete quarter before `now`.
+
+    The cycle id is written from the parsed window, never copied from the text: ``2026-Q1``,
+    ``2026-01-05_2026-04-20`` (a time other than midnight UTC as ``2026-01-05T100000Z``), ``all``.
+    A range whose start is not before its end selects nothing and is a ValueError naming the window.
+    """
+    text = (window or "").strip()
+    if text.lower() == "all":
+        return None, None, "all"
+    if ".." in text:
+        parts = text.split("..")
+        if len(parts) != 2 or not all(part.strip() for part in parts):
+            raise ValueError(f"cannot read window {window!r}: write START..END with ISO-8601 dates, e.g. 2026-01-05..2026-04-06")
+        try:
+            start, end = (parse_time(part) for part in parts)
+        except ValueError as err:
+            raise ValueError(f"cannot read window {window!r}: {err}") from None
+        if start >= end:
+            raise ValueError(f"window {window!r} selects nothing: its start {iso_z(start)} is not before its end "
+                             f"{iso_z(end)}; write START..END with the earlier time first")
+        return start, end, f"{_stamp(start)}_{_stamp(end)}"
+    if not text:
+        now = as_utc(now or datetime.now(timezone.utc))
+        quarter = (now.month - 1) // 3  # the current quarter's index; the previous one is complete
+        year, quarter = (now.year - 1, 4) if quarter == 0 else (now.year, quarter)
+        text = f"{year}-Q{quarter}"
+    start, end = quarter_window(text)
+    return start, end, f"{start.year:04d}-Q{(start.month - 1) // 3 + 1}"
+
+
+def _stamp(value: datetime) -> str:
+    """A UTC time for a folder name: the date, plus the time (no colons) when it is not midnight."""
+    day = value.date().isoformat()
+    if value.time() == datetime.min.time():
+        return day
+    return f"{day}T{value.time().isoformat().replace(':', '')}Z"
+
+
 def as_utc(value: datetime) -> datetime:
     """`value` in UTC; a naive datetime is taken to be UTC already."""
     if value.tzinfo is None:
@@ -64,5 +104,6 @@ def as_utc(value: datetime) -> datetime:
 
 
 def iso_z(value: datetime) -> str:
-    """`value` as UTC ISO-8601 with microseconds and a ``Z``: ``2026-01-05T10:00:00.000000Z``."""
-    return as_utc(value).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    """`value` as UTC ISO-8601 with microseconds and a ``Z``: ``2026-01-05T10:00:00.000000Z``. Always a
+    four-digit year (strftime's %Y writes year 1 as "1" on Linux)."""
+    return as_utc(value).replace(tzinfo=None).isoformat(timespec="microseconds") + "Z"

@@ -180,7 +180,7 @@ def test_label_studio_round_trip(tmp_path):
     assert records[0].created_at == datetime(2026, 2, 3, 10, 0, tzinfo=timezone.utc)
 
     # the ratings the agreement command reads from the same export
-    ratings = read_ratings(export)
+    ratings = [(r.case_id, r.annotator, r.label) for _, _, r in read_ratings([export], LABELS).kept]
     assert sorted(ratings) == sorted((c, a, label) for (c, a), (label, _) in want.items())
 
     scored = score_agreement(
@@ -286,7 +286,7 @@ def test_bad_rows_are_quarantined_with_file_row_and_reason(tmp_path):
     assert result["quarantined"] == len(quarantine) == 9
     where = {(q["file"].rsplit("/", 1)[-1], q["row"].split(":", 1)[1]): q["reason"] for q in quarantine}
     assert where[("ratings.csv", "line 3")].startswith("no case id")
-    assert where[("ratings.csv", "line 4")].startswith("unknown label 'spam'")
+    assert where[("ratings.csv", "line 4")].startswith("unknown label: 'spam' is not in annotation.labels")
     assert where[("ratings.csv", "line 5")].startswith("no annotator")
     assert where[("ratings.csv", "line 6")] == "no label chosen"
     assert where[("ratings.csv", "line 2")].startswith("superseded") and "line 7" in where[("ratings.csv", "line 2")]
@@ -305,36 +305,24 @@ def test_csv_with_a_wrong_header_is_refused(tmp_path):
     with pytest.raises(ValueError, match="item,annotator,label"):
         import_annotations([path], tmp_path / "out", LABELS)
     with pytest.raises(ValueError, match="item,annotator,label"):
-        read_ratings(path)
+        read_ratings([path], LABELS)
 
 
-def test_read_ratings_takes_free_labels_and_task_ids(tmp_path):
+def test_read_ratings_judges_against_the_configured_labels(tmp_path):
     csv_path = tmp_path / "ratings.csv"
-    csv_path.write_text("item,annotator,label\n1,a,cat\n1,b,dog\n2,a,cat\n2,b,\n")
-    assert read_ratings(csv_path) == [("1", "a", "cat"), ("1", "b", "dog"), ("2", "a", "cat")]
+    csv_path.write_text("item,annotator,label\n1,a,cat\n1,b,dog\n2,a,cat\n2,b,\n3,,cat\n")
+    ratings = read_ratings([csv_path], ["cat", "dog"])  # annotation.labels of another project
+    assert [(r.case_id, r.annotator, r.label) for _, _, r in ratings.kept] == [("1", "a", "cat"), ("1", "b", "dog"),
+                                                                              ("2", "a", "cat")]
+    assert [(q["row"], q["reason"]) for q in ratings.set_aside] == [
+        ("ratings.csv:line 5", "no label chosen"), ("ratings.csv:line 6", "no annotator (completed_by / annotator is empty)")]
     export = tmp_path / "export.json"
     export.write_text(json.dumps(_label_studio_export([{"data": {"text": "hello"}}], {None: []})))
     data = json.loads(export.read_text())
-    data[0]["annotations"] = [
-        {
-            "completed_by": 7,
-            "result": [
-                {"type": "choices", "from_name": "sentiment", "to_name": "text", "value": {"choices": ["Positive"]}}
-            ],
-        },
-        {
-            "completed_by": 8,
-            "result": [
-                {"type": "choices", "from_name": "sentiment", "to_name": "text", "value": {"choices": ["Negative"]}}
-            ],
-        },
-    ]
+    data[0]["annotations"] = [{"completed_by": 7, "result": [_choice("cat")]}]
     export.write_text(json.dumps(data))
-    assert read_ratings(export) == [("1", "7", "Positive"), ("1", "8", "Negative")]
-    bad = tmp_path / "bad.csv"
-    bad.write_text("item,annotator,label\n1,,cat\n")
-    with pytest.raises(ValueError, match=r"bad.csv:line 2: no annotator"):
-        read_ratings(bad)
+    (set_aside,) = read_ratings([export], ["cat", "dog"]).set_aside  # a task without case_id is not a case
+    assert set_aside["reason"].startswith("no case id") and set_aside["annotator"] == "7"
 
 
 def test_agreement_command_keys(tmp_path):
@@ -349,7 +337,7 @@ def test_agreement_command_keys(tmp_path):
                 label = "maybe"
             rows.append(f"{i},{a},{label}")
     path.write_text("\n".join(rows) + "\n")
-    result = agreement_from_file(path, AnnotationSettings(bootstrap_samples=200))
+    result = agreement_from_file(path, AnnotationSettings(labels=["yes", "no", "maybe"], bootstrap_samples=200))
     for key in (
         "n_items",
         "n_annotators",
@@ -366,3 +354,112 @@ def test_agreement_command_keys(tmp_path):
     assert result["decision"] == "pass" and result["krippendorff_alpha"] >= 0.8
     assert set(result["per_label"]) == {"yes", "no", "maybe"}
     json.dumps(result)  # the CLI prints it as JSON
+
+
+# ------------------------------------------------------------------------------ bad input (issue 13)
+
+
+def _ann(who, result, **extra):
+    return {"id": 1, "completed_by": who, "result": result, "was_cancelled": False, **extra}
+
+
+def _choice(label):
+    return {"type": "choices", "from_name": "label", "to_name": "response", "value": {"choices": [label]}}
+
+
+def test_malformed_label_studio_shapes_are_quarantined_with_a_reason(tmp_path):
+    export = tmp_path / "export.json"
+    export.write_text(json.dumps([
+        {"id": 1, "data": {"case_id": "c1"}, "annotations": [_ann(1, "acceptable")]},  # result: a string
+        {"id": 2, "data": {"case_id": "c2"}, "annotations": [_ann(1, [{"type": "choices", "value": ["acceptable"]}])]},
+        {"id": 3, "data": "c3", "annotations": [_ann(1, [_choice("acceptable")])]},  # data: a string
+        {"id": 4, "data": {"case_id": "c4"}, "annotations": [_ann(1, _choice("acceptable"))]},  # result: an object
+        {"id": 5, "data": {"case_id": "c5"},
+         "annotations": [_ann(1, [{"type": "choices", "value": {"choices": "acceptable"}}])]},  # choices: a string
+        {"id": 6, "data": {"case_id": "c6"}, "annotations": "acceptable"},  # annotations: a string
+        {"id": 7, "data": {"case_id": "c7"},
+         "annotations": [_ann(1, [_choice("acceptable"), {"type": "textarea", "value": {"text": "Say so."}}])]},
+        {"id": 8, "data": {"case_id": "c8"}, "annotations": [_ann(1, [_choice("acceptable"), "stray text"])]},
+        {"id": 9, "data": {"case_id": "c9"}, "annotations": [_ann(1, [_choice("should_answer")])]},  # fine
+    ]))
+    result = import_annotations([export], tmp_path / "out", LABELS)  # raised AttributeError before
+    assert result["annotations"] == 1 and result["quarantined"] == 8
+    quarantine = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    reasons = {q["row"].split(":", 1)[1].split(" (")[0]: q["reason"] for q in quarantine}
+    assert "result is a string" in reasons["task 1"]
+    assert "value is a list" in reasons["task 2"]
+    assert "data is a string" in reasons["task 3"]
+    assert "result is an object" in reasons["task 4"]
+    assert "choices is a string" in reasons["task 5"] and "several labels" not in reasons["task 5"]
+    assert "annotations is a string" in reasons["task 6"]
+    assert "text is a string" in reasons["task 7"]
+    assert "result item 2 is a string" in reasons["task 8"]
+    from tasks.annotate import agreement_from_file
+
+    scored = agreement_from_file(export, AnnotationSettings(bootstrap_samples=100))  # the same rows, the same reasons
+    assert scored["excluded"]["ratings"] == 8
+    assert {row["reason"] for row in scored["excluded"]["rows"]} == {q["reason"] for q in quarantine}
+
+
+def _three_annotator_export(tmp_path, votes):
+    tasks = [{"data": {"case_id": case_id}} for case_id in votes]
+    export = _label_studio_export(tasks, votes)
+    return export
+
+
+def test_agreement_applies_the_import_label_rules_and_explains_every_exclusion(tmp_path):
+    from tasks.annotate import agreement_from_file
+
+    votes = {f"c{i}": [(1, "should_answer" if i % 3 else "acceptable", None), (2, "should_answer" if i % 3 else "acceptable", None),
+                       (3, "hallucination", None)] for i in range(8)}
+    votes["c0"][1] = (2, "spam", None)  # not in annotation.labels
+    exported = _three_annotator_export(tmp_path, votes)
+    for task in exported:  # annotator 3 skipped every task in Label Studio
+        task["annotations"][2]["was_cancelled"] = True
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(exported))
+
+    scored = agreement_from_file(path, AnnotationSettings(bootstrap_samples=100))
+    assert scored["n_annotators"] == 2 and "spam" not in scored["per_label"]
+    assert scored["excluded"]["ratings"] == 9
+    assert scored["excluded"]["reasons"] == {"annotation was cancelled": 8, "unknown label": 1}
+    (dropped,) = scored["excluded_annotators"]
+    assert dropped["annotator"] == "3" and dropped["ratings"] == 8 and "cancelled" in dropped["reason"]
+
+    imported = import_annotations([path], tmp_path / "out", LABELS)  # import sets aside exactly the same rows
+    quarantine = [json.loads(line) for line in (tmp_path / "out" / "quarantine.jsonl").read_text().splitlines()]
+    assert sorted((q["row"], q["reason"]) for q in quarantine) == \
+        sorted((row["row"], row["reason"]) for row in scored["excluded"]["rows"])
+    assert imported["annotations"] == scored["n_ratings"]
+
+
+def test_agreement_when_every_rating_was_cancelled_says_so(tmp_path):
+    from tasks.annotate import agreement_from_file
+
+    exported = _three_annotator_export(tmp_path, {f"c{i}": [(1, "acceptable", None), (2, "acceptable", None)]
+                                                  for i in range(3)})
+    for task in exported:
+        for annotation in task["annotations"]:
+            annotation["was_cancelled"] = True
+    path = tmp_path / "export.json"
+    path.write_text(json.dumps(exported))
+    scored = agreement_from_file(path, AnnotationSettings(bootstrap_samples=100))  # a numpy error before
+    assert scored["decision"] == "block" and scored["n_ratings"] == 0
+    assert "no usable ratings" in scored["decision_reason"] and "6 excluded" in scored["decision_reason"]
+    assert len(scored["excluded_annotators"]) == 2
+
+
+def test_agreement_with_a_single_annotator_explains_why_it_blocks(tmp_path):
+    import subprocess
+    import sys
+
+    from tasks.config import REPO_ROOT
+
+    path = tmp_path / "ratings.csv"
+    path.write_text("item,annotator,label\n" + "".join(f"c{i},ann1,{LABELS[i % 4]}\n" for i in range(6)))
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "agreement", "--annotations", str(path), "--json"],
+                          capture_output=True, text=True, cwd=REPO_ROOT)
+    assert done.returncode == 1
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["decision"] == "block" and "one annotator" in result["decision_reason"]
+    assert "alpha None" not in done.stderr and "one annotator" in done.stderr

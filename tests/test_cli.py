@@ -4,6 +4,7 @@ section 13 on the last stdout line, and the exit codes 0 / 1 / 2."""
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -141,7 +142,7 @@ def test_drift_on_logs_nobody_can_map_is_bad_input(workspace: Path, tmp_path: Pa
 
 def test_agreement_blocks_with_exit_1(tmp_path: Path) -> None:
     ratings = tmp_path / "ratings.csv"
-    rows = ["item,annotator,label"] + [f"i{i},{who},{'a' if (i + k) % 2 else 'b'}"
+    rows = ["item,annotator,label"] + [f"i{i},{who},{'acceptable' if (i + k) % 2 else 'hallucination'}"
                                         for i in range(20) for k, who in enumerate(["ann1", "ann2"])]
     ratings.write_text("\n".join(rows) + "\n", encoding="utf-8")
     code, payload, _ = run("agreement", "--annotations", str(ratings), "--json")
@@ -172,3 +173,12 @@ def test_demo_refuses_a_folder_it_did_not_create(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and str(tmp_path) in done.stderr and "--workspace" in done.stderr
     assert (tmp_path / "thesis.tex").read_text() == "years of work"
+
+
+def test_retrain_refuses_a_reversed_window_before_doing_anything(tmp_path: Path) -> None:
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "retrain", "--window", "2026-04-20..2026-01-05",
+                           "-w", str(tmp_path / "ws"), "--json"], capture_output=True, text=True, cwd=REPO_ROOT,
+                          env={k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}, timeout=600)
+    assert done.returncode == 2
+    assert "2026-04-20..2026-01-05" in done.stderr and "Traceback" not in done.stderr
+    assert not (tmp_path / "ws").exists()  # no cycle folder, no MLflow store, nothing

@@ -106,3 +106,89 @@ def test_cli_bad_config_exits_2_with_the_key_path(tmp_path: Path) -> None:
     assert done.returncode == 2
     assert "pii.processes" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+# ------------------------------------------------------------------------- bad input (issue 13)
+
+
+def _alias_bomb(levels: int) -> str:
+    """YAML whose aliases expand to 9**levels strings (a "billion laughs" at levels=9)."""
+    lines = ['l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    lines.append(f"logs: *l{levels - 1}")
+    return "\n".join(lines) + "\n"
+
+
+def test_aliases_that_expand_beyond_the_budget_are_refused(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(6), encoding="utf-8")  # 531,441 strings once expanded
+    with pytest.raises(ConfigError) as err:
+        load_settings(bomb)
+    message = str(err.value)
+    assert str(bomb) in message and "alias" in message.replace(str(bomb), "")
+    assert len(message) < 1_000
+
+
+def test_a_few_aliases_are_still_fine(tmp_path: Path) -> None:
+    shared = tmp_path / "shared.yaml"
+    shared.write_text("signals:\n  refusal_patterns: &p ['I do not know']\npii:\n  allow_list: *p\n", encoding="utf-8")
+    assert load_settings(shared).pii.allow_list == ["I do not know"]
+
+
+def test_a_yaml_bomb_does_not_hang_config_show(tmp_path: Path) -> None:
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text(_alias_bomb(9), encoding="utf-8")  # 387 million strings once expanded
+    done = subprocess.run([sys.executable, "-m", "flows.cli", "config", "show", "--config", str(bomb)],
+                          capture_output=True, text=True, cwd=REPO_ROOT, timeout=120)  # a hang guard, not a speed limit
+    assert done.returncode == 2
+    assert "alias" in done.stderr.replace(str(bomb), "") and len(done.stderr) < 1_000
+
+
+def test_messages_never_echo_unbounded_input(tmp_path: Path) -> None:
+    big = tmp_path / "big.yaml"
+    big.write_text("logs: [" + ", ".join(f"'source-{i}'" for i in range(3_000)) + "]\n"
+                   "train:\n  r: '" + "x" * 20_000 + "'\n", encoding="utf-8")
+    with pytest.raises(ConfigError) as err:
+        load_settings(big)
+    message = str(err.value)
+    assert "logs:" in message and "train.r:" in message
+    assert len(message) < 1_000
+
+
+@pytest.mark.parametrize("key, value, expected", [
+    ("train.max_steps", -10, "-1"),
+    ("train.max_steps", 0, "-1"),
+    ("pii.processes", True, "boolean"),
+    ("train.batch_size", False, "boolean"),
+    ("annotation.pass_alpha", True, "boolean"),
+    ("train.learning_rate", float("nan"), "finite"),
+    ("train.epochs", float("inf"), "finite"),
+])
+def test_values_that_only_look_like_numbers_are_refused(tmp_path: Path, key: str, value, expected: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, {key: value})
+    assert key in str(err.value) and expected in str(err.value)
+
+
+def test_max_steps_minus_one_means_epochs_and_positive_counts_are_kept() -> None:
+    assert load_settings(None, {"train.max_steps": -1}).train.max_steps == -1
+    assert load_settings(None, {"train.max_steps": 7}).train.max_steps == 7
+    assert load_settings(None, {"simulate.format": "parquet", "annotation.simulate": True}).annotation.simulate is True
+
+
+def test_a_folder_given_as_config_is_named_as_a_folder(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(tmp_path)
+    assert str(tmp_path) in str(err.value) and "folder" in str(err.value)
+    assert "does not exist" not in str(err.value)
+
+
+def test_a_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
+    latin = tmp_path / "latin1.yaml"
+    latin.write_bytes("pii:\n  allow_list: ['Caf\xe9']\n".encode("latin-1"))
+    with pytest.raises(ConfigError) as err:
+        load_settings(latin)
+    assert str(latin) in str(err.value) and "UTF-8" in str(err.value)
+    done = _flywheel("config", "show", "--config", str(latin))
+    assert done.returncode == 2 and str(latin) in done.stderr

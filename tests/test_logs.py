@@ -283,7 +283,7 @@ def test_messages_name_the_field_and_what_was_found(tmp_path):
     load_logs([write_lines(tmp_path / "in.jsonl", lines)], LogsSettings(), quarantine=tmp_path / "q.jsonl")
     wrong, missing = quarantine_rows(tmp_path / "q.jsonl")
     assert "user_id: expected a string, got a number" in wrong["message"]
-    assert "latency_ms: expected a number, got a string" in wrong["message"]
+    assert "latency_ms: expected a finite number, got a string" in wrong["message"]
     assert "missing required field model_version" in missing["message"]
 
 
@@ -452,6 +452,36 @@ def test_parse_time():
         parse_time("last tuesday")
 
 
+def test_retraining_window_forms_and_their_cycle_ids():
+    from tasks.windows import parse_window
+
+    assert parse_window("2026-Q1") == (datetime(2026, 1, 1, tzinfo=UTC), datetime(2026, 4, 1, tzinfo=UTC), "2026-Q1")
+    assert parse_window(" 2026-q1 ")[2] == "2026-Q1"
+    assert parse_window(None, now=datetime(2026, 2, 10, tzinfo=UTC))[2] == "2025-Q4"
+    assert parse_window("all") == (None, None, "all")
+    assert parse_window("2026-01-05..2026-04-20")[2] == "2026-01-05_2026-04-20"
+    spaced = parse_window("2026-01-05 .. 2026-04-20")
+    assert spaced == (datetime(2026, 1, 5, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC), "2026-01-05_2026-04-20")
+    assert parse_window("2026-01-05T12:00+02:00..2026-01-06")[2] == "2026-01-05T100000Z_2026-01-06"
+    with pytest.raises(ValueError, match="Q1 to Q4"):
+        parse_window("2026-Q5")
+
+
+@pytest.mark.parametrize("window, says", [
+    ("2026-04-20..2026-01-05", "is not before"),
+    ("2026-01-05..2026-01-05", "is not before"),
+    ("2026-01-05..soon", "ISO-8601"),
+    ("..2026-01-05", "ISO-8601"),
+    ("2026-01-05..2026-02-01..2026-03-01", "ISO-8601"),
+])
+def test_a_window_that_selects_nothing_is_refused_by_name(window, says):
+    from tasks.windows import parse_window
+
+    with pytest.raises(ValueError) as err:
+        parse_window(window)
+    assert window in str(err.value) and says in str(err.value)
+
+
 def test_window_and_model_version_select_rows_but_keep_the_counts(tmp_path):
     rows = [row(i, ts=(T0 + timedelta(days=i)).isoformat()) for i in range(14)]  # 2026-01-05 .. 01-18
     path = write_lines(tmp_path / "w.jsonl", rows + ["broken"])
@@ -605,3 +635,143 @@ def test_load_window_uses_the_workspace_defaults(tmp_path):
     assert quarantine_rows(result.quarantine_path)[0]["line"] == 3
     again = logs_module.load_window(settings)  # the quarantine file beside the logs is not read as logs
     assert again.read == 3
+
+
+# ------------------------------------------------------------------------------------------ bad input (issue 13)
+
+
+def test_timestamps_are_kept_to_the_years_the_store_can_represent(tmp_path):
+    rows = [row(0, ts="0001-01-01T00:00:00Z"), row(1, ts="9999-12-31T23:59:59.999999Z"),
+            row(2, ts="10000-01-01T00:00:00Z"), row(3, ts="0001-01-01T00:00:00+01:00"), row(4, ts="0000-06-01")]
+    quarantine = tmp_path / "q.jsonl"
+    result = load_logs([write_lines(tmp_path / "years.jsonl", rows)], LogsSettings(), quarantine=quarantine)
+    check_invariant(result)
+    assert result.reasons == {"bad_timestamp": 3}
+    assert [e["line"] for e in quarantine_rows(quarantine)] == [3, 4, 5]
+    assert all("years 1 to 9999" in e["message"] for e in quarantine_rows(quarantine))
+    stats = log_stats(result)  # crashed on year 10000 before
+    assert stats["first_ts"] == "0001-01-01T00:00:00.000000Z"  # ISO-8601, four-digit year
+    assert stats["last_ts"] == "9999-12-31T23:59:59.999999Z"
+    assert [r["ts"].year for r in result.table.to_pylist()] == [1, 9999]
+
+
+def test_parquet_timestamps_beyond_year_9999_are_bad_timestamps(tmp_path):
+    year_10000 = 253402300800 * 10**6  # microseconds since the epoch
+    table = pa.table({
+        "request_id": ["a", "b"], "ts": pa.array([1767607200 * 10**6, year_10000], pa.timestamp("us", tz="UTC")),
+        "user_id": ["u", "u"], "prompt": ["p", "p"], "response": ["r", "r"], "model_version": ["v", "v"],
+    })
+    pq.write_table(table, tmp_path / "far.parquet")
+    result = load_logs([tmp_path / "far.parquet"], LogsSettings())
+    assert result.reasons == {"bad_timestamp": 1}
+    assert log_stats(result)["last_ts"] == "2026-01-05T10:00:00.000000Z"
+
+
+def test_iso_z_always_writes_four_digit_years():
+    from tasks.windows import iso_z
+
+    assert iso_z(datetime(1, 1, 1, tzinfo=UTC)) == "0001-01-01T00:00:00.000000Z"
+    assert iso_z(datetime(999, 12, 31, 23, 59, 59, 5, tzinfo=UTC)) == "0999-12-31T23:59:59.000005Z"
+    assert iso_z(datetime(2026, 1, 5, 12, tzinfo=timezone(timedelta(hours=2)))) == "2026-01-05T10:00:00.000000Z"
+
+
+def test_a_leap_second_is_the_last_moment_of_its_minute(tmp_path):
+    leap = datetime(2016, 12, 31, 23, 59, 59, 999999, tzinfo=UTC)
+    rows = [row(0, ts="2016-12-31T23:59:60Z"), row(1, ts="2016-12-31T23:59:60.25Z"),
+            row(2, ts="2017-01-01T00:59:60+01:00"), row(3, ts="2016-12-31 23:59:60"), row(4, ts="2016-12-31T23:59:61Z")]
+    result = load_logs([write_lines(tmp_path / "leap.jsonl", rows)], LogsSettings())
+    assert result.reasons == {"bad_timestamp": 1}  # :61 is no time at all
+    assert [r["ts"] for r in result.table.to_pylist()] == [leap] * 4
+
+
+def test_a_key_named_twice_keeps_its_first_value_everywhere(tmp_path):
+    """The documented rule (tasks.logs): the first occurrence of a key wins, for every field, however the
+    key is spelled, at the top level and in nested paths alike (Python's json keeps the last)."""
+    base = '"ts": "2026-01-05T10:00:00Z", "user_id": "u", "response": "r", "model_version": "v"'
+    lines = [
+        '{"request_id": "r1", "prompt": "first", "prompt": "second", ' + base + "}",
+        '{"request_id": "r2", "prompt": "first", "pr\\u006fmpt": "second", ' + base + "}",  # the same key, escaped
+        '{"request_id": "r3", "feedback": -1, "prompt": "p", "feedback": null, ' + base + "}",
+        '{"request_id": "r4", "latency_ms": 5, "prompt": "p", "latency_ms": "slow", ' + base + "}",
+    ]
+    result = load_logs([write_lines(tmp_path / "dup.jsonl", lines)], LogsSettings())
+    assert result.quarantined == 0  # r4's second latency would be a wrong type: only the first is read
+    rows = {r["request_id"]: r for r in result.table.to_pylist()}
+    assert rows["r1"]["prompt"] == rows["r2"]["prompt"] == "first"
+    assert rows["r3"]["feedback"] == -1 and rows["r4"]["latency_ms"] == 5.0
+    chat = {"id": "c1", "created": 1767607200, "model": "m", "user": "u",
+            "messages": [{"role": "user", "content": "hi"}], "choices": [{"message": {"content": "hello"}}]}
+    line = json.dumps(chat)[:-1] + ', "usage": {"prompt_tokens": 3, "prompt_tokens": 9}, "user": "someone-else"}'
+    loaded = load_logs([write_lines(tmp_path / "chat.jsonl", [line])], LogsSettings(preset="openai_chat"))
+    (only,) = loaded.table.to_pylist()
+    assert only["prompt_tokens"] == 3 and only["user_id"] == "u"
+
+
+@pytest.mark.parametrize("literal", ["NaN", "Infinity", "-Infinity", "1e400", "-1e400"])
+def test_latencies_that_are_not_finite_numbers_are_quarantined(tmp_path, literal):
+    line = json.dumps(row(0)).replace('"latency_ms": 120.5', f'"latency_ms": {literal}')
+    assert literal in line
+    quarantine = tmp_path / "q.jsonl"
+    result = load_logs([write_lines(tmp_path / "nan.jsonl", [row(1), line])], LogsSettings(), quarantine=quarantine)
+    assert result.reasons == {"wrong_type": 1} and result.accepted == 1
+    assert "latency_ms: expected a finite number" in quarantine_rows(quarantine)[0]["message"]
+
+
+def _log_table(ids) -> pa.Table:
+    """Rows as the LogWriter stores them in Parquet."""
+    records = [LogRecord.model_validate(row(i)).model_dump() for i in ids]
+    return pa.Table.from_pylist([{**r, "metadata": json.dumps(r["metadata"])} for r in records], schema=LOG_SCHEMA)
+
+
+def test_parquet_latencies_that_are_not_finite_are_quarantined(tmp_path):
+    table = _log_table(range(3))
+    table = table.set_column(table.schema.get_field_index("latency_ms"), "latency_ms",
+                             pa.array([float("nan"), float("inf"), 80.0], pa.float64()))
+    pq.write_table(table, tmp_path / "nan.parquet")
+    result = load_logs([tmp_path / "nan.parquet"], LogsSettings())
+    assert result.reasons == {"wrong_type": 2}
+    assert result.table.column("latency_ms").to_pylist() == [80.0]
+
+
+def _folder_with_a_corrupt_file(tmp_path: Path, corrupt: str) -> Path:
+    folder = tmp_path / "logs"
+    write_lines(folder / "2026-01-05.jsonl", [row(0), row(1)])
+    pq.write_table(_log_table((2, 3, 4)), folder / "2026-01-06.parquet")
+    if corrupt == "parquet":
+        whole = (folder / "2026-01-06.parquet").read_bytes()
+        (folder / "2026-01-07.parquet").write_bytes(whole[: len(whole) // 2])  # cut off mid-write
+    else:
+        whole = gzip.compress(("\n".join(json.dumps(row(i)) for i in (5, 6)) + "\n").encode())
+        (folder / "2026-01-07.jsonl.gz").write_bytes(whole[: len(whole) // 2])
+    return folder
+
+
+@pytest.mark.parametrize("corrupt", ["parquet", "gzip"])
+def test_a_corrupt_file_is_set_aside_and_the_rest_loads(tmp_path, corrupt):
+    folder = _folder_with_a_corrupt_file(tmp_path, corrupt)
+    bad_name = next(str(p) for p in folder.iterdir() if p.name.startswith("2026-01-07"))
+    quarantine = tmp_path / "q.jsonl"
+    result = load_logs([folder], LogsSettings(), quarantine=quarantine)
+    check_invariant(result)
+    assert (result.read, result.accepted) == (5, 5)
+    assert [f["source"] for f in result.unreadable_files] == [bad_name]
+    assert result.unreadable_files[0]["error"]
+    assert result.summary()["unreadable_files"] == result.unreadable_files
+    assert any(bad_name in warning for warning in result.warnings)
+    entries = quarantine_rows(quarantine)
+    assert [(e["source"], e["reason"], e["line"]) for e in entries] == [(bad_name, "unreadable_file", None)]
+    assert log_stats(result)["unreadable_files"] == 1
+
+
+def test_logs_validate_names_a_corrupt_file_and_strict_says_no(tmp_path):
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    folder = _folder_with_a_corrupt_file(tmp_path, "parquet")
+    done = CliRunner().invoke(app, ["logs", "validate", str(folder), "-w", str(tmp_path), "--json"])
+    assert done.exit_code == 0, done.output
+    summary = json.loads(done.stdout.strip().splitlines()[-1])
+    assert summary["accepted"] == 5 and summary["unreadable_files"][0]["source"].endswith("2026-01-07.parquet")
+    strict = CliRunner().invoke(app, ["logs", "validate", str(folder), "-w", str(tmp_path), "--strict"])
+    assert strict.exit_code == 1 and "unreadable files: " in strict.output and "2026-01-07.parquet" in strict.output

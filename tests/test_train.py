@@ -101,6 +101,33 @@ def test_resume_after_a_crash_continues_from_the_last_checkpoint(tiny_base_model
     assert straight["val_loss"] == pytest.approx(resumed["val_loss"], rel=1e-4)
 
 
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda ckpt: _truncate(ckpt / "adapter_model.safetensors"), "adapter_model.safetensors"),
+    (lambda ckpt: (ckpt / "trainer_state.json").unlink(), "trainer_state.json"),
+    (lambda ckpt: _truncate(ckpt / "optimizer.pt"), "optimizer.pt"),
+], ids=["truncated-weights", "no-trainer-state", "truncated-optimizer"])
+def test_resume_skips_an_incomplete_checkpoint_and_says_why(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path,
+                                                           damage, reason: str) -> None:
+    settings = _settings()
+    out = tmp_path / "adapter"
+    with pytest.raises(_Crash):
+        train_adapter(dataset_dir, out, settings, base_path=tiny_base_model, callbacks=[_crash_after(9)])
+    checkpoints = out / "checkpoints"
+    assert sorted(p.name for p in checkpoints.iterdir()) == ["checkpoint-4", "checkpoint-8"]
+    damage(checkpoints / "checkpoint-8")  # what a kill during the save at step 8 leaves behind
+    lines: list[str] = []
+    resumed = train_adapter(dataset_dir, out, settings, base_path=tiny_base_model, progress=lines.append)
+    assert resumed["resumed_from"] == str(checkpoints / "checkpoint-4")
+    (skipped,) = resumed["skipped_checkpoints"]
+    assert skipped["checkpoint"] == str(checkpoints / "checkpoint-8") and reason in skipped["reason"]
+    assert any("checkpoint-8" in line and reason in line for line in lines)
+    assert resumed["steps"] == 12 and (out / "adapter_model.safetensors").is_file()
+
+
 def test_early_stopping_on_val_loss(tiny_base_model: Path, dataset_dir: Path, tmp_path: Path) -> None:
     # val loss falls by less than min_delta per evaluation: after `patience` such evaluations the run
     # stops, long before max_steps, and the adapter written is the best checkpoint's

@@ -3,6 +3,8 @@
 agreement           nominal Krippendorff's alpha (missing ratings allowed; `krippendorff` package) with a
                     bootstrap interval over items, Fleiss' kappa, Cohen's kappa, per-label agreement
 gate_decision       alpha >= pass_alpha: pass; >= block_alpha: filter; below, or undefined: block
+decision_reason     that decision in a sentence (why alpha is undefined, when it is)
+agreement_from_file `flywheel agreement`: the ratings import would keep, every exclusion explained
 score_agreement     the gate as a recorded decision: agreement.json, adjudication.jsonl, curated.jsonl
 
 Adjudication loop: a person resolves the items in adjudication.jsonl and hands the verdicts back as
@@ -23,7 +25,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.annotate.labelstudio import read_annotations, read_ratings
+from tasks.annotate.labelstudio import read_annotations, read_ratings, reason_kind
 from tasks.config import AnnotationSettings
 from tasks.contracts import Annotation, sha256_file
 from tasks.files import atomic_write_text, read_case_rows, write_jsonl
@@ -66,6 +68,11 @@ def agreement(
         annotators.setdefault(annotator, len(annotators))
     labels = sorted({label for _, _, label in ratings})
     code = {label: i for i, label in enumerate(labels)}
+    if not ratings:
+        return {"n_items": 0, "n_annotators": 0, "n_ratings": 0, "n_pairable_items": 0, "labels": [],
+                "krippendorff_alpha": None, "alpha_ci": None, "alpha_ci_level": CONFIDENCE,
+                "bootstrap_samples": bootstrap_samples, "fleiss_kappa": None, "cohen_kappa": None,
+                "observed_agreement": None, "unanimous_items": 0, "per_label": {}}
 
     counts = np.zeros((len(items), len(labels)), dtype=np.int64)  # item x label
     for item, _, label in ratings:
@@ -147,11 +154,61 @@ def gate_decision(alpha: float | None, settings: AnnotationSettings) -> Decision
     return "block"
 
 
+def decision_reason(stats: dict[str, Any], decision: Decision, settings: AnnotationSettings) -> str:
+    """The gate's decision in one sentence, including why alpha could not be measured when it could not."""
+    alpha = stats["krippendorff_alpha"]
+    if alpha is None or not np.isfinite(alpha):
+        if stats["n_ratings"] == 0:
+            why = "there are no usable ratings"
+        elif stats["n_annotators"] < 2:
+            why = "only one annotator has usable ratings, and agreement needs at least two"
+        elif stats["n_pairable_items"] == 0:
+            why = "no item was rated by two annotators"
+        else:
+            why = f"every rating chose the same label ({stats['labels'][0]!r}), so agreement beyond chance is undefined"
+        return f"block: agreement cannot be measured because {why}"
+    if decision == "pass":
+        return f"pass: alpha {alpha:.3f} is at least {settings.pass_alpha}"
+    if decision == "filter":
+        return (f"filter: alpha {alpha:.3f} is below {settings.pass_alpha} but at least {settings.block_alpha}; "
+                "only unanimous or adjudicated items are kept")
+    return f"block: alpha {alpha:.3f} is below {settings.block_alpha}"
+
+
 def agreement_from_file(path: Path, settings: AnnotationSettings) -> dict[str, Any]:
-    """`flywheel agreement --annotations FILE`: read_ratings + agreement + gate_decision (nothing written)."""
-    result = agreement(read_ratings(path), bootstrap_samples=settings.bootstrap_samples, seed=settings.bootstrap_seed)
+    """`flywheel agreement --annotations FILE`: the ratings `annotate import` would keep (read_ratings,
+    annotation.labels), the adjudicator's left out as in the cycle, then agreement and the gate. Every
+    rating left out is explained: `excluded` (count, reasons, rows) and `excluded_annotators` (annotators
+    none of whose ratings counted). Nothing is written."""
+    ratings = read_ratings([path], settings.labels)
+    independent = [(ref, r) for _, ref, r in ratings.kept if r.annotator != settings.adjudicator]
+    excluded = [{"row": q["row"], "reason": q["reason"], "annotator": q["annotator"]} for q in ratings.set_aside]
+    excluded += [{"row": ref, "reason": f"adjudicator's verdict ({settings.adjudicator}): not an independent rating",
+                  "annotator": r.annotator} for _, ref, r in ratings.kept if r.annotator == settings.adjudicator]
+    result = agreement([(r.case_id, r.annotator, r.label) for _, r in independent],
+                       bootstrap_samples=settings.bootstrap_samples, seed=settings.bootstrap_seed)
     result["decision"] = gate_decision(result["krippendorff_alpha"], settings)
     result["thresholds"] = {"pass_alpha": settings.pass_alpha, "block_alpha": settings.block_alpha}
+    counted = {r.annotator for _, r in independent}
+    by_annotator: dict[str, list[str]] = defaultdict(list)
+    for row in excluded:
+        if row["annotator"] and row["annotator"] not in counted:
+            by_annotator[row["annotator"]].append(reason_kind(row["reason"]))
+    result["excluded"] = {
+        "ratings": len(excluded),
+        "reasons": dict(Counter(reason_kind(row["reason"]) for row in excluded)),
+        "rows": [{"row": row["row"], "reason": row["reason"]} for row in excluded],
+    }
+    result["excluded_annotators"] = [
+        {"annotator": who, "ratings": len(kinds),
+         "reason": "every rating left out: " + ", ".join(f"{kind} ({n})" for kind, n in Counter(kinds).most_common())}
+        for who, kinds in sorted(by_annotator.items())
+    ]
+    reason = decision_reason(result, result["decision"], settings)
+    if excluded:
+        reason += f" ({len(excluded)} excluded: " + ", ".join(
+            f"{kind} ({n})" for kind, n in Counter(reason_kind(row["reason"]) for row in excluded).most_common()) + ")"
+    result["decision_reason"] = reason
     return result
 
 
@@ -261,6 +318,7 @@ def score_agreement(
         seed=settings.bootstrap_seed,
     )
     decision = gate_decision(stats["krippendorff_alpha"], settings)
+    stats["decision_reason"] = decision_reason(stats, decision, settings)
     cases = {c["case_id"]: c for c in read_case_rows(cases_path)} if cases_path else None
 
     by_item: dict[str, list[Annotation]] = defaultdict(list)

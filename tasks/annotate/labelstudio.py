@@ -2,9 +2,9 @@
 (DESIGN.md sections 3 and 8).
 
 export_tasks        cases -> Label Studio import file (tasks.json) + label_config.xml beside it
-import_annotations  Label Studio export JSON (any number of annotators), CSV or JSONL -> annotations.jsonl;
-                    rows that cannot be used go to quarantine.jsonl with file, row and reason
-read_ratings        (item, annotator, label) from any of those files, for `flywheel agreement --annotations`
+read_ratings        Label Studio export JSON (any number of annotators), CSV or JSONL, judged by one set of
+                    rules: the usable ratings, and every row set aside with its reason (Ratings)
+import_annotations  read_ratings -> annotations.jsonl; the rows set aside go to quarantine.jsonl
 read_annotations    annotations.jsonl back as contracts.Annotation records
 """
 
@@ -14,6 +14,7 @@ import csv
 import json
 from collections import Counter
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -81,14 +82,11 @@ def label_config(labels: Sequence[str]) -> str:
 # ---------------------------------------------------------------------------------------------------
 
 
-class _Bad(Exception):
-    """A row that cannot be used; the message is the reason recorded in quarantine."""
-
-
 def _annotation_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | None, Any]]:
     """(row reference, fields or None, reason if unusable, raw record) for every rating in `path`.
 
-    fields: item, annotator, label, corrected_response, created_at. Tasks without any annotation are
+    fields: item, annotator, label, corrected_response, created_at, as far as the row has them (a row
+    that cannot be used still names its annotator where it can). Tasks without any annotation are
     reported with fields None and reason None (nothing to rate, nothing lost)."""
     path = Path(path)
     suffix = path.suffix.lower()
@@ -120,9 +118,6 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | No
             except StopIteration:
                 return
             ref = f"{path.name}:line {start}"
-            if None in raw:  # more cells than header columns
-                yield ref, None, "more cells than the header has columns", raw
-                continue
             fields = {
                 "item": (raw.get(item_col) or "").strip(),
                 "annotator": (raw.get("annotator") or "").strip(),
@@ -130,6 +125,9 @@ def _csv_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | No
                 "corrected_response": raw.get("corrected_response") or None,
                 "created_at": _parse_time(raw.get("created_at")),
             }
+            if None in raw:  # more cells than header columns
+                yield ref, fields, "more cells than the header has columns", raw
+                continue
             yield ref, fields, _missing(fields), raw
 
 
@@ -142,10 +140,10 @@ def _jsonl_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None, str | 
             try:
                 raw = json.loads(line)
             except json.JSONDecodeError as err:
-                yield ref, None, f"not valid JSON ({err.msg})", line.rstrip("\n")[:500]
+                yield ref, {}, f"not valid JSON ({err.msg})", line.rstrip("\n")[:500]
                 continue
             if not isinstance(raw, dict):
-                yield ref, None, "not a JSON object", raw
+                yield ref, {}, f"not a JSON object ({_kind_of(raw)})", raw
                 continue
             fields = _flat_fields(raw)
             yield ref, fields, _missing(fields), raw
@@ -164,7 +162,7 @@ def _label_studio_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None,
         raise ValueError(f"{path}: expected a list of Label Studio tasks, got {type(tasks).__name__}")
     for t, task in enumerate(tasks, start=1):
         if not isinstance(task, dict):
-            yield f"{path.name}:task {t}", None, "not a JSON object", task
+            yield f"{path.name}:task {t}", {}, f"not a JSON object ({_kind_of(task)})", task
             continue
         if "annotations" not in task and "completions" not in task and "data" not in task:
             # JSON-MIN export, or a list of Annotation records: one flat row per rating
@@ -172,47 +170,82 @@ def _label_studio_rows(path: Path) -> Iterator[tuple[str, dict[str, Any] | None,
             yield f"{path.name}:row {t}", fields, _missing(fields), task
             continue
         data = task.get("data") or {}
-        item = str(data.get("case_id") or "").strip()
         task_ref = f"{path.name}:task {t}" + (f" (id {task['id']})" if "id" in task else "")
         annotations = task.get("annotations") or task.get("completions") or []
+        if not isinstance(annotations, list):
+            reason = f"malformed export: annotations is {_kind_of(annotations)}, expected a list of annotations"
+            yield task_ref, {}, reason, {"id": task.get("id"), "annotations": annotations}
+            continue
         if not annotations:
             yield task_ref, None, None, None
             continue
         for a, ann in enumerate(annotations, start=1):
             ref = f"{task_ref} annotation {a}"
-            raw = {"data": {"case_id": data.get("case_id")}, "annotation": ann}
-            try:
-                fields = _label_studio_fields(ann, item, task)
-            except _Bad as bad:
-                yield ref, None, str(bad), raw
-                continue
-            yield ref, fields, _missing(fields), raw
+            raw = {"data": {"case_id": data.get("case_id")} if isinstance(data, dict) else f"<{_kind_of(data)}>",
+                   "annotation": ann}
+            fields, reason = _label_studio_fields(ann, data, task)
+            yield ref, fields, reason or _missing(fields), raw
 
 
-def _label_studio_fields(ann: Any, item: str, task: dict[str, Any]) -> dict[str, Any]:
+def _label_studio_fields(ann: Any, data: Any, task: dict[str, Any]) -> tuple[dict[str, Any], str | None]:
+    """The fields of one Label Studio annotation, and why it cannot be used (None when it can). Only the
+    shape Label Studio writes is read: anything else is named in the reason, never guessed at."""
     if not isinstance(ann, dict):
-        raise _Bad("annotation is not a JSON object")
-    if ann.get("was_cancelled"):
-        raise _Bad("annotation was cancelled (skipped) in Label Studio")
-    choices: list[str] = []
-    texts: list[str] = []
-    for result in ann.get("result") or []:
-        kind = result.get("type")
-        value = result.get("value") or {}
-        if kind == "choices":
-            choices.extend(str(c) for c in value.get("choices") or [])
-        elif kind == "textarea":
-            texts.extend(str(t) for t in value.get("text") or [])
-    if len(choices) > 1:
-        raise _Bad(f"several labels chosen ({', '.join(choices)}); the label set is single-choice")
-    return {
-        "item": item,
+        return {}, f"malformed export: the annotation is {_kind_of(ann)}, expected an object"
+    fields: dict[str, Any] = {
+        "item": str(data.get("case_id") or "").strip() if isinstance(data, dict) else "",
         "task_id": task.get("id"),
         "annotator": _annotator_name(ann.get("completed_by")),
-        "label": choices[0].strip() if choices else "",
-        "corrected_response": "\n".join(texts) or None,
+        "label": "",
+        "corrected_response": None,
         "created_at": _parse_time(ann.get("created_at")),
     }
+    if not isinstance(data, dict):
+        return fields, f"malformed export: the task's data is {_kind_of(data)}, expected an object with case_id"
+    if ann.get("was_cancelled"):
+        return fields, "annotation was cancelled (skipped) in Label Studio"
+    results = ann.get("result") or []
+    if not isinstance(results, list):
+        return fields, f"malformed export: result is {_kind_of(results)}, expected a list of result objects"
+    choices: list[str] = []
+    texts: list[str] = []
+    for n, result in enumerate(results, start=1):
+        if not isinstance(result, dict):
+            return fields, f"malformed export: result item {n} is {_kind_of(result)}, expected an object"
+        value = result.get("value") or {}
+        if not isinstance(value, dict):
+            return fields, f"malformed export: result item {n}: value is {_kind_of(value)}, expected an object"
+        kind = result.get("type")
+        if kind == "choices":
+            chosen = value.get("choices") or []
+            if not isinstance(chosen, list):
+                return fields, (f"malformed export: result item {n}: choices is {_kind_of(chosen)}, expected a list "
+                                'of labels such as ["acceptable"]')
+            choices.extend(str(c) for c in chosen)
+        elif kind == "textarea":
+            text = value.get("text") or []
+            if not isinstance(text, list):
+                return fields, f"malformed export: result item {n}: text is {_kind_of(text)}, expected a list of strings"
+            texts.extend(str(t) for t in text)
+    if len(choices) > 1:
+        shown = ", ".join(_clip(c, 40) for c in choices[:5]) + (", ..." if len(choices) > 5 else "")
+        return fields, f"several labels chosen ({shown}); the label set is single-choice"
+    fields["label"] = choices[0].strip() if choices else ""
+    fields["corrected_response"] = "\n".join(texts) or None
+    return fields, None
+
+
+def _kind_of(value: Any) -> str:
+    """What a JSON value is, for a reason ("a string", "a list", ...); never the value itself."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    return {str: "a string", list: "a list", dict: "an object"}.get(type(value), "a number")
+
+
+def _clip(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _flat_fields(raw: dict[str, Any]) -> dict[str, Any]:
@@ -261,21 +294,36 @@ def _parse_time(value: Any) -> datetime | None:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Import
+# One set of rules for import and agreement
 # ---------------------------------------------------------------------------------------------------
 
 
-def import_annotations(paths: Sequence[Path], out_dir: Path, labels: Sequence[str]) -> dict[str, Any]:
-    """Annotation files -> out_dir/annotations.jsonl (contracts.Annotation, one per case and annotator).
+@dataclass
+class Ratings:
+    """Annotation files judged by the one set of rules both `annotate import` and `agreement` use.
 
-    Unusable rows (no case id, no annotator, no or unknown label, cancelled, malformed, superseded by a
-    later rating of the same case by the same annotator) go to out_dir/quarantine.jsonl with file, row
-    and reason. Files are read in the order given; within the same case and annotator the later wins.
+    kept       (file, row, record): the usable ratings, one per case and annotator (the later wins)
+    set_aside  {file, row, reason, annotator, record} for every row that cannot be used: malformed, no
+               case id / annotator / label, a label outside annotation.labels, several labels, cancelled,
+               or superseded by a later rating of the same case by the same annotator
+    unannotated  tasks nobody labelled (nothing to rate, nothing lost)
     """
+
+    kept: list[tuple[Path, str, Annotation]]
+    set_aside: list[dict[str, Any]]
+    unannotated: int
+
+
+def reason_kind(reason: str) -> str:
+    """The reason without its details ("unknown label", "annotation was cancelled"), for counts."""
+    return reason.split(":")[0].split(" (")[0].split(";")[0]
+
+
+def read_ratings(paths: Sequence[Path], labels: Sequence[str]) -> Ratings:
+    """Judge every rating in `paths` (read in the order given) against the closed label set `labels`."""
     allowed = set(_check_labels(labels))
-    out_dir = Path(out_dir)
     kept: dict[tuple[str, str], tuple[Path, str, Annotation]] = {}
-    quarantine: list[dict[str, Any]] = []
+    set_aside: list[dict[str, Any]] = []
     unannotated = 0
     for path in map(Path, paths):
         if not path.is_file():
@@ -285,7 +333,8 @@ def import_annotations(paths: Sequence[Path], out_dir: Path, labels: Sequence[st
                 unannotated += 1
                 continue
             if reason is None and fields["label"] not in allowed:
-                reason = f"unknown label {fields['label']!r}; allowed: {', '.join(sorted(allowed))}"
+                reason = (f"unknown label: {_clip(fields['label'], 60)!r} is not in annotation.labels "
+                          f"({', '.join(sorted(allowed))})")
             if reason is None:
                 try:
                     record = Annotation(
@@ -300,61 +349,47 @@ def import_annotations(paths: Sequence[Path], out_dir: Path, labels: Sequence[st
                         f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in err.errors()
                     )
             if reason is not None:
-                quarantine.append({"file": str(path), "row": ref, "reason": reason, "record": raw})
+                set_aside.append({"file": str(path), "row": ref, "reason": reason,
+                                  "annotator": (fields or {}).get("annotator") or None, "record": raw})
                 continue
             pair = (record.case_id, record.annotator)
             if pair in kept:
                 old_path, old_ref, old = kept[pair]
-                quarantine.append(
-                    {
-                        "file": str(old_path),
-                        "row": old_ref,
-                        "reason": f"superseded by a later rating of the same case by the same annotator ({ref})",
-                        "record": old.model_dump(mode="json"),
-                    }
-                )
+                set_aside.append({"file": str(old_path), "row": old_ref, "annotator": old.annotator,
+                                  "reason": f"superseded: a later rating of the same case by the same annotator ({ref})",
+                                  "record": old.model_dump(mode="json")})
             kept[pair] = (path, ref, record)
+    return Ratings([kept[pair] for pair in sorted(kept)], set_aside, unannotated)
 
-    records = [kept[pair][2] for pair in sorted(kept)]
+
+# ---------------------------------------------------------------------------------------------------
+# Import
+# ---------------------------------------------------------------------------------------------------
+
+
+def import_annotations(paths: Sequence[Path], out_dir: Path, labels: Sequence[str]) -> dict[str, Any]:
+    """Annotation files -> out_dir/annotations.jsonl (contracts.Annotation, one per case and annotator).
+
+    Rows `read_ratings` sets aside go to out_dir/quarantine.jsonl with file, row and reason. Files are
+    read in the order given; within the same case and annotator the later wins.
+    """
+    ratings = read_ratings(paths, labels)
+    out_dir = Path(out_dir)
+    records = [record for _, _, record in ratings.kept]
     out_path = out_dir / "annotations.jsonl"
     quarantine_path = out_dir / "quarantine.jsonl"
     write_jsonl(out_path, records)
-    write_jsonl(quarantine_path, quarantine)
-    reasons = Counter(q["reason"].split(" (")[0].split(";")[0] for q in quarantine)
+    write_jsonl(quarantine_path, ratings.set_aside)
     return {
         "annotations": len(records),
         "items": len({r.case_id for r in records}),
         "annotators": len({r.annotator for r in records}),
-        "quarantined": len(quarantine),
-        "reasons": dict(reasons),
-        "unannotated_tasks": unannotated,
+        "quarantined": len(ratings.set_aside),
+        "reasons": dict(Counter(reason_kind(q["reason"]) for q in ratings.set_aside)),
+        "unannotated_tasks": ratings.unannotated,
         "path": str(out_path),
         "quarantine": str(quarantine_path),
     }
-
-
-def read_ratings(path: Path) -> list[tuple[str, str, str]]:
-    """(item, annotator, label) from a Label Studio export JSON, a CSV `item,annotator,label` or JSONL.
-
-    Labels are free strings. A rating without a label is a missing rating and is left out (Krippendorff's
-    alpha is built for those); a row without item or annotator, or with several labels, is an error
-    naming the file and row. Tasks of a Label Studio export without data.case_id use the task id."""
-    path = Path(path)
-    if not path.is_file():
-        raise ValueError(f"annotation file {path} does not exist")
-    ratings = []
-    for ref, fields, reason, _ in _annotation_rows(path):
-        if fields is None and reason is None:
-            continue
-        if fields is not None and not fields["item"] and fields.get("task_id") is not None:
-            fields["item"] = str(fields["task_id"])
-            reason = _missing(fields)
-        if reason == "no label chosen" or (reason or "").startswith("annotation was cancelled"):
-            continue
-        if reason is not None:
-            raise ValueError(f"{path}: {ref}: {reason}")
-        ratings.append((fields["item"], fields["annotator"], fields["label"]))
-    return ratings
 
 
 def read_annotations(path: Path) -> list[Annotation]:

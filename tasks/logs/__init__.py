@@ -42,9 +42,13 @@ Validation (one reason per rejected row, checked in this order)
     ``missing_field``  a required field (request_id, ts, user_id, prompt, response, model_version)
                        is absent or null
     ``bad_timestamp``  ts is neither an ISO-8601 date/time (``Z`` or an offset; no offset means UTC)
-                       nor an epoch number (seconds; values above 2e10 are milliseconds, as pydantic does)
+                       nor an epoch number (seconds; values above 2e10 are milliseconds, as pydantic does),
+                       or it falls outside 0001-01-01 .. 9999-12-31 UTC (what Python's datetime, and so
+                       every consumer of the table, can hold). A leap second (``23:59:60``) is read as
+                       the last microsecond of its minute (``23:59:59.999999``), keeping its day and week.
     ``wrong_type``     a field has the wrong JSON type: strings must be strings (an integer user id is
-                       rejected, not converted), latency_ms a number, token counts integers, metadata
+                       rejected, not converted), latency_ms a finite number (NaN, Infinity and numbers
+                       beyond the double range such as 1e400 are rejected), token counts integers, metadata
                        an object (or a string holding one), feedback 1, -1, "up", "down" or null
                        (0 is rejected: on a 0/1 scale it would mean thumbs-down).
     Parquet columns are judged by their type the same way: text fields need text columns; ts takes a
@@ -54,6 +58,13 @@ Validation (one reason per rejected row, checked in this order)
     row number for Parquet), ``reason``, ``message``, ``bytes`` and ``raw``, the row's text truncated to
     ``logs.quarantine_raw_chars``). The raw text may hold PII, so it goes to that file only: exception
     messages never quote row content. Blank lines are skipped and not counted.
+    Duplicate keys: a row that names a key twice (``{"prompt": "a", "prompt": "b"}``, also spelled with
+    escapes) keeps the *first* value, for every field and in nested paths alike (DuckDB's reader; Python's
+    json keeps the last). Rejecting such rows would cost a further parse of every line.
+    Unreadable files: a file that raises while being read (a truncated Parquet file, a broken gzip
+    stream, no permission) is set aside: ``LoadResult.unreadable_files`` names it with the error, a
+    warning says so, the quarantine file gets one entry for it (``line`` null, reason
+    ``unreadable_file``), and the other files load. Its rows are in none of the counts.
 
 Counts
     ``read = accepted + quarantined`` always holds and is always reported. ``since``/``until``/

@@ -83,8 +83,8 @@ _KIND = {
 }
 _EXPECTED = {
     "str": "a string",
-    "ts": "an ISO-8601 time or epoch seconds/milliseconds",
-    "float": "a number",
+    "ts": "an ISO-8601 time or epoch seconds/milliseconds in the years 1 to 9999 (UTC)",
+    "float": "a finite number",
     "int": "an integer",
     "feedback": '1, -1, "up", "down" or null',
     "meta": "a JSON object",
@@ -100,6 +100,9 @@ _OUT_TYPE = {
 
 _EPOCH_MS_ABOVE = 2e10  # pydantic's rule: larger epoch numbers are milliseconds
 _EPOCH_MAX = 2e13  # ... up to year 2603 either way; beyond that the number is not a time
+# What the store can hold: Python's datetime (and so pyarrow's to_pylist, the stats, every consumer)
+# ends at 9999-12-31; DuckDB would accept far more and hand the rest back as text.
+_TS_RANGE = "TIMESTAMPTZ '0001-01-01 00:00:00+00'", "TIMESTAMPTZ '10000-01-01 00:00:00+00'"
 _NUMERIC_JSON = "('BIGINT', 'UBIGINT', 'DOUBLE')"
 
 
@@ -187,7 +190,8 @@ def _json_plan(name: str, source: str, t_expr: str, s_expr: str, *, key_expr: st
         name, kind, name in REQUIRED_LOG_FIELDS, _origin(source),
         value=_value_from_json(kind, ty, sv),
         code=_code_from_json(kind, ty, sv, f"__v_{name}", name in REQUIRED_LOG_FIELDS),
-        type_name=_json_type_name(ty),
+        type_name=(f"CASE WHEN {ty} IN {_NUMERIC_JSON} THEN 'NaN, an infinity or a number beyond the double range' "
+                   f"ELSE {_json_type_name(ty)} END") if kind == "float" else _json_type_name(ty),
         key_present=key_expr or f"({ty} IS NOT NULL)",
         j_cols=j_cols or {},
         ts_cols={ty: t_expr, sv: s_expr},
@@ -210,7 +214,7 @@ def _value_from_json(kind: str, t: str, s: str) -> str:
             f"WHEN {t} IN {_NUMERIC_JSON} THEN {_ts_from_epoch(f'TRY_CAST({s} AS DOUBLE)')} END"
         )
     if kind == "float":
-        return f"TRY_CAST({s} AS DOUBLE)"
+        return _finite(f"TRY_CAST({s} AS DOUBLE)")
     if kind == "int":
         return (
             f"CASE WHEN {t} IN ('BIGINT', 'UBIGINT') THEN TRY_CAST({s} AS BIGINT) "
@@ -229,13 +233,15 @@ def _code_from_json(kind: str, t: str, s: str, v: str, required: bool) -> str:
     absent = f"WHEN {t} IS NULL OR {t} = 'NULL' THEN {_MISSING if required else 'NULL'}"
     if kind == "str":
         return f"CASE {absent} WHEN {t} <> 'VARCHAR' THEN 'T' END"
-    if kind == "float":
-        return f"CASE {absent} WHEN {t} NOT IN {_NUMERIC_JSON} THEN 'T' END"
+    if kind == "float":  # NaN, Infinity and 1e400 parse as numbers: not finite, so not a latency
+        return f"CASE {absent} WHEN {t} NOT IN {_NUMERIC_JSON} OR {v} IS NULL THEN 'T' END"
     if kind == "meta":  # an object, or a string holding one
         return (
             f"CASE {absent} WHEN {t} = 'OBJECT' THEN NULL "
             f"WHEN {t} = 'VARCHAR' THEN CASE WHEN {_object_text(s)} IS NULL THEN 'T' END ELSE 'T' END"
         )
+    if kind == "ts":
+        return f"CASE {absent} WHEN {v} IS NULL OR {_ts_out_of_range(v)} THEN 'B' END"
     return f"CASE {absent} WHEN {v} IS NULL THEN {_BAD[kind]} END"
 
 
@@ -274,7 +280,7 @@ def _value_from_column(kind: str, col: str, duck_type: str) -> str:
             return _ts_from_epoch(f"TRY_CAST({col} AS DOUBLE)")
         return "NULL"
     if kind == "float":
-        return f"CAST({col} AS DOUBLE)" if family in ("int", "float") else "NULL"
+        return _finite(f"CAST({col} AS DOUBLE)") if family in ("int", "float") else "NULL"
     if kind == "int":
         if family == "int":
             return f"TRY_CAST({col} AS BIGINT)"
@@ -291,8 +297,22 @@ def _value_from_column(kind: str, col: str, duck_type: str) -> str:
 
 
 def _ts_from_text(s: str) -> str:
-    # A leading digit keeps DuckDB's special words ('epoch', 'infinity', 'now'...) out.
-    return f"CASE WHEN left({s}, 1) BETWEEN '0' AND '9' THEN TRY_CAST({s} AS TIMESTAMPTZ) END"
+    # A leading digit keeps DuckDB's special words ('epoch', 'infinity', 'now'...) out. A leap second
+    # (23:59:60, which DuckDB and Python cannot hold) becomes the last microsecond of its minute, so the
+    # row stays in its day and week; COALESCE only tries that on text the plain cast refused.
+    leap = rf"regexp_replace({s}, '^(\d{{4}}-\d{{2}}-\d{{2}}[T ]\d{{2}}:\d{{2}}):60(?:[.,]\d+)?', '\1:59.999999')"
+    return (
+        f"CASE WHEN left({s}, 1) BETWEEN '0' AND '9' THEN COALESCE(TRY_CAST({s} AS TIMESTAMPTZ), "
+        f"CASE WHEN contains({s}, ':60') THEN TRY_CAST({leap} AS TIMESTAMPTZ) END) END"
+    )
+
+
+def _ts_out_of_range(v: str) -> str:
+    return f"NOT ({v} >= {_TS_RANGE[0]} AND {v} < {_TS_RANGE[1]})"
+
+
+def _finite(x: str) -> str:
+    return f"CASE WHEN isfinite({x}) THEN {x} END"
 
 
 def _ts_from_epoch(x: str) -> str:
@@ -423,7 +443,8 @@ def parquet_plans(
                     name, kind, required, _origin(source),
                     value=_value_from_column(kind, quoted, duck_type),
                     code=f"CASE WHEN {quoted} IS NULL THEN {_MISSING if required else 'NULL'} "
-                    f"WHEN __v_{name} IS NULL THEN {_BAD[kind]} END",
+                    f"WHEN __v_{name} IS NULL{' OR ' + _ts_out_of_range(f'__v_{name}') if kind == 'ts' else ''} "
+                    f"THEN {_BAD[kind]} END",
                     type_name=lit(f"a {duck_type} value"),
                     passthrough=flat if as_is else None,
                 )

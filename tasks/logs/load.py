@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import threading
+import zlib
 from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -46,6 +47,9 @@ __all__ = ["LoadResult", "load_logs", "load_window", "log_stats"]
 _TRUST_BRACES = True  # tests switch this off to check that both ways of classifying lines agree
 _BATCH_ROWS = 65_536  # Arrow batches handed to DuckDB: its unit of parallel work
 _CONNECTIONS = threading.local()
+# A file that raises one of these while being read is unreadable (truncated, not Parquet after all, a
+# broken gzip stream, no permission): it is set aside and named, and the other files load.
+_UNREADABLE = (OSError, EOFError, zlib.error, pa.ArrowException)
 
 
 @dataclass
@@ -64,6 +68,8 @@ class LoadResult:
     files: list[str]
     quarantine_path: Path | None
     warnings: list[str] = field(default_factory=list)
+    # Files that could not be read at all ({"source", "error"}): their rows are in none of the counts.
+    unreadable_files: list[dict[str, str]] = field(default_factory=list)
 
     @property
     def selected(self) -> int:
@@ -85,6 +91,7 @@ class LoadResult:
             "files": list(self.files),
             "quarantine": str(self.quarantine_path) if self.quarantine_path else None,
             "warnings": list(self.warnings),
+            "unreadable_files": [dict(item) for item in self.unreadable_files],
         }
 
 
@@ -102,7 +109,9 @@ def load_logs(
     `sources` are files (a folder or a glob is expanded too; `resolve_sources` adds the config and
     workspace defaults). `settings` is the `logs` section (or the whole Settings). Rejected rows go
     to `quarantine` (rewritten) when a path is given. The window is [since, until); naive times are
-    UTC. File-level problems (a missing file, a mapped column a file lacks) raise; row-level ones never do.
+    UTC. A missing file or a mapped column a file lacks raises; a file that cannot be read (truncated,
+    corrupt, not what its name says) is set aside in `unreadable_files`, named in the warnings and the
+    quarantine file, and the other files load. Row-level problems never raise.
     """
     logs = logs_settings(settings)
     mapping = column_mapping(logs)
@@ -119,16 +128,23 @@ def load_logs(
     try:
         extra: list[Quarantined] = []
         warnings: list[str] = []
+        unreadable: dict[int, str] = {}
         raws: list[pa.Table] = []
-        parquet = {index for index, name in enumerate(files) if is_parquet(name)}
-        jsonl = [(index, name) for index, name in enumerate(files) if index not in parquet]
-        parts = [_load_jsonl(con, jsonl, logs, mapping, extra, warnings)] if jsonl else []
+        parquet = {index for index, name in enumerate(files) if _readable(index, name, is_parquet, unreadable)}
+        jsonl = [(index, name) for index, name in enumerate(files) if index not in parquet and index not in unreadable]
+        parts = [_load_jsonl(con, jsonl, logs, mapping, extra, warnings, unreadable)] if jsonl else []
         if parquet:
-            for part in _load_parquet(con, [(i, files[i]) for i in sorted(parquet)], logs, mapping, extra, raws):
+            for part in _load_parquet(con, [(i, files[i]) for i in sorted(parquet)], logs, mapping, extra, raws,
+                                      unreadable):
                 _check_keys(part, mapping, logs, dict(enumerate(files)), warnings)
                 parts.append(part)
-        combined = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else parts[0]
+        parts = [part for part in parts if part is not None]
+        combined = pa.concat_tables(parts, promote_options="permissive") if len(parts) > 1 else \
+            parts[0] if parts else _no_rows()
         del parts
+        for index, error in sorted(unreadable.items()):
+            warnings.append(f"{files[index]}: could not be read ({error}); its rows are in none of the counts. "
+                            "Fix: restore or remove the file")
 
         counts = Counter(
             {item["values"]: item["counts"] for item in pc.value_counts(combined["__reason"]).to_pylist()
@@ -141,7 +157,8 @@ def load_logs(
         reasons = {reason: counts[reason] for reason in REASONS if counts.get(reason)}
 
         con.register("res", combined)
-        written = _write_quarantine(con, Path(quarantine), files, extra, raws) if quarantine is not None else None
+        written = _write_quarantine(con, Path(quarantine), files, extra, raws, unreadable) \
+            if quarantine is not None else None
         table = _select(combined, quarantined + blank > 0, start, end, model_version)
     finally:
         for name in ("res", "lines", "src"):
@@ -158,7 +175,28 @@ def load_logs(
         files=files,
         quarantine_path=written,
         warnings=warnings,
+        unreadable_files=[{"source": files[index], "error": error} for index, error in sorted(unreadable.items())],
     )
+
+
+def _readable(index: int, source: str, check: Any, unreadable: dict[int, str]) -> Any:
+    """`check(source)`, or False with the file recorded in `unreadable` when reading it fails."""
+    try:
+        return check(source)
+    except _UNREADABLE as err:
+        unreadable[index] = _clip(f"{type(err).__name__}: {err}")
+        return False
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _no_rows() -> pa.Table:
+    """The validated-rows table with no rows (every file was unreadable)."""
+    extra = [("__file", pa.int32()), ("__line", pa.int64()), ("__nbytes", pa.int64()), ("__reason", pa.string()),
+             ("__message", pa.string()), ("__raw", pa.string())]
+    return pa.schema([*LOG_SCHEMA, *extra]).empty_table()
 
 
 def load_window(
@@ -211,6 +249,7 @@ def log_stats(result: LoadResult) -> dict[str, Any]:
         "quarantined": result.quarantined,
         "reasons": dict(result.reasons),
         "files": len(result.files),
+        "unreadable_files": len(result.unreadable_files),
     }
 
 
@@ -236,9 +275,19 @@ def _load_jsonl(
     mapping: dict[str, str],
     extra: list[Quarantined],
     warnings: list[str],
-) -> pa.Table:
-    """All JSONL files in one DuckDB query over their lines."""
-    lines = _batches(pa.concat_tables([jsonl_lines(index, source, logs, extra) for index, source in files]))
+    unreadable: dict[int, str],
+) -> pa.Table | None:
+    """All JSONL files in one DuckDB query over their lines (None when none of them could be read)."""
+    tables = []
+    for index, source in files:
+        found: list[Quarantined] = []
+        table = _readable(index, source, lambda name: jsonl_lines(index, name, logs, found), unreadable)
+        if table is not False:
+            tables.append(table)
+            extra.extend(found)
+    if not tables:
+        return None
+    lines = _batches(pa.concat_tables(tables))
     plans, paths = line_plans(mapping)
     con.register("lines", lines)
     try:
@@ -324,11 +373,16 @@ def _load_parquet(
     mapping: dict[str, str],
     extra: list[Quarantined],
     raws: list[pa.Table],
+    unreadable: dict[int, str],
 ) -> list[pa.Table]:
     """Parquet files, one DuckDB query per distinct schema (daily parts of one writer: one query)."""
     groups: list[tuple[pa.Schema, list[str], list[pa.Table]]] = []
     for index, source in files:
-        table = _read_parquet(index, source, logs, extra)
+        found: list[Quarantined] = []
+        table = _readable(index, source, lambda name: _read_parquet(index, name, logs, found), unreadable)
+        if table is False:
+            continue
+        extra.extend(found)
         for schema, names, tables in groups:
             if schema.equals(table.schema):
                 names.append(source)
@@ -435,24 +489,27 @@ def _select(
 
 
 def _write_quarantine(
-    con: duckdb.DuckDBPyConnection, path: Path, files: list[str], extra: list[Quarantined], raws: list[pa.Table]
+    con: duckdb.DuckDBPyConnection, path: Path, files: list[str], extra: list[Quarantined], raws: list[pa.Table],
+    unreadable: dict[int, str],
 ) -> Path:
+    """Rejected rows, then one entry per unreadable file (line null, reason unreadable_file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     raw_schema = pa.schema([("__file", pa.int32()), ("__line", pa.int64()), ("raw", pa.string())])
     parquet_raws = pa.concat_tables([raw.cast(raw_schema) for raw in raws]) if raws else raw_schema.empty_table()
     con.register("parquet_raws", parquet_raws)
     names = pa.table({"idx": pa.array(range(len(files)), pa.int32()), "source": pa.array(files, pa.string())})
     con.register("file_names", names)
+    set_aside = sorted(unreadable.items())
     con.register(
         "extra_rows",
         pa.table(
             {
-                "__file": pa.array([item.file for item in extra], pa.int32()),
-                "__line": pa.array([item.line for item in extra], pa.int64()),
-                "__reason": pa.array([item.reason for item in extra], pa.string()),
-                "__message": pa.array([item.message for item in extra], pa.string()),
-                "__nbytes": pa.array([item.nbytes for item in extra], pa.int64()),
-                "__raw": pa.array([item.raw for item in extra], pa.string()),
+                "__file": pa.array([item.file for item in extra] + [index for index, _ in set_aside], pa.int32()),
+                "__line": pa.array([item.line for item in extra] + [None] * len(set_aside), pa.int64()),
+                "__reason": pa.array([item.reason for item in extra] + ["unreadable_file"] * len(set_aside), pa.string()),
+                "__message": pa.array([item.message for item in extra] + [error for _, error in set_aside], pa.string()),
+                "__nbytes": pa.array([item.nbytes for item in extra] + [_size(files[i]) for i, _ in set_aside], pa.int64()),
+                "__raw": pa.array([item.raw for item in extra] + [""] * len(set_aside), pa.string()),
             }
         ),
     )
@@ -470,3 +527,10 @@ def _write_quarantine(
         for name in ("file_names", "extra_rows", "parquet_raws"):
             con.unregister(name)
     return path
+
+
+def _size(source: str) -> int | None:
+    try:
+        return os.path.getsize(source) if not is_remote(source) else None
+    except OSError:
+        return None

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from flows.retraining import quarterly_retraining, resolve_window
+from flows.retraining import quarterly_retraining
 from tasks.config import load_settings
 from tasks.registry import Registry
 from tasks.simulate import simulate
@@ -138,11 +138,8 @@ def test_a_change_to_pii_reruns_masking_and_what_it_changes_but_not_extraction(c
     assert back["dataset"]["outputs"]["train"]["sha256"] == manifest["dataset"]["outputs"]["train"]["sha256"]
 
 
-def test_window_forms() -> None:
-    from datetime import datetime, timezone
-
-    assert resolve_window("2026-Q1")[2] == "2026-Q1"
-    assert resolve_window(None, now=datetime(2026, 2, 10, tzinfo=timezone.utc))[2] == "2025-Q4"
-    assert resolve_window("all")[:2] == (None, None)
-    with pytest.raises(ValueError):
-        resolve_window("2026-Q5")
+def test_a_reversed_window_fails_before_any_side_effect(tmp_path: Path) -> None:
+    workspace = tmp_path / "ws"
+    with pytest.raises(ValueError, match="2026-04-20..2026-01-05"):
+        quarterly_retraining(window="2026-04-20..2026-01-05", workspace=str(workspace))
+    assert not (workspace / "cycles").exists() and not (workspace / "mlflow.db").exists()

@@ -13,6 +13,7 @@ Which adapters production serves is tasks/served.py's question; this module only
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -130,20 +131,84 @@ class LocalGenerator:
         return self.active if self.active else f"base@{self.base_digest[:12]}"
 
     def load_adapter(self, name: str, path: Path) -> None:
+        """Load the LoRA adapter in `path` beside the others as `name`. The files are checked before peft
+        touches the model (readable, finite weights, shapes that fit this base), and a load that fails
+        anyway is undone: a bad adapter raises ModelError and leaves the loaded ones as they were."""
         from peft import PeftModel
 
         path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json (expected a LoRA adapter directory)")
         if name in self.adapters:
             raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
-        if self._model is self._base:
-            self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
-        else:
-            self._model.load_adapter(str(path), adapter_name=name)
+        self._check_adapter(name, path)
+        first = self._model is self._base
+        try:
+            if first:
+                self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+            else:
+                self._model.load_adapter(str(path), adapter_name=name)
+        except Exception as err:
+            self._undo_load(name, first)
+            raise ModelError(f"adapter {name!r} from {path} could not be loaded: {type(err).__name__}: {err}") from None
         self._model.eval()
         self.adapters[name] = path
         self.use(self.active)
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove a loaded adapter and free its weights; the bare base serves if it was the active one."""
+        if name not in self.adapters:
+            raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)})")
+        del self.adapters[name]
+        if self.active == name:
+            self.active = None
+        if self.adapters:
+            self._model.delete_adapter(name)
+            self._model.set_adapter(self.active or next(iter(self.adapters)))
+        else:  # peft cannot hold zero adapters: take its layers out of the base again
+            self._model.unload()
+            self._model = self._base
+
+    def _check_adapter(self, name: str, path: Path) -> None:
+        import torch
+        from safetensors.torch import load_file
+
+        weights_file = path / "adapter_model.safetensors"
+        if not (path / "adapter_config.json").is_file() or not weights_file.is_file():
+            raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json + adapter_model.safetensors "
+                             "(expected a LoRA adapter directory)")
+        try:
+            json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+            weights = load_file(str(weights_file))
+        except Exception as err:
+            raise ModelError(f"adapter {name!r}: {path} is unreadable ({type(err).__name__}: {err})") from None
+        for key, tensor in weights.items():
+            if not torch.isfinite(tensor).all():
+                raise ModelError(f"adapter {name!r}: {key} in {weights_file} holds NaN or infinite values")
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_path = key.removeprefix("base_model.model.").split(".lora_")[0]
+            try:
+                module = self._base.get_submodule(module_path)
+            except AttributeError:
+                raise ModelError(f"adapter {name!r} was made for another base model: this one has no {module_path}") from None
+            want = getattr(module, "in_features", None) if ".lora_A." in key else getattr(module, "out_features", None)
+            got = tensor.shape[1] if ".lora_A." in key else tensor.shape[0]
+            if want is not None and got != want:
+                raise ModelError(f"adapter {name!r} was made for another base model: {module_path} takes {want} "
+                                 f"features here, the adapter {got}")
+
+    def _undo_load(self, name: str, first: bool) -> None:
+        """Take a half-loaded adapter out again (peft may have added its layers before failing)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not first:
+            if name in getattr(self._model, "peft_config", {}):
+                self._model.delete_adapter(name)
+            return
+        for module_name, module in list(self._base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = module_name.rpartition(".")
+                setattr(self._base.get_submodule(parent_name) if parent_name else self._base, child, module.get_base_layer())
+        self._model = self._base
 
     def use(self, name: str | None) -> None:
         if name is not None and name not in self.adapters:
@@ -161,7 +226,10 @@ class LocalGenerator:
         max_new_tokens: int | None = None,
         seed: int | None = None,
         top_p: float = 1.0,
+        template: bool = True,
     ) -> list[list[str]]:
+        """`n` answers per prompt. `template=False` continues each prompt as given (an OpenAI-style
+        completion of text already in the prompt template) instead of wrapping it in the template."""
         import torch
 
         if n < 1:
@@ -172,8 +240,9 @@ class LocalGenerator:
         max_new = max_new_tokens or self.max_new_tokens
         sample = temperature > 0
         if not sample and len(set(prompts)) < len(prompts):  # greedy: a repeated prompt is answered once
-            return _answer_each_once(self.generate, prompts, n=n, max_new_tokens=max_new, seed=seed, memo={})
-        texts = [format_prompt(p) for p in prompts]
+            return _answer_each_once(functools.partial(self.generate, template=template), prompts, n=n,
+                                     max_new_tokens=max_new, seed=seed, memo={})
+        texts = [format_prompt(p) for p in prompts] if template else prompts
         # Similar lengths batch together (less padding); results go back in the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[list[str]] = [[] for _ in texts]

@@ -459,11 +459,27 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
     """Run one Registry method; its rule violations are a 'no' (exit 1), not a crash."""
     from tasks.registry import Registry, RegistryRuleError
 
-    registry = Registry(settings_for(config, workspace))
+    settings = settings_for(config, workspace)
+    registry = Registry(settings)
     try:
-        return getattr(registry, action)(*args, **kwargs)
+        result = getattr(registry, action)(*args, **kwargs)
     except RegistryRuleError as refused:
         raise check_failed(str(refused)) from None
+    return tell_server(settings, result) if action in ALIAS_MOVES else result
+
+
+ALIAS_MOVES = ("promote", "rollback", "review")  # registry calls that may change what the model server serves
+
+
+def tell_server(settings: Settings, result: dict) -> dict:
+    """After an alias move: ask the model server at serving.url to reload now (it polls anyway)."""
+    from serving.notify import describe, reload_server
+
+    reloaded = reload_server(settings)
+    if reloaded is None:
+        return result
+    print(describe(reloaded), file=sys.stderr)
+    return {**result, "server": reloaded}
 
 
 @registry_app.command("status")
@@ -597,6 +613,44 @@ def retrain(
     emit(result, as_json, table(rows))
     if not result["passed"]:
         raise check_failed(result.get("stopped") or "the canary failed its evaluation gate (see 06_eval/report.md)")
+
+
+# ---------------------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: serving.host, 127.0.0.1]. Any "
+                                                "other than loopback exposes the server; its admin endpoints then "
+                                                "need $FLYWHEEL_ADMIN_TOKEN set, else they are off.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on [default: serving.port, 8000].")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local: the base model and LoRA adapters in this process; "
+                                                   "vllm: a gateway to the vLLM server at --upstream "
+                                                   "[default: serving.backend].")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="With --backend vllm: the vLLM OpenAI server, e.g. "
+                                                    "http://127.0.0.1:8001 [default: serving.upstream].")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Print a line per request.")] = True,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Serve the model until stopped: the registry's champion (the bare base before the first promotion)
+    on POST /generate and the OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/models;
+    POST /feedback; GET /healthz, /readyz, /metrics. Every answered request is logged into the
+    workspace's daily log files (what `flywheel monitor` reads); champion and canary follow the registry
+    (polled every serving.poll_s, at once on POST /admin/reload) and swap without failing a request.
+    Ctrl-C or SIGTERM stops it gracefully: requests in flight finish and every log record is written.
+    Other knobs are in the config's serving section (configs/default.yaml)."""
+    from tasks.base_model import ModelError
+
+    from serving.server import serve as run_server
+
+    settings = settings_for(config, workspace, **{"serving.host": host, "serving.port": port,
+                                                  "serving.backend": backend, "serving.upstream": upstream})
+    try:
+        run_server(settings, host=settings.serving.host, port=settings.serving.port, access_log=access_log)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
 
 
 # ---------------------------------------------------------------------------------------- stack

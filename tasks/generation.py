@@ -29,11 +29,12 @@ from tasks.base_model import EOS_TOKEN, ModelError, format_prompt, model_digest,
 from tasks.config import Settings
 
 # Text a completion never legitimately contains: where a model runs past its answer into a new turn.
-_TURN_MARKER = "\n###"
+TURN_MARKER = "\n###"
 
 
-def _clean_completion(text: str) -> str:
-    cut = text.find(_TURN_MARKER)
+def clean_completion(text: str) -> str:
+    """A model's raw continuation cut to its answer: up to the next turn, without EOS, stripped."""
+    cut = text.find(TURN_MARKER)
     if cut >= 0:
         text = text[:cut]
     return text.replace(EOS_TOKEN, "").strip()
@@ -266,7 +267,7 @@ class LocalGenerator:
                     kwargs.update(temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=n)
                 out = self._model.generate(**enc, **kwargs)
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
-                decoded = [_clean_completion(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+                decoded = [clean_completion(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
                 per = n if sample else 1
                 for j, i in enumerate(chunk):
                     got = decoded[j * per:(j + 1) * per]
@@ -389,12 +390,12 @@ class OpenAICompatibleGenerator:
                 path = "/chat/completions"
             else:
                 body["prompt"] = format_prompt(prompt)
-                body["stop"] = [_TURN_MARKER]
+                body["stop"] = [TURN_MARKER]
                 path = "/completions"
             answer = self._request("POST", path, body)
             choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
             texts = [
-                _clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", ""))
+                clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", ""))
                 for c in choices
             ]
             if not texts:
@@ -408,7 +409,7 @@ class OpenAICompatibleGenerator:
                 if seed is not None:
                     body["seed"] = seed + index + 7919 * len(texts)
                 more = self._request("POST", path, body).get("choices", [])
-                texts.extend(_clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", "")) for c in more)
+                texts.extend(clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", "")) for c in more)
             return texts[:n]
 
         items = list(enumerate(prompts))

@@ -465,21 +465,15 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
         result = getattr(registry, action)(*args, **kwargs)
     except RegistryRuleError as refused:
         raise check_failed(str(refused)) from None
-    return tell_server(settings, result) if action in ALIAS_MOVES else result
+    if action in ALIAS_MOVES:  # the model server at serving.url follows at once (it polls anyway)
+        from serving.notify import tell_server
+
+        reloaded = tell_server(settings, say=lambda line: print(line, file=sys.stderr))
+        result = {**result, "server": reloaded} if reloaded is not None else result
+    return result
 
 
 ALIAS_MOVES = ("promote", "rollback", "review")  # registry calls that may change what the model server serves
-
-
-def tell_server(settings: Settings, result: dict) -> dict:
-    """After an alias move: ask the model server at serving.url to reload now (it polls anyway)."""
-    from serving.notify import describe, reload_server
-
-    reloaded = reload_server(settings)
-    if reloaded is None:
-        return result
-    print(describe(reloaded), file=sys.stderr)
-    return {**result, "server": reloaded}
 
 
 @registry_app.command("status")
@@ -660,19 +654,24 @@ def serve(
 def stack_up(
     port: Annotated[int, typer.Option(help="Prefect server port (UI and API).")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    serve_port: Annotated[int, typer.Option(help="Model server port (`flywheel serve`); 0: do not start it. It starts "
+                                            "when the workspace has a base model.")] = 8000,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a Prefect server, the flywheel-pool worker and an MLflow server on this machine, and
-    deploy prefect.yaml (run from the repository root). Flows run by the worker, and `flywheel`
+    """Start a Prefect server, the flywheel-pool worker, an MLflow server and the model server (`flywheel
+    serve` on --serve-port, when the workspace has a base model) on this machine, and deploy prefect.yaml
+    (run from the repository root). Flows run by the worker, and `flywheel`
     commands in a shell with the printed exports, use the MLflow server. Stop them with `flywheel
     stack down`."""
     from flows.local_stack import start_local_stack
 
     settings = settings_for(config, workspace)
-    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config)
+    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
+                                serve_port=serve_port or None)
     emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
+                                  ("model server", started["model_server"]),
                                   ("logs", started["logs"]),
                                   ("in your shell", f"export PREFECT_API_URL={started['prefect_api']} "
                                                     f"FLYWHEEL_CONFIG={started['env']['FLYWHEEL_CONFIG']}")]))

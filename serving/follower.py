@@ -48,6 +48,7 @@ class RegistryFollower:
         self.errors: dict[str, str] = {}  # alias -> why its wanted version is not served
         self.last_error: str | None = None  # the last registry read that failed
         self._failed: dict[str, str] = {}  # adapter name -> load error (not retried until asked)
+        self._reload = False  # this sync was asked for (POST /admin/reload), not a poll
         self._registry: Registry | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -63,8 +64,10 @@ class RegistryFollower:
 
     def sync(self, *, retry_failed: bool = False) -> dict[str, Any]:
         """Read the aliases and swap what moved. Returns {routes: {alias: model_version}, changed: [...],
-        errors: {alias: why}}; `retry_failed` tries versions that failed to load before again."""
+        errors: {alias: why}}. `retry_failed` (a reload) tries versions that failed to load before again and,
+        in front of vLLM, loads the routed adapters there again (a restarted vLLM has forgotten them)."""
         with self._lock:
+            self._reload = retry_failed
             if retry_failed:
                 self._failed.clear()
             try:
@@ -109,13 +112,13 @@ class RegistryFollower:
         if version is None:  # no champion: the bare base serves routed traffic
             return Route(CHAMPION, None, self.router.base.model_version) if alias == CHAMPION else None
         name = adapter_name(version)
-        if current is not None and current.adapter == name:
+        if current is not None and current.adapter == name and not (self._reload and self.backend.kind == "vllm"):
             return current
         if name in self._failed:
             errors[alias] = self._failed[name]
             return current
         try:
-            if not self.router.keep_if_loaded(name):
+            if not self.router.keep_if_loaded(name) or current is not None and current.adapter == name:
                 self._load(version, name)
         except Exception as err:
             reason = f"{name} could not be loaded: {err}" if isinstance(err, ModelError) else \

@@ -12,7 +12,7 @@ import json
 import os
 import urllib.error
 import urllib.request
-from typing import Any
+from typing import Any, Callable
 
 from tasks.config import Settings
 
@@ -52,3 +52,11 @@ def describe(reloaded: dict[str, Any] | None) -> str | None:
         return f"model server at {reloaded['url']}: not reloaded: {problem}"
     routes = ", ".join(f"{alias} {version}" for alias, version in reloaded.get("routes", {}).items())
     return f"model server reloaded: {routes}"
+
+
+def tell_server(settings: Settings, say: Callable[[str], Any] = print) -> dict[str, Any] | None:
+    """`reload_server`, saying what happened in one line; None (and nothing said) without serving.url."""
+    reloaded = reload_server(settings)
+    if reloaded is not None:
+        say(describe(reloaded))
+    return reloaded

@@ -111,6 +111,7 @@ def start_server(tmp_path_factory):
     import sys
     import time
     import urllib.request
+    from pathlib import Path
 
     import yaml
 
@@ -132,7 +133,7 @@ def start_server(tmp_path_factory):
             proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-c", str(config), "--port", str(port)],
                                     cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                     env={**os.environ, **(env or {})})
-        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log, root / "ws")
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log, Path(values["paths"]["workspace"]))
         started.append(server)
         deadline = time.monotonic() + ready_timeout_s
         while True:

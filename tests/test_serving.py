@@ -321,3 +321,52 @@ def test_sigterm_during_traffic_loses_no_log_record(start_server, tiny_base_mode
     assert len(answered) >= 20
     assert sorted(ids) == sorted(answered), "every answered request has exactly one log record"
     assert "Application shutdown complete" in server.output()
+
+
+@pytest.mark.slow
+def test_serve_explains_every_option_and_refuses_without_a_model(tmp_path: Path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    shown = runner.invoke(app, ["serve", "--help"], terminal_width=200)
+    assert shown.exit_code == 0
+    for option in ("--host", "--port", "--backend", "--upstream", "--access-log", "--config", "--workspace"):
+        line = next(line for line in shown.stdout.splitlines() if option in line)
+        assert len(line.split(option, 1)[1].strip()) > 10, f"{option} has no explanation"
+    refused = runner.invoke(app, ["serve", "-w", str(tmp_path)])
+    assert refused.exit_code == 2 and "flywheel model bootstrap" in refused.output
+    import subprocess
+    import sys
+
+    from tasks.config import REPO_ROOT
+
+    wrong = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "-w", str(tmp_path), "--backend", "vllm"],
+                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert wrong.returncode == 2 and "serving: Value error, backend vllm needs upstream" in wrong.stderr
+
+
+def test_late_feedback_is_joined_by_request_id_latest_first(tmp_path: Path) -> None:
+    """The log store's rules for feedback events written after their records (tasks/logs/feedback.py)."""
+    from datetime import datetime, timedelta, timezone
+
+    from tasks.logs import LogWriter
+
+    at = datetime(2026, 3, 2, 23, 58, tzinfo=timezone.utc)
+    with LogWriter(tmp_path / "logs") as writer:
+        writer.append([{"request_id": f"r{i}", "ts": at, "user_id": "u", "prompt": "p", "response": "a",
+                        "model_version": "v1", **({"feedback": 1} if i == 2 else {})} for i in range(3)])
+        writer.append_feedback([  # out of order on purpose, and across midnight
+            {"request_id": "r0", "ts": at + timedelta(minutes=5), "feedback": 1},
+            {"request_id": "r0", "ts": at + timedelta(minutes=1), "feedback": -1, "correction": "It is 20 euros."},
+            {"request_id": "r2", "ts": at + timedelta(minutes=1), "feedback": -1},
+            {"request_id": "gone", "ts": at, "feedback": -1},
+        ])
+    (tmp_path / "logs" / "2026-03-03.feedback.jsonl").open("a").write('{"request_id": "r1", "feedback": 2}\n')
+    result = load_logs([str(tmp_path / "logs")], load_settings(None).logs)
+    rows = {r["request_id"]: (r["feedback"], r["correction"]) for r in result.table.to_pylist()}
+    assert rows == {"r0": (1, "It is 20 euros."), "r1": (None, None), "r2": (-1, None)}
+    assert result.summary()["feedback"] == {"files": 2, "events": 4, "rejected": 1, "applied": 2, "unmatched": 1}
+    assert any("2026-03-03.feedback.jsonl:2" in w for w in result.warnings)
+    assert result.read == 3 and result.files == [str(tmp_path / "logs" / "2026-03-02.jsonl")]

@@ -152,15 +152,19 @@ def test_hot_swaps_under_load_fail_no_request(start_server, tiny_base_model, ada
                            "serving": {"poll_s": 0.2, "capture_flush_s": 0.2, "url": None}}, name="swap")
     assert server.call("GET", "/readyz")[1]["routes"] == {"champion": f"v{v1}", "canary": f"v{v2}"}
     assert server.call("POST", "/generate", {"prompt": PROMPTS[0], "model": "canary"})[1]["model_version"] == f"v{v2}"
-    notify = store.settings.model_copy(update={"serving": store.settings.serving.model_copy(update={"url": server.url})})
+    cli_config = tmp_path / "cli.yaml"  # what an operator's config says: the registry and where the server is
+    cli_config.write_text(f"registry: {{model_name: swap}}\nserving: {{url: '{server.url}'}}\n", encoding="utf-8")
 
     with Traffic(server) as traffic:
         traffic.wait_for(f"v{v1}")
-        # promote, then the reload `flywheel promote` sends when serving.url is set
-        store.registry.promote(v2)
-        from serving.notify import reload_server
+        # `flywheel promote` moves the alias and, as serving.url is set, has the server reload at once
+        from typer.testing import CliRunner
 
-        reloaded = reload_server(notify)
+        from flows.cli import app
+
+        promoted = CliRunner().invoke(app, ["promote", v2, "-c", str(cli_config), "-w", str(tmp_path / "ws"), "--json"])
+        assert promoted.exit_code == 0, promoted.output
+        reloaded = json.loads(promoted.stdout.strip().splitlines()[-1])["server"]
         assert reloaded["ok"] and reloaded["routes"] == {"champion": f"v{v2}"}, reloaded
         traffic.wait_for(f"v{v2}")
         # a rollback nobody announces: the server sees it at its next poll

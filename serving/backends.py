@@ -70,8 +70,10 @@ class LocalBackend:
         yield completion
 
     def load(self, name: str, path: Path) -> None:
-        """Load beside the others (waits for the batch in progress); ModelError if it cannot be."""
-        self.batcher.run(lambda generator: generator.load_adapter(name, Path(path))).result()
+        """Load beside the others; ModelError if it cannot be. The files are read and checked here, in the
+        caller's thread; only peft's part waits for the batch in progress."""
+        self.generator.check_adapter(name, Path(path))
+        self.batcher.run(lambda generator: generator.load_adapter(name, Path(path), checked=True)).result()
 
     def unload(self, name: str) -> None:
         """Unload after the batch in progress; returns at once."""

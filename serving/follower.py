@@ -49,6 +49,7 @@ class RegistryFollower:
         self.last_error: str | None = None  # the last registry read that failed
         self._failed: dict[str, str] = {}  # adapter name -> load error (not retried until asked)
         self._reload = False  # this sync was asked for (POST /admin/reload), not a poll
+        self._adapters: dict[str, Any] = {}  # version -> ServedAdapter, resolved once
         self._registry: Registry | None = None
         self._lock = threading.Lock()
         self._stop = threading.Event()
@@ -131,7 +132,8 @@ class RegistryFollower:
         return Route(alias, name, name)
 
     def _load(self, version: str, name: str) -> None:
-        adapter = served_adapter(self._registry, version)
+        adapter = self._adapters.get(version) or served_adapter(self._registry, version)
+        self._adapters[version] = adapter  # a version's files never change: a rollback finds them at once
         ours = self.backend.base_digest
         if adapter.base_digest and ours and adapter.base_digest != ours:
             raise ModelError(f"it was trained on base {adapter.base_digest[:12]}, this server serves base {ours[:12]}")

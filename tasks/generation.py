@@ -131,16 +131,17 @@ class LocalGenerator:
     def model_version(self) -> str:
         return self.active if self.active else f"base@{self.base_digest[:12]}"
 
-    def load_adapter(self, name: str, path: Path) -> None:
+    def load_adapter(self, name: str, path: Path, *, checked: bool = False) -> None:
         """Load the LoRA adapter in `path` beside the others as `name`. The files are checked before peft
-        touches the model (readable, finite weights, shapes that fit this base), and a load that fails
+        touches the model (`check_adapter`; `checked=True`: the caller just did), and a load that fails
         anyway is undone: a bad adapter raises ModelError and leaves the loaded ones as they were."""
         from peft import PeftModel
 
         path = Path(path)
         if name in self.adapters:
             raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
-        self._check_adapter(name, path)
+        if not checked:
+            self.check_adapter(name, path)
         first = self._model is self._base
         try:
             if first:
@@ -168,7 +169,10 @@ class LocalGenerator:
             self._model.unload()
             self._model = self._base
 
-    def _check_adapter(self, name: str, path: Path) -> None:
+    def check_adapter(self, name: str, path: Path) -> None:
+        """ModelError unless `path` holds a LoRA adapter this base can load: both files there and readable,
+        finite weights, every adapted module present with the shapes the weights need. Reads the files
+        and the base's module shapes only, so it may run beside generation in another thread."""
         import torch
         from safetensors.torch import load_file
 

@@ -248,8 +248,7 @@ def swap_phase(server: Server, values: dict, versions: list[str], clients: int, 
 
     settings = load_settings(None, {"paths.workspace": values["paths"]["workspace"],
                                     "registry.model_name": values["registry"]["model_name"],
-                                    "serving.url": server.url, **({"model.base": values["model"]["base"]}
-                                                                  if "model" in values else {})})
+                                    "serving.url": server.url})
     registry = Registry(settings)
     v1, v2 = versions
     load = Clients(server, clients, questions, max_tokens, seed=99)

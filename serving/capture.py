@@ -65,8 +65,10 @@ class Capture:
 
     async def record(self, record: LogRecord) -> bool:
         """Queue an answered request's record; False when the queue stayed full (answer 503 then)."""
-        self._remember(record.request_id)
-        return await self._put(record) if self.enabled else True
+        queued = await self._put(record) if self.enabled else True
+        if queued:
+            self._remember(record.request_id)
+        return queued
 
     def knows(self, request_id: str) -> bool:
         return request_id in self._answered

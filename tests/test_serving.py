@@ -370,3 +370,21 @@ def test_late_feedback_is_joined_by_request_id_latest_first(tmp_path: Path) -> N
     assert result.summary()["feedback"] == {"files": 2, "events": 4, "rejected": 1, "applied": 2, "unmatched": 1}
     assert any("2026-03-03.feedback.jsonl:2" in w for w in result.warnings)
     assert result.read == 3 and result.files == [str(tmp_path / "logs" / "2026-03-02.jsonl")]
+
+
+def test_the_stack_points_its_flows_at_its_model_server(tmp_path: Path, tiny_base_model: Path) -> None:
+    """`flywheel stack up` writes serving.url into the stack's config (so rollback and review tell the server)
+    and starts the model server only when there is a base model to serve."""
+    import yaml
+
+    from flows.local_stack import _nothing_to_serve, stack_env
+
+    env = stack_env(tmp_path / "ws", mlflow_port=5123, serve_port=8123)
+    stacked = load_settings(Path(env["FLYWHEEL_CONFIG"]))
+    assert stacked.serving.url == "http://127.0.0.1:8123" and stacked.registry.tracking_uri == "http://127.0.0.1:5123"
+    assert "flywheel model bootstrap" in _nothing_to_serve(Path(env["FLYWHEEL_CONFIG"]))
+    mine = tmp_path / "mine.yaml"
+    mine.write_text(yaml.safe_dump({"model": {"base": str(tiny_base_model)}, "serving": {"url": "http://gpu-box:8000"}}))
+    env = stack_env(tmp_path / "ws", config=mine, serve_port=8123)
+    assert load_settings(Path(env["FLYWHEEL_CONFIG"])).serving.url == "http://gpu-box:8000"  # a configured one stays
+    assert _nothing_to_serve(Path(env["FLYWHEEL_CONFIG"])) is None

@@ -530,11 +530,21 @@ def registry_call(config: Path | None, workspace: Path | None, action: str, *arg
     version, a blank reviewer: RegistryInputError, a ValueError) exits 2 through main()."""
     from tasks.registry import Registry, RegistryRuleError
 
-    registry = Registry(settings_for(config, workspace))
+    settings = settings_for(config, workspace)
+    registry = Registry(settings)
     try:
-        return getattr(registry, action)(*args, **kwargs)
+        result = getattr(registry, action)(*args, **kwargs)
     except RegistryRuleError as refused:
         raise check_failed(str(refused)) from None
+    if action in ALIAS_MOVES:  # the model server at serving.url follows at once (it polls anyway)
+        from serving.notify import tell_server
+
+        reloaded = tell_server(settings, say=lambda line: print(line, file=sys.stderr))
+        result = {**result, "server": reloaded} if reloaded is not None else result
+    return result
+
+
+ALIAS_MOVES = ("promote", "rollback", "review")  # registry calls that may change what the model server serves
 
 
 @registry_app.command("status")
@@ -690,6 +700,44 @@ def retrain(
         raise check_failed(result.get("stopped") or "the canary failed its evaluation gate (see 06_eval/report.md)")
 
 
+# ---------------------------------------------------------------------------------------- serve
+
+
+@app.command()
+def serve(
+    host: Annotated[Optional[str], typer.Option(help="Address to listen on [default: serving.host, 127.0.0.1]. Any "
+                                                "other than loopback exposes the server; its admin endpoints then "
+                                                "need $FLYWHEEL_ADMIN_TOKEN set, else they are off.")] = None,
+    port: Annotated[Optional[int], typer.Option(help="Port to listen on [default: serving.port, 8000].")] = None,
+    backend: Annotated[Optional[str], typer.Option(help="local: the base model and LoRA adapters in this process; "
+                                                   "vllm: a gateway to the vLLM server at --upstream "
+                                                   "[default: serving.backend].")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="With --backend vllm: the vLLM OpenAI server, e.g. "
+                                                    "http://127.0.0.1:8001 [default: serving.upstream].")] = None,
+    access_log: Annotated[bool, typer.Option("--access-log/--no-access-log", help="Print a line per request.")] = True,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Serve the model until stopped: the registry's champion (the bare base before the first promotion)
+    on POST /generate and the OpenAI-compatible /v1/chat/completions, /v1/completions and /v1/models;
+    POST /feedback; GET /healthz, /readyz, /metrics. Every answered request is logged into the
+    workspace's daily log files (what `flywheel monitor` reads); champion and canary follow the registry
+    (polled every serving.poll_s, at once on POST /admin/reload) and swap without failing a request.
+    Ctrl-C or SIGTERM stops it gracefully: requests in flight finish and every log record is written.
+    Other knobs are in the config's serving section (configs/default.yaml)."""
+    from tasks.base_model import ModelError
+
+    from serving.server import serve as run_server
+
+    settings = settings_for(config, workspace, **{"serving.host": host, "serving.port": port,
+                                                  "serving.backend": backend, "serving.upstream": upstream})
+    try:
+        run_server(settings, host=settings.serving.host, port=settings.serving.port, access_log=access_log)
+    except ModelError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
+
+
 # ---------------------------------------------------------------------------------------- stack
 
 
@@ -697,19 +745,24 @@ def retrain(
 def stack_up(
     port: Annotated[int, typer.Option(help="Prefect server port (UI and API).")] = 4200,
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
+    serve_port: Annotated[int, typer.Option(help="Model server port (`flywheel serve`); 0: do not start it. It starts "
+                                            "when the workspace has a base model.")] = 8000,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """Start a Prefect server, the flywheel-pool worker and an MLflow server on this machine, and
-    deploy prefect.yaml (run from the repository root). Flows run by the worker, and `flywheel`
+    """Start a Prefect server, the flywheel-pool worker, an MLflow server and the model server (`flywheel
+    serve` on --serve-port, when the workspace has a base model) on this machine, and deploy prefect.yaml
+    (run from the repository root). Flows run by the worker, and `flywheel`
     commands in a shell with the printed exports, use the MLflow server. Stop them with `flywheel
     stack down`."""
     from flows.local_stack import start_local_stack
 
     settings = settings_for(config, workspace)
-    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config)
+    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
+                                serve_port=serve_port or None)
     emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
+                                  ("model server", started["model_server"]),
                                   ("logs", started["logs"]),
                                   ("in your shell", f"export PREFECT_API_URL={started['prefect_api']} "
                                                     f"FLYWHEEL_CONFIG={started['env']['FLYWHEEL_CONFIG']}")]))

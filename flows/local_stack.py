@@ -1,7 +1,9 @@
 """Everything llm-flywheel needs on one machine, started and stopped from Python (the `flywheel stack
 up|down` commands call these): a Prefect server with its UI, the `flywheel-pool` process work pool,
-the deployments of prefect.yaml, a worker for them and an MLflow tracking server whose UI shows the
-registry the flows write.
+the deployments of prefect.yaml, a worker for them, an MLflow tracking server whose UI shows the
+registry the flows write, and the model server (`flywheel serve`, port 8000) serving that registry's
+champion, which the `rollback` and `canary-review` deployments tell to reload (serving.url). The model
+server starts when the workspace has a base model (after `flywheel demo` or `flywheel model bootstrap`).
 
 State lives under the workspace: Prefect's database in <ws>/.prefect (PREFECT_HOME), MLflow's in
 <ws>/mlflow.db and <ws>/mlartifacts (the same store the flows use without a stack), process logs in
@@ -45,7 +47,7 @@ class StackError(RuntimeError):
 
 
 def stack_env(workspace: Path, *, port: int = 4200, mlflow_port: int | None = 5000,
-              config: Path | None = None) -> dict[str, str]:
+              config: Path | None = None, serve_port: int | None = None) -> dict[str, str]:
     """The environment every stack process (and a shell using the stack) runs with."""
     workspace = Path(workspace).resolve()
     env = {
@@ -54,7 +56,7 @@ def stack_env(workspace: Path, *, port: int = 4200, mlflow_port: int | None = 50
         "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
         "DO_NOT_TRACK": "1",
         "MLFLOW_ENABLE_TELEMETRY": "false",
-        "FLYWHEEL_CONFIG": str(_stack_config(workspace, config, mlflow_port)),
+        "FLYWHEEL_CONFIG": str(_stack_config(workspace, config, mlflow_port, serve_port)),
     }
     if mlflow_port:
         env["MLFLOW_UI_URL"] = f"http://127.0.0.1:{mlflow_port}"
@@ -70,14 +72,17 @@ def start_local_stack(
     deployments: Sequence[str] | None = None,
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 120.0,
+    serve_port: int | None = 8000,
 ) -> dict[str, Any]:
-    """Start server, work pool, deployments, worker and (unless mlflow_port is None) MLflow.
+    """Start server, work pool, deployments, worker, (unless mlflow_port is None) MLflow and (unless
+    serve_port is None, or the workspace has no base model to serve) the model server.
 
     `deployments`: names from prefect.yaml to deploy (default: all of them). `config`: a flywheel
     config file; the stack writes <ws>/stack-config.yaml (that file with paths.workspace set to the
     workspace) and gives it to the worker as FLYWHEEL_CONFIG, so deployment runs use this workspace.
-    Returns {prefect_ui, prefect_api, mlflow_ui, pids, logs, env}; raises StackError (and stops
-    whatever it had started) when a part fails or is not healthy within timeout_s.
+    Returns {prefect_ui, prefect_api, mlflow_ui, model_server, pids, logs, env} (model_server: its URL,
+    or a sentence saying why it did not start); raises StackError (and stops whatever it had started)
+    when a part fails or is not healthy within timeout_s.
     """
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
@@ -86,12 +91,14 @@ def start_local_stack(
         raise StackError(f"a stack is already running for {workspace} ({state_path}); stop it first")
     logs = workspace / "stack-logs"
     logs.mkdir(exist_ok=True)
-    env = {**os.environ, **stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config), **(extra_env or {})}
+    env = {**os.environ, **stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config, serve_port=serve_port),
+           **(extra_env or {})}
     prefect = [sys.executable, "-m", "prefect"]
     state: dict[str, Any] = {"workspace": str(workspace), "pids": {}, "logs": {},
                              "prefect_ui": f"http://127.0.0.1:{port}", "prefect_api": env["PREFECT_API_URL"],
-                             "mlflow_ui": env.get("MLFLOW_UI_URL"), "env": stack_env(workspace, port=port,
-                                                                                      mlflow_port=mlflow_port, config=config)}
+                             "mlflow_ui": env.get("MLFLOW_UI_URL"), "model_server": None,
+                             "env": stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config,
+                                              serve_port=serve_port)}
 
     def spawn(name: str, argv: list[str]) -> None:
         log = logs / f"{name}.log"
@@ -116,6 +123,16 @@ def start_local_stack(
         spawn("worker", [*prefect, "worker", "start", "--pool", POOL, "--type", "process"])
         if mlflow_port:
             _wait_healthy(f"{state['mlflow_ui']}/health", deadline, state, "mlflow-server")
+        if serve_port:
+            missing = _nothing_to_serve(Path(env["FLYWHEEL_CONFIG"]))
+            if missing:
+                state["model_server"] = f"not started: {missing}"
+            else:
+                spawn("model-server", [sys.executable, "-m", "flows.cli", "serve", "--port", str(serve_port)])
+                state["model_server"] = f"http://127.0.0.1:{serve_port}"
+                # /healthz answers once the model is loaded and the registry read
+                _wait_healthy(f"{state['model_server']}/healthz", deadline + 120, state, "model-server")
+                state_path.write_text(json.dumps(state, indent=2))
         time.sleep(0.5)
         if not _alive(state["pids"]["worker"]):
             raise StackError(f"the worker exited at start; see {state['logs']['worker']}")
@@ -138,8 +155,8 @@ def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, A
     if not state_path.exists():
         return {"stopped": {}}
     pids: dict[str, int] = json.loads(state_path.read_text())["pids"]
-    order = [n for n in ("worker", "prefect-server", "mlflow-server") if n in pids] + \
-            [n for n in pids if n not in ("worker", "prefect-server", "mlflow-server")]
+    first = ("model-server", "worker", "prefect-server", "mlflow-server")
+    order = [n for n in first if n in pids] + [n for n in pids if n not in first]
     for name in order:
         _signal_group(pids[name], signal.SIGTERM)
     deadline = time.monotonic() + timeout_s
@@ -159,18 +176,36 @@ def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, A
 # ------------------------------------------------------------------------------------- helpers
 
 
-def _stack_config(workspace: Path, config: Path | None, mlflow_port: int | None) -> Path:
+def _stack_config(workspace: Path, config: Path | None, mlflow_port: int | None, serve_port: int | None = None) -> Path:
     """<ws>/stack-config.yaml: `config` with paths.workspace set to the workspace and, when the stack
     runs an MLflow server and the config names no other, registry.tracking_uri set to that server (so
-    flows and rollbacks go through it: a rollback over REST takes under a second)."""
+    flows and rollbacks go through it: a rollback over REST takes under a second); likewise serving.url
+    set to the stack's model server, so promote, approve and rollback tell it to reload."""
     values = yaml.safe_load(Path(config).read_text(encoding="utf-8")) or {} if config else {}
     values.setdefault("paths", {})["workspace"] = str(workspace)
     if mlflow_port and not (values.get("registry") or {}).get("tracking_uri"):
         values.setdefault("registry", {})["tracking_uri"] = f"http://127.0.0.1:{mlflow_port}"
+    if serve_port and not (values.get("serving") or {}).get("url"):
+        values.setdefault("serving", {})["url"] = f"http://127.0.0.1:{serve_port}"
     out = workspace / "stack-config.yaml"
     workspace.mkdir(parents=True, exist_ok=True)
     out.write_text(yaml.safe_dump(values, sort_keys=False), encoding="utf-8")
     return out
+
+
+def _nothing_to_serve(config: Path) -> str | None:
+    """Why the model server cannot start with this config (no base model to load), or None."""
+    from tasks.base_model import ModelError, resolve_base_model
+    from tasks.config import load_settings
+
+    settings = load_settings(config)
+    if settings.serving.backend != "local":
+        return None
+    try:
+        resolve_base_model(settings)
+    except ModelError as err:
+        return str(err)
+    return None
 
 
 def _run(argv: list[str], env: dict[str, str], deadline: float, what: str) -> None:

@@ -23,6 +23,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field
 
+from serving.notify import tell_server
 from tasks.config import Settings, load_settings
 from tasks.report import review_markdown
 from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
@@ -180,8 +181,8 @@ def canary_review(
             result["reason"] = str(err)
         else:
             result.update({"promoted": True, "from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]})
+    result["server"] = tell_server(settings)
     print(f"v{version}: {review['decision']} by {review['reviewer']}"
           + (f" -> champion {result['from'] if result['from'] == BASE else 'v' + result['from']} -> v{result['to']}"
              if result["promoted"] else ""))
     return result
-

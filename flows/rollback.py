@@ -11,6 +11,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from flows.review import mlflow_version_url
+from serving.notify import tell_server
 from tasks.config import Settings, load_settings
 from tasks.registry import BASE, Registry
 
@@ -70,4 +71,4 @@ def rollback(
     moved = move_champion_back(settings, to, reviewer, override_reason)
     publish_rollback(moved, override_reason)
     print(f"champion {_label(moved['from'])} -> {_label(moved['to'])} in {moved['seconds']} s")
-    return {"from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]}
+    return {"from": moved["from"], "to": moved["to"], "seconds": moved["seconds"], "server": tell_server(settings)}

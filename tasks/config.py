@@ -615,6 +615,43 @@ class RampSettings(Section):
         return steps
 
 
+class ServingSettings(Section):
+    """`flywheel serve`: the model server (or vLLM gateway) that writes the production logs (serving/)."""
+
+    host: str = "127.0.0.1"  # another address exposes the server; admin routes then need a token
+    port: int = Field(8000, ge=0, le=65535)
+    # Where `flywheel promote|approve|reject|rollback` (and their flows) POST /admin/reload after moving an
+    # alias, e.g. http://127.0.0.1:8000. Empty: nobody is told; the server still follows by polling.
+    url: str | None = None
+    # local: the base model + LoRA adapters in this process (peft); vllm: a gateway in front of a vLLM
+    # OpenAI server at `upstream` that loads the adapters through its runtime LoRA endpoints.
+    backend: Literal["local", "vllm"] = "local"
+    upstream: str | None = None  # vllm: base URL of the vLLM server, e.g. http://127.0.0.1:8001
+    upstream_model: str | None = None  # vllm: its base model name; empty: the first one GET /v1/models lists
+    upstream_api_key_env: str = "VLLM_API_KEY"  # environment variable with the upstream's bearer token, if any
+    upstream_timeout_s: float = Field(60.0, gt=0)
+    model_name: str = "flywheel"  # the `model` clients send for routed traffic (champion, later canary)
+    follow_registry: bool = True  # false: serve the base and admin-loaded adapters only (a vLLM stand-in)
+    poll_s: float = Field(1.0, gt=0)  # how often the registry's aliases are read
+    max_batch_size: int = Field(32, ge=1)  # requests sharing one generate call (1: batching off)
+    max_wait_ms: float = Field(5.0, ge=0)  # how long the first request of a batch waits for company
+    max_tokens: int = Field(512, ge=1)  # the largest max_tokens a request may ask for
+    max_body_bytes: int = Field(1_048_576, ge=1024)  # larger request bodies are answered 413
+    admin_token_env: str = "FLYWHEEL_ADMIN_TOKEN"  # environment variable holding the admin bearer token
+    log_dir: Path | None = None  # where answered requests are logged; empty: <workspace>/logs (what monitor reads)
+    capture: bool = True  # log every answered request (off only to measure what capture costs)
+    capture_queue: int = Field(10_000, ge=1)  # records waiting for the writer thread; full: requests wait
+    capture_flush_s: float = Field(1.0, gt=0)  # the writer appends what it holds at least this often
+    capture_block_s: float = Field(5.0, gt=0)  # a request waits this long for room in a full queue, then 503
+    feedback_ids: int = Field(200_000, ge=1)  # request ids /feedback accepts: this many of the latest answered
+
+    @model_validator(mode="after")
+    def _gateway_needs_upstream(self) -> ServingSettings:
+        if self.backend == "vllm" and not self.upstream:
+            raise ValueError("backend vllm needs upstream (the vLLM server's URL, e.g. http://127.0.0.1:8001)")
+        return self
+
+
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
@@ -635,6 +672,7 @@ class Settings(Section):
     ramp: RampSettings = Field(default_factory=RampSettings)
     docs: DocsSettings = Field(default_factory=DocsSettings)
     verify: VerifySettings = Field(default_factory=VerifySettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
 
     @property
     def workspace(self) -> Path:

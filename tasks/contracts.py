@@ -42,6 +42,17 @@ class LogRecord(Record):
     metadata: dict[str, Any] = Field(default_factory=dict)
 
 
+
+class FeedbackEvent(Record):
+    """A thumbs up/down (and maybe a correction) given after the answer was logged. The model server
+    writes these beside its log files; the log store joins them onto the LogRecord with the same
+    request_id when it loads (tasks/logs/feedback.py)."""
+
+    request_id: str
+    ts: datetime
+    feedback: Literal[1, -1]
+    correction: str | None = None
+
 # How LogRecords are stored as Parquet and returned by the log store. `metadata` is kept as a JSON
 # string: a free-form dict has no stable Arrow type.
 LOG_SCHEMA = pa.schema(

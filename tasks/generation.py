@@ -13,6 +13,7 @@ Which adapters production serves is tasks/served.py's question; this module only
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import time
@@ -28,11 +29,12 @@ from tasks.base_model import EOS_TOKEN, ModelError, format_prompt, model_digest,
 from tasks.config import Settings
 
 # Text a completion never legitimately contains: where a model runs past its answer into a new turn.
-_TURN_MARKER = "\n###"
+TURN_MARKER = "\n###"
 
 
-def _clean_completion(text: str) -> str:
-    cut = text.find(_TURN_MARKER)
+def clean_completion(text: str) -> str:
+    """A model's raw continuation cut to its answer: up to the next turn, without EOS, stripped."""
+    cut = text.find(TURN_MARKER)
     if cut >= 0:
         text = text[:cut]
     return text.replace(EOS_TOKEN, "").strip()
@@ -129,21 +131,89 @@ class LocalGenerator:
     def model_version(self) -> str:
         return self.active if self.active else f"base@{self.base_digest[:12]}"
 
-    def load_adapter(self, name: str, path: Path) -> None:
+    def load_adapter(self, name: str, path: Path, *, checked: bool = False) -> None:
+        """Load the LoRA adapter in `path` beside the others as `name`. The files are checked before peft
+        touches the model (`check_adapter`; `checked=True`: the caller just did), and a load that fails
+        anyway is undone: a bad adapter raises ModelError and leaves the loaded ones as they were."""
         from peft import PeftModel
 
         path = Path(path)
-        if not (path / "adapter_config.json").is_file():
-            raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json (expected a LoRA adapter directory)")
         if name in self.adapters:
             raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
-        if self._model is self._base:
-            self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
-        else:
-            self._model.load_adapter(str(path), adapter_name=name)
+        if not checked:
+            self.check_adapter(name, path)
+        first = self._model is self._base
+        try:
+            if first:
+                self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+            else:
+                self._model.load_adapter(str(path), adapter_name=name)
+        except Exception as err:
+            self._undo_load(name, first)
+            raise ModelError(f"adapter {name!r} from {path} could not be loaded: {type(err).__name__}: {err}") from None
         self._model.eval()
         self.adapters[name] = path
         self.use(self.active)
+
+    def unload_adapter(self, name: str) -> None:
+        """Remove a loaded adapter and free its weights; the bare base serves if it was the active one."""
+        if name not in self.adapters:
+            raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)})")
+        del self.adapters[name]
+        if self.active == name:
+            self.active = None
+        if self.adapters:
+            self._model.delete_adapter(name)
+            self._model.set_adapter(self.active or next(iter(self.adapters)))
+        else:  # peft cannot hold zero adapters: take its layers out of the base again
+            self._model.unload()
+            self._model = self._base
+
+    def check_adapter(self, name: str, path: Path) -> None:
+        """ModelError unless `path` holds a LoRA adapter this base can load: both files there and readable,
+        finite weights, every adapted module present with the shapes the weights need. Reads the files
+        and the base's module shapes only, so it may run beside generation in another thread."""
+        import torch
+        from safetensors.torch import load_file
+
+        weights_file = path / "adapter_model.safetensors"
+        if not (path / "adapter_config.json").is_file() or not weights_file.is_file():
+            raise ModelError(f"adapter {name!r}: {path} holds no adapter_config.json + adapter_model.safetensors "
+                             "(expected a LoRA adapter directory)")
+        try:
+            json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+            weights = load_file(str(weights_file))
+        except Exception as err:
+            raise ModelError(f"adapter {name!r}: {path} is unreadable ({type(err).__name__}: {err})") from None
+        for key, tensor in weights.items():
+            if not torch.isfinite(tensor).all():
+                raise ModelError(f"adapter {name!r}: {key} in {weights_file} holds NaN or infinite values")
+            if ".lora_A." not in key and ".lora_B." not in key:
+                continue
+            module_path = key.removeprefix("base_model.model.").split(".lora_")[0]
+            try:
+                module = self._base.get_submodule(module_path)
+            except AttributeError:
+                raise ModelError(f"adapter {name!r} was made for another base model: this one has no {module_path}") from None
+            want = getattr(module, "in_features", None) if ".lora_A." in key else getattr(module, "out_features", None)
+            got = tensor.shape[1] if ".lora_A." in key else tensor.shape[0]
+            if want is not None and got != want:
+                raise ModelError(f"adapter {name!r} was made for another base model: {module_path} takes {want} "
+                                 f"features here, the adapter {got}")
+
+    def _undo_load(self, name: str, first: bool) -> None:
+        """Take a half-loaded adapter out again (peft may have added its layers before failing)."""
+        from peft.tuners.tuners_utils import BaseTunerLayer
+
+        if not first:
+            if name in getattr(self._model, "peft_config", {}):
+                self._model.delete_adapter(name)
+            return
+        for module_name, module in list(self._base.named_modules()):
+            if isinstance(module, BaseTunerLayer):
+                parent_name, _, child = module_name.rpartition(".")
+                setattr(self._base.get_submodule(parent_name) if parent_name else self._base, child, module.get_base_layer())
+        self._model = self._base
 
     def use(self, name: str | None) -> None:
         if name is not None and name not in self.adapters:
@@ -161,7 +231,10 @@ class LocalGenerator:
         max_new_tokens: int | None = None,
         seed: int | None = None,
         top_p: float = 1.0,
+        template: bool = True,
     ) -> list[list[str]]:
+        """`n` answers per prompt. `template=False` continues each prompt as given (an OpenAI-style
+        completion of text already in the prompt template) instead of wrapping it in the template."""
         import torch
 
         if n < 1:
@@ -172,8 +245,9 @@ class LocalGenerator:
         max_new = max_new_tokens or self.max_new_tokens
         sample = temperature > 0
         if not sample and len(set(prompts)) < len(prompts):  # greedy: a repeated prompt is answered once
-            return _answer_each_once(self.generate, prompts, n=n, max_new_tokens=max_new, seed=seed, memo={})
-        texts = [format_prompt(p) for p in prompts]
+            return _answer_each_once(functools.partial(self.generate, template=template), prompts, n=n,
+                                     max_new_tokens=max_new, seed=seed, memo={})
+        texts = [format_prompt(p) for p in prompts] if template else prompts
         # Similar lengths batch together (less padding); results go back in the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[list[str]] = [[] for _ in texts]
@@ -197,7 +271,7 @@ class LocalGenerator:
                     kwargs.update(temperature=temperature, top_p=top_p, top_k=0, num_return_sequences=n)
                 out = self._model.generate(**enc, **kwargs)
                 new_tokens = out[:, enc["input_ids"].shape[1]:]
-                decoded = [_clean_completion(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+                decoded = [clean_completion(t) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
                 per = n if sample else 1
                 for j, i in enumerate(chunk):
                     got = decoded[j * per:(j + 1) * per]
@@ -320,12 +394,12 @@ class OpenAICompatibleGenerator:
                 path = "/chat/completions"
             else:
                 body["prompt"] = format_prompt(prompt)
-                body["stop"] = [_TURN_MARKER]
+                body["stop"] = [TURN_MARKER]
                 path = "/completions"
             answer = self._request("POST", path, body)
             choices = sorted(answer.get("choices", []), key=lambda c: c.get("index", 0))
             texts = [
-                _clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", ""))
+                clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", ""))
                 for c in choices
             ]
             if not texts:
@@ -339,7 +413,7 @@ class OpenAICompatibleGenerator:
                 if seed is not None:
                     body["seed"] = seed + index + 7919 * len(texts)
                 more = self._request("POST", path, body).get("choices", [])
-                texts.extend(_clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", "")) for c in more)
+                texts.extend(clean_completion(c["message"]["content"] if self.api == "chat" else c.get("text", "")) for c in more)
             return texts[:n]
 
         items = list(enumerate(prompts))

@@ -9,6 +9,11 @@ base), the demo and the model server ask here instead of building generators of 
     served.generator      # answers as production does (the champion's adapter active)
     served.champion()     # the served model alone, labelled as the registry names it ("v3" / "base@...")
     AdapterView(served.generator, "candidate", "cand")   # another loaded adapter as its own Generator
+
+A long-running server (serving/) follows the registry instead of loading once: `served_versions` reads
+what the `champion` and `canary` aliases name now (over MLflow's REST API against a tracking server,
+without importing mlflow), and `served_adapter` finds a version's adapter files and the base it was
+trained on. No champion alias means the bare base serves.
 """
 
 from __future__ import annotations
@@ -19,9 +24,10 @@ from typing import Any, NamedTuple
 
 from tasks.config import Settings
 from tasks.generation import make_generator
-from tasks.registry import Registry
+from tasks.registry import CANARY, Registry
 
 CHAMPION = "champion"  # the adapter name the registry's champion is loaded under
+ALIASES = (CHAMPION, CANARY)  # the registry aliases production serves
 
 
 class AdapterView:
@@ -78,3 +84,38 @@ def served_generator(settings: Settings, extra_adapters: Mapping[str, Path] | No
         generator.use(CHAMPION)
     description = f"{settings.model.backend} model" + (" + champion adapter" if local and version else "")
     return Served(generator, description, version)
+
+
+class ServedAdapter(NamedTuple):
+    """One registry version's adapter, as a server loads it."""
+
+    version: str
+    name: str  # the adapter's name in a server: "v<version>"
+    path: Path  # a local folder with adapter_config.json + adapter_model.safetensors
+    base_digest: str | None  # the base model it was trained on (registry tag), if recorded
+
+
+def adapter_name(version: str) -> str:
+    """The name a server gives a registry version's adapter: "v3" (also the logs' model_version)."""
+    return f"v{str(version).lstrip('v')}"
+
+
+def served_versions(registry: Registry) -> dict[str, str | None]:
+    """The versions the registry's aliases name now: {"champion": "3", "canary": None}. Both None
+    before anything was registered; a champion of None means the bare base serves."""
+    try:
+        model = registry.alias_client.get_registered_model(registry.name)
+    except Exception as err:  # MlflowException or RegistryHttpError; anything but "no such model" is raised
+        if getattr(err, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            return dict.fromkeys(ALIASES)
+        raise
+    aliases = {alias: str(version) for alias, version in (model.aliases or {}).items()}
+    return {alias: aliases.get(alias) for alias in ALIASES}
+
+
+def served_adapter(registry: Registry, version: str) -> ServedAdapter:
+    """Where `version`'s adapter files are (downloaded once into the workspace when the artifact store is
+    remote) and which base it was trained on."""
+    version = str(version).lstrip("v")
+    tags = registry.alias_client.get_model_version(registry.name, version).tags or {}
+    return ServedAdapter(version, adapter_name(version), registry.adapter_path(version), tags.get("base_digest"))

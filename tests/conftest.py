@@ -50,3 +50,104 @@ def adapter(tmp_path):
     (folder / "adapter_config.json").write_text(json.dumps({"r": 4, "peft_type": "LORA"}), encoding="utf-8")
     (folder / "adapter_model.safetensors").write_bytes(bytes(range(256)) * 4)
     return folder
+
+
+# ------------------------------------------------------------------ serving (tests/test_serving*.py)
+
+
+class ServerProcess:
+    """A `flywheel serve` subprocess on 127.0.0.1 and a small HTTP client for it."""
+
+    def __init__(self, proc, url: str, log, workspace) -> None:
+        self.proc, self.url, self.log, self.workspace = proc, url, log, workspace
+
+    def call(self, method: str, path: str, body=None, *, headers=None, raw: bytes | None = None, timeout: float = 120):
+        """(status, parsed JSON or text, response headers by lower-case name); HTTP errors are returned."""
+        import json
+        import urllib.error
+        import urllib.request
+
+        data = raw if raw is not None else (json.dumps(body).encode() if body is not None else None)
+        request = urllib.request.Request(self.url + path, data=data, method=method,
+                                         headers={"Content-Type": "application/json", **(headers or {})})
+        try:
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                status, payload, got = response.status, response.read(), response.headers
+        except urllib.error.HTTPError as err:
+            status, payload, got = err.code, err.read(), err.headers
+        text = payload.decode("utf-8", errors="replace")
+        got = {name.lower(): value for name, value in got.items()}
+        try:
+            return status, json.loads(text), got
+        except ValueError:
+            return status, text, got
+
+    def stop(self, timeout_s: float = 90.0) -> int:
+        """SIGTERM (the graceful stop) and wait; kill if it hangs. Returns the exit code."""
+        import signal
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        return self.proc.returncode
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+@pytest.fixture(scope="session")
+def start_server(tmp_path_factory):
+    """start(values, name=..., env=...) runs `flywheel serve` with `values` (a config as a dict, laid
+    over the defaults) on a free port and waits until /readyz answers 200; every server still running
+    is stopped at the end of the session."""
+    import json
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+    from pathlib import Path
+
+    import yaml
+
+    from tasks.config import REPO_ROOT
+
+    started: list[ServerProcess] = []
+
+    def start(values: dict, *, name: str = "server", env: dict | None = None, ready_timeout_s: float = 240) -> ServerProcess:
+        root = tmp_path_factory.mktemp(name)
+        values = json.loads(json.dumps(values, default=str))
+        values.setdefault("paths", {}).setdefault("workspace", str(root / "ws"))
+        config = root / "config.yaml"
+        config.write_text(yaml.safe_dump(values), encoding="utf-8")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = root / "server.log"
+        with open(log, "w") as handle:
+            proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-c", str(config), "--port", str(port)],
+                                    cwd=REPO_ROOT, stdout=handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                    env={**os.environ, **(env or {})})
+        server = ServerProcess(proc, f"http://127.0.0.1:{port}", log, Path(values["paths"]["workspace"]))
+        started.append(server)
+        deadline = time.monotonic() + ready_timeout_s
+        while True:
+            try:
+                with urllib.request.urlopen(server.url + "/readyz", timeout=5) as response:
+                    if response.status == 200:
+                        return server
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                server.stop(5)
+                raise RuntimeError(f"{name} did not become ready:\n{server.output()[-3000:]}")
+            time.sleep(0.3)
+
+    yield start
+    for server in started:
+        server.stop(30)

@@ -66,6 +66,12 @@ Validation (one reason per rejected row, checked in this order)
     warning says so, the quarantine file gets one entry for it (``line`` null, reason
     ``unreadable_file``), and the other files load. Its rows are in none of the counts.
 
+Late feedback
+    Files named ``*.feedback.jsonl`` (FeedbackEvent lines: request_id, ts, feedback 1/-1, correction?,
+    written by ``LogWriter.append_feedback`` for the model server's ``/feedback``) are not log rows: the
+    loader joins them onto the loaded records by request_id (latest thumbs wins; a correction stays until
+    a later one) and reports ``feedback`` {files, events, rejected, applied, unmatched} in the summary.
+
 Counts
     ``read = accepted + quarantined`` always holds and is always reported. ``since``/``until``/
     ``model_version`` select which accepted rows land in ``LoadResult.table``; they do not change the
@@ -91,7 +97,8 @@ Speed
 Modules
     ``sources``   which files to read (files, folders, globs, URLs; format sniffing; the quarantine path)
     ``load``      ``load_logs`` / ``load_window`` / ``log_stats`` and the ``LoadResult`` they return
-    ``writer``    ``LogWriter``, the append-only writer (one file per UTC day)
+    ``writer``    ``LogWriter``, the append-only writer (one file per UTC day; feedback events beside it)
+    ``feedback``  joining ``*.feedback.jsonl`` events onto the records at load time
     ``_mapping``  the column mapping as DuckDB SQL (presets, per-field plans, validation levels)
     ``_lines``    the numpy JSONL line splitter and the UTF-8 checks
     Time windows (``parse_time``, ``iso_week_window``, ``quarter_window``) are in ``tasks.windows``.

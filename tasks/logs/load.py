@@ -3,8 +3,8 @@
 ``load_logs`` is the stage (files in, a ``LoadResult`` out: a LOG_SCHEMA table sorted by ts plus the
 read = accepted + quarantined accounting); ``load_window`` adds the settings' defaults for the CLI
 and the flows; ``log_stats`` summarises a result. Finding the files is ``sources``, the per-field
-SQL is ``_mapping``, splitting lines and UTF-8 checks are ``_lines``; the rules are in the
-``tasks.logs`` docstring.
+SQL is ``_mapping``, splitting lines and UTF-8 checks are ``_lines``, joining late feedback
+(``*.feedback.jsonl``) onto the records is ``feedback``; the rules are in the ``tasks.logs`` docstring.
 """
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 from tasks.config import LogsSettings
 from tasks.contracts import LOG_SCHEMA
 from tasks.logs._lines import Quarantined, drop_bad_utf8, jsonl_lines
+from tasks.logs.feedback import FeedbackJoin, apply_feedback, is_feedback_file, read_feedback
 from tasks.logs._mapping import (
     FIELDS,
     MACROS,
@@ -70,6 +71,7 @@ class LoadResult:
     warnings: list[str] = field(default_factory=list)
     # Files that could not be read at all ({"source", "error"}): their rows are in none of the counts.
     unreadable_files: list[dict[str, str]] = field(default_factory=list)
+    feedback: FeedbackJoin = field(default_factory=FeedbackJoin)  # late feedback joined by request_id
 
     @property
     def selected(self) -> int:
@@ -92,6 +94,7 @@ class LoadResult:
             "quarantine": str(self.quarantine_path) if self.quarantine_path else None,
             "warnings": list(self.warnings),
             "unreadable_files": [dict(item) for item in self.unreadable_files],
+            "feedback": self.feedback.summary(),
         }
 
 
@@ -116,7 +119,9 @@ def load_logs(
     logs = logs_settings(settings)
     mapping = column_mapping(logs)
     # A folder or a pattern never picks up the quarantine file this call is about to write.
-    files = expand_sources([str(source) for source in sources], [quarantine] if quarantine is not None else [])
+    found = expand_sources([str(source) for source in sources], [quarantine] if quarantine is not None else [])
+    feedback_files = [name for name in found if is_feedback_file(name)]
+    files = [name for name in found if not is_feedback_file(name)]
     if not files:
         raise ValueError("load_logs needs at least one log file: pass files, folders or globs")
     start = parse_time(since) if since is not None else None
@@ -160,6 +165,9 @@ def load_logs(
         written = _write_quarantine(con, Path(quarantine), files, extra, raws, unreadable) \
             if quarantine is not None else None
         table = _select(combined, quarantined + blank > 0, start, end, model_version)
+        events, joined = read_feedback(feedback_files)
+        table = apply_feedback(table, events, joined)
+        warnings.extend(joined.warnings)
     finally:
         for name in ("res", "lines", "src"):
             try:
@@ -176,6 +184,7 @@ def load_logs(
         quarantine_path=written,
         warnings=warnings,
         unreadable_files=[{"source": files[index], "error": error} for index, error in sorted(unreadable.items())],
+        feedback=joined,
     )
 
 

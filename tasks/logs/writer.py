@@ -1,7 +1,9 @@
 """Write logs: append LogRecords to one JSON Lines (or Parquet) file per UTC day.
 
-The writing side of the log store, used by the traffic simulator; what it writes is what
-``tasks.logs.load_logs`` reads with the default ``flywheel`` preset.
+The writing side of the log store, used by the traffic simulator and the model server; what it writes
+is what ``tasks.logs.load_logs`` reads with the default ``flywheel`` preset. Feedback that arrives after
+a record was written goes to ``<dir>/YYYY-MM-DD.feedback.jsonl`` (FeedbackEvent lines), which the loader
+joins onto the records by request_id.
 """
 
 from __future__ import annotations
@@ -16,10 +18,12 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from pydantic import ValidationError
 
-from tasks.contracts import LOG_SCHEMA, LogRecord
+from tasks.contracts import LOG_SCHEMA, FeedbackEvent, LogRecord
 from tasks.windows import as_utc, iso_z
 
-__all__ = ["LogWriter"]
+__all__ = ["FEEDBACK_SUFFIX", "LogWriter"]
+
+FEEDBACK_SUFFIX = ".feedback.jsonl"  # <day>.feedback.jsonl: feedback events, joined by request_id on load
 
 
 class LogWriter:
@@ -73,6 +77,28 @@ class LogWriter:
                         self._flush_day(day)
         return len(rows)
 
+    def append_feedback(self, events: Iterable[FeedbackEvent | dict[str, Any]]) -> int:
+        """Validate and append feedback events to ``<dir>/<day of the event>.feedback.jsonl`` (JSON Lines
+        whatever `fmt` is: events are few and must be on disk when this returns)."""
+        by_day: dict[str, list[str]] = {}
+        for number, event in enumerate(events, start=1):
+            try:
+                checked = event if isinstance(event, FeedbackEvent) else FeedbackEvent.model_validate(event)
+            except ValidationError as err:
+                raise ValueError(f"feedback event {number} of this append is not valid: {_problems(err)}") from None
+            row = checked.model_dump()
+            row["ts"] = as_utc(row["ts"])
+            by_day.setdefault(row["ts"].strftime("%Y-%m-%d"), []).append(_jsonl_line(row))
+        with self._lock:
+            if self._closed:
+                raise RuntimeError(f"LogWriter for {self.directory} is closed")
+            for day, lines in by_day.items():
+                path = self.directory / f"{day}{FEEDBACK_SUFFIX}"
+                with open(path, "a", encoding="utf-8") as handle:
+                    handle.write("".join(lines))
+                self._written.add(path)
+        return sum(len(lines) for lines in by_day.values())
+
     def flush(self) -> None:
         with self._lock:
             for day in list(self._pending):
@@ -106,14 +132,18 @@ def _row(record: LogRecord | dict[str, Any], number: int) -> dict[str, Any]:
         try:
             record = LogRecord.model_validate(record)
         except ValidationError as err:
-            problems = "; ".join(
-                f"{'.'.join(str(p) for p in problem['loc']) or 'record'}: {problem['msg']}"
-                for problem in err.errors(include_input=False, include_url=False)
-            )
-            raise ValueError(f"record {number} of this append is not a valid LogRecord: {problems}") from None
+            raise ValueError(f"record {number} of this append is not a valid LogRecord: {_problems(err)}") from None
     row = record.model_dump()
     row["ts"] = as_utc(row["ts"])
     return row
+
+
+def _problems(err: ValidationError) -> str:
+    """What is wrong, by field, without quoting the values (they may hold PII)."""
+    return "; ".join(
+        f"{'.'.join(str(p) for p in problem['loc']) or 'record'}: {problem['msg']}"
+        for problem in err.errors(include_input=False, include_url=False)
+    )
 
 
 def _jsonl_line(row: dict[str, Any]) -> str:

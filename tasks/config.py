@@ -351,13 +351,13 @@ class PiiSettings(Section):
     leak_scan_detectors: list[
         Literal[
             "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
-            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "name_beside_token",
+            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "phone_shaped", "name_beside_token",
             "postcode_beside_token",
         ]
     ] = Field(
         default_factory=lambda: [
             "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
-            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "name_beside_token",
+            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "phone_shaped", "name_beside_token",
             "postcode_beside_token",
         ]
     )

@@ -154,6 +154,21 @@ def test_the_scan_leaves_pseudonyms_ids_and_plain_text_alone():
         assert scan.hits(text) == [], text
 
 
+def test_the_scan_finds_short_phone_numbers_with_nothing_phone_like_around_them_but_not_dates():
+    scan = LeakScan()
+    for text, value in [("They're not answering at 78 651 450", "78 651 450"),
+                        ("Phone: (99) 645-791", "(99) 645-791"),
+                        ("Office\\,+41 (0)69 979 80 58-Fax", "+41 (0)69 979 80 58"),
+                        ("mobile: 99 577450", "99 577450"),
+                        ("reach me on +447700677662 today", "+447700677662"),
+                        ("Office\\,3660170548-Fax", "3660170548")]:
+        (start, end, name), = scan.hits(text)
+        assert (text[start:end], name) == (value, "phone_shaped")
+    for text in ["ordered 20.04.2026 and 2026-04-20 at 10:30:00", "3 items for $1,299.99", "version 3.11.7",
+                 "the series ran from 1984-1995", "enter 38.249069 into the map"]:
+        assert scan.hits(text) == [], text
+
+
 def test_the_scan_reads_through_zero_width_and_full_width_characters():
     scan = LeakScan()
     for text, value in [("mail jo\u200bhn@exa\u200dmple.com", "jo\u200bhn@exa\u200dmple.com"),

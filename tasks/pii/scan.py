@@ -21,6 +21,7 @@ Detectors (`pii.leak_scan_detectors`), each with the pseudonym type a hit is mas
     ipv4                   four dot-separated numbers                            IP_ADDRESS
     date_of_birth          a date after "born", "birth", "DOB"                    DATE_OF_BIRTH
     spelled_number         seven or more digits spelled out ("five five five ...") PHONE_NUMBER
+    phone_shaped           7-15 digits in 2+ groups, 9-15 in one ("78 651 450"), no date PHONE_NUMBER
     name_beside_token      a capitalised word right beside a <PERSON_..> token   PERSON
     postcode_beside_token  a postal-code shape right beside a <LOCATION_..> token LOCATION
 
@@ -52,6 +53,7 @@ SCAN_TYPES = {
     "ipv4": "IP_ADDRESS",
     "date_of_birth": "DATE_OF_BIRTH",
     "spelled_number": "PHONE_NUMBER",
+    "phone_shaped": "PHONE_NUMBER",
     "name_beside_token": "PERSON",
     "postcode_beside_token": "LOCATION",
 }
@@ -130,6 +132,12 @@ def _patterns() -> dict[str, re.Pattern[str]]:
         "spelled_number": re.compile(
             r"(?i)(?<!\w)(?:" + _DIGIT_WORDS + r"|\d{1,4})(?:[ \t,.-]+(?:" + _DIGIT_WORDS + r"|\d{1,4})){6,}(?!\w)"
         ),
+        # Groups of digits joined by single spaces, dots or dashes, an optional +country code and
+        # (area code) in front and an xNNN extension behind; not glued to letters, ids or times.
+        "phone_shaped": re.compile(
+            r"(?<![\w+./:(-])(?<!\d,)(?:\+\d{8,15}|\d{9,15}|(?:\+\d{1,3}[ .-]?)?(?:\(\d{1,4}\)[ .-]?)?\d{1,6}(?:[ .-]\d{1,6}){1,5})"
+            r"(?:[ ]?x\d{1,5})?(?!\w)(?![:.,/-]?\d)"
+        ),
         "word_after": re.compile(r"[ \t]{1,2}([^\W\d_][\w'’-]+)"),
         "word_before": re.compile(r"(?<=[^\W\d_A-Z,;][ \t])([^\W\d_][\w'’-]+)[ \t]{1,2}$|(?<=[,;][ \t])([^\W\d_][\w'’-]+)[ \t]{1,2}$"),
         "postcode": re.compile(
@@ -173,6 +181,19 @@ def _keep_credential(match: Any) -> bool:
     return match.group("value2").lower().strip(".,;:!?)") not in _NOT_A_SECRET
 
 
+# Digit groups that are no phone number: dates (2026-04-20, 20.04.2026), a range of years (1984-1995),
+# a decimal number (38.249069).
+_NOT_A_PHONE = re.compile(
+    r"\d{4}([./-])\d{1,2}\1\d{1,2}|\d{1,2}([./-])\d{1,2}\2\d{2,4}|(?:1[5-9]|20)\d{2} ?[-/] ?(?:1[5-9]|20)\d{2}|\d+\.\d+"
+)
+
+
+def _keep_phone(match: Any) -> bool:
+    """7-15 digits (shorter is a price or a count, longer the card and digit-run detectors' job), and
+    not a date, a range of years or a decimal number."""
+    return 7 <= _digits(match.group()) <= 15 and not _NOT_A_PHONE.fullmatch(match.group())
+
+
 def _keep_spelled(value: str) -> bool:
     words = re.findall(r"[A-Za-z]+|\d+", value)
     spelled = sum(1 for w in words if not w.isdigit())
@@ -186,6 +207,7 @@ _FILTERS: dict[str, Callable[[Any], bool]] = {
     "secret": _keep_secret,
     "credential": _keep_credential,
     "spelled_number": lambda m: _keep_spelled(m.group()),
+    "phone_shaped": _keep_phone,
 }
 # Cheap looks: what a text needs for a detector to find anything (given the text and its lower case).
 _DIGIT_WORD = re.compile(r"\b(?:" + _DIGIT_WORDS + r")\b")
@@ -202,6 +224,7 @@ _NEEDS: dict[str, Callable[[str, str], bool]] = {
     "credential": lambda t, low: any(w in low for w in _CREDENTIAL_WORDS),
     "date_of_birth": lambda t, low: _digits(t) >= 2 and ("birth" in low or "born" in low or "dob" in low or "d.o.b" in low or "b-day" in low),
     "spelled_number": lambda t, low: len(_DIGIT_WORD.findall(low, 0)) >= 3,
+    "phone_shaped": lambda t, low: _digits(t) >= 7,
 }
 
 

@@ -652,12 +652,15 @@ def train(
     """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
     Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
     resumes from the newest complete checkpoint in <out>/checkpoints (one cut short is skipped and
-    named)."""
+    named). On several processes (DDP): `torchrun --nproc_per_node N -m flows.cli train ...`;
+    train.batch_size stays the global batch, and only the first process writes and prints."""
     from tasks.base_model import resolve_base_model
     from tasks.train import train_adapter
 
     settings = settings_for(config, workspace)
     result = train_adapter(dataset, out, settings.train, base_path=base or resolve_base_model(settings), progress=True)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one JSON line per command, from the first process
     emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
                                  ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
                                  ("device", result.get("device")), ("seconds", result["seconds"]),

@@ -750,6 +750,14 @@ def stack_up(
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     serve_port: Annotated[int, typer.Option(help="Model server port (`flywheel serve`); 0: do not start it. It starts "
                                             "when the workspace has a base model.")] = 8000,
+    database: Annotated[Optional[str], typer.Option(
+        envvar="FLYWHEEL_DATABASE_URL", show_envvar=True,
+        help="postgresql://USER:PASSWORD@HOST:PORT/NAME: the Prefect server and MLflow keep their state in "
+             "databases NAME_prefect and NAME_mlflow there (created when missing) instead of SQLite files in the "
+             "workspace. The password can also come from PGPASSWORD; it is never printed.")] = None,
+    artifacts: Annotated[Optional[str], typer.Option(
+        help="Where MLflow stores artifacts (adapters, reports): a folder or s3://BUCKET/PREFIX (credentials and "
+             "endpoint from the AWS variables) [default: <workspace>/mlartifacts].")] = None,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
@@ -759,12 +767,17 @@ def stack_up(
     (run from the repository root). Flows run by the worker, and `flywheel`
     commands in a shell with the printed exports, use the MLflow server. Stop them with `flywheel
     stack down`."""
-    from flows.local_stack import start_local_stack
+    from flows.local_stack import StackError, start_local_stack
 
     settings = settings_for(config, workspace)
-    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
-                                serve_port=serve_port or None)
+    try:
+        started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
+                                    serve_port=serve_port or None, database=database, artifacts=artifacts)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
     emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
+                                  ("database", started["database"]), ("artifacts", started["artifacts"]),
                                   ("model server", started["model_server"]),
                                   ("logs", started["logs"]),
                                   ("in your shell", f"export PREFECT_API_URL={started['prefect_api']} "

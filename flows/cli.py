@@ -758,6 +758,7 @@ def stack_up(
     artifacts: Annotated[Optional[str], typer.Option(
         help="Where MLflow stores artifacts (adapters, reports): a folder or s3://BUCKET/PREFIX (credentials and "
              "endpoint from the AWS variables) [default: <workspace>/mlartifacts].")] = None,
+    timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for every part to be up and deployed.")] = 120.0,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
@@ -772,7 +773,8 @@ def stack_up(
     settings = settings_for(config, workspace)
     try:
         started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
-                                    serve_port=serve_port or None, database=database, artifacts=artifacts)
+                                    serve_port=serve_port or None, database=database, artifacts=artifacts,
+                                    timeout_s=timeout)
     except StackError as err:
         print(f"error: {err}", file=sys.stderr)
         raise typer.Exit(2) from None

@@ -92,6 +92,20 @@ def s3_endpoint(tmp_path_factory):
         server.wait(timeout=10)
 
 
+def _wait_for_scheduled_runs(url: str, deployment: str, timeout_s: float = 90) -> int:
+    import psycopg2
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with psycopg2.connect(url) as connection, connection.cursor() as cur:
+            cur.execute("SELECT count(*) FROM flow_run JOIN deployment ON flow_run.deployment_id = deployment.id "
+                        "WHERE deployment.name = %s AND flow_run.state_type = 'SCHEDULED'", (deployment,))
+            count = cur.fetchone()[0]
+        if count or time.monotonic() > deadline:
+            return count
+        time.sleep(2)
+
+
 def _flywheel(args: list[str], env: dict[str, str], timeout: int = 300) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "flows.cli", *args], cwd=REPO_ROOT, env=env, capture_output=True,
                           text=True, timeout=timeout)
@@ -110,7 +124,8 @@ def test_stack_on_postgresql_and_s3(postgres: str, s3_endpoint: str, tmp_path: P
     workspace = tmp_path / "ws"
     ports = [str(_free_port()), str(_free_port())]
     up = _flywheel(["stack", "up", "--port", ports[0], "--mlflow-port", ports[1], "--serve-port", "0",
-                    "--artifacts", "s3://mlflow/artifacts", "-w", str(workspace), "--json"], env)
+                    "--artifacts", "s3://mlflow/artifacts", "--timeout", "300", "-w", str(workspace), "--json"], env,
+                   timeout=420)
     try:
         assert up.returncode == 0, up.stderr[-3000:]
         started = json.loads(up.stdout.strip().splitlines()[-1])
@@ -137,6 +152,9 @@ def test_stack_on_postgresql_and_s3(postgres: str, s3_endpoint: str, tmp_path: P
 
         project = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
         assert deployed == sorted(d["name"] for d in project["deployments"])
+        # the server's scheduler writes the weekly monitoring's upcoming runs into PostgreSQL
+        assert _wait_for_scheduled_runs(postgres.replace("/flycheck", "/flycheck_prefect"), "weekly-monitoring") > 0, \
+            (workspace / "stack-logs" / "prefect-server.log").read_text(errors="replace")[-3000:]
         with psycopg2.connect(postgres.replace("/flycheck", "/flycheck_mlflow")) as connection, connection.cursor() as cur:
             cur.execute("SELECT name, version FROM model_versions")
             versions = cur.fetchall()

@@ -652,12 +652,15 @@ def train(
     """Train a LoRA adapter (peft) with the config's train: settings. CUDA when present (bf16 from
     Ampere on; train.precision overrides), CPU in fp32 otherwise. A rerun after an interruption
     resumes from the newest complete checkpoint in <out>/checkpoints (one cut short is skipped and
-    named)."""
+    named). On several processes (DDP): `torchrun --nproc_per_node N -m flows.cli train ...`;
+    train.batch_size stays the global batch, and only the first process writes and prints."""
     from tasks.base_model import resolve_base_model
     from tasks.train import train_adapter
 
     settings = settings_for(config, workspace)
     result = train_adapter(dataset, out, settings.train, base_path=base or resolve_base_model(settings), progress=True)
+    if os.environ.get("RANK", "0") != "0":
+        return  # one JSON line per command, from the first process
     emit(result, as_json, table([("adapter", result["adapter"]), ("steps", result["steps"]),
                                  ("train loss", result["train_loss"]), ("val loss", result["val_loss"]),
                                  ("device", result.get("device")), ("seconds", result["seconds"]),
@@ -747,6 +750,15 @@ def stack_up(
     mlflow_port: Annotated[int, typer.Option(help="MLflow server port.")] = 5000,
     serve_port: Annotated[int, typer.Option(help="Model server port (`flywheel serve`); 0: do not start it. It starts "
                                             "when the workspace has a base model.")] = 8000,
+    database: Annotated[Optional[str], typer.Option(
+        envvar="FLYWHEEL_DATABASE_URL", show_envvar=True,
+        help="postgresql://USER:PASSWORD@HOST:PORT/NAME: the Prefect server and MLflow keep their state in "
+             "databases NAME_prefect and NAME_mlflow there (created when missing) instead of SQLite files in the "
+             "workspace. The password can also come from PGPASSWORD; it is never printed.")] = None,
+    artifacts: Annotated[Optional[str], typer.Option(
+        help="Where MLflow stores artifacts (adapters, reports): a folder or s3://BUCKET/PREFIX (credentials and "
+             "endpoint from the AWS variables) [default: <workspace>/mlartifacts].")] = None,
+    timeout: Annotated[float, typer.Option(min=10, help="Seconds to wait for every part to be up and deployed.")] = 120.0,
     config: ConfigOpt = None,
     workspace: WorkspaceOpt = None,
     as_json: JsonOpt = False,
@@ -756,12 +768,18 @@ def stack_up(
     (run from the repository root). Flows run by the worker, and `flywheel`
     commands in a shell with the printed exports, use the MLflow server. Stop them with `flywheel
     stack down`."""
-    from flows.local_stack import start_local_stack
+    from flows.local_stack import StackError, start_local_stack
 
     settings = settings_for(config, workspace)
-    started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
-                                serve_port=serve_port or None)
+    try:
+        started = start_local_stack(settings.workspace.resolve(), port=port, mlflow_port=mlflow_port, config=config,
+                                    serve_port=serve_port or None, database=database, artifacts=artifacts,
+                                    timeout_s=timeout)
+    except StackError as err:
+        print(f"error: {err}", file=sys.stderr)
+        raise typer.Exit(2) from None
     emit(started, as_json, table([("Prefect UI", started["prefect_ui"]), ("MLflow UI", started["mlflow_ui"]),
+                                  ("database", started["database"]), ("artifacts", started["artifacts"]),
                                   ("model server", started["model_server"]),
                                   ("logs", started["logs"]),
                                   ("in your shell", f"export PREFECT_API_URL={started['prefect_api']} "

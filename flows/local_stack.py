@@ -19,6 +19,12 @@ Usage:
 
 Flows then run against this server when PREFECT_API_URL is set to info["prefect_api"] (the returned
 "env" holds every variable a shell needs).
+
+Production shape (`database=postgresql://USER:PASSWORD@HOST:PORT/NAME`, `artifacts=s3://BUCKET/PREFIX`):
+the Prefect server keeps its state in database NAME_prefect (asyncpg) and MLflow in NAME_mlflow
+(psycopg2), both on that PostgreSQL server and created when missing; MLflow stores artifacts under the
+`artifacts` URL (credentials from the usual AWS variables). The URL reaches only the two server
+processes, through their environment: never an argument, a state file, a log line or the result.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.parse
 import urllib.request
 from collections.abc import Sequence
 from pathlib import Path
@@ -73,6 +80,8 @@ def start_local_stack(
     extra_env: dict[str, str] | None = None,
     timeout_s: float = 120.0,
     serve_port: int | None = 8000,
+    database: str | None = None,
+    artifacts: str | None = None,
 ) -> dict[str, Any]:
     """Start server, work pool, deployments, worker, (unless mlflow_port is None) MLflow and (unless
     serve_port is None, or the workspace has no base model to serve) the model server.
@@ -82,13 +91,18 @@ def start_local_stack(
     workspace) and gives it to the worker as FLYWHEEL_CONFIG, so deployment runs use this workspace.
     Returns {prefect_ui, prefect_api, mlflow_ui, model_server, pids, logs, env} (model_server: its URL,
     or a sentence saying why it did not start); raises StackError (and stops whatever it had started)
-    when a part fails or is not healthy within timeout_s.
+    when a part fails or is not healthy within timeout_s. `database` (a postgresql:// URL) and
+    `artifacts` (a folder or an s3:// URL for MLflow's artifacts): see the module docstring; without
+    them Prefect and MLflow use SQLite files and a folder in the workspace.
     """
     workspace = Path(workspace).resolve()
     workspace.mkdir(parents=True, exist_ok=True)
     state_path = workspace / STATE_FILE
     if stack_is_running(workspace):
         raise StackError(f"a stack is already running for {workspace} ({state_path}); stop it first")
+    servers = PostgresDatabases(database) if database else None
+    if servers:
+        create_missing_databases(database, [servers.prefect_name, servers.mlflow_name])
     logs = workspace / "stack-logs"
     logs.mkdir(exist_ok=True)
     env = {**os.environ, **stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config, serve_port=serve_port),
@@ -97,25 +111,29 @@ def start_local_stack(
     state: dict[str, Any] = {"workspace": str(workspace), "pids": {}, "logs": {},
                              "prefect_ui": f"http://127.0.0.1:{port}", "prefect_api": env["PREFECT_API_URL"],
                              "mlflow_ui": env.get("MLFLOW_UI_URL"), "model_server": None,
+                             "database": servers.shown if servers else "sqlite (in the workspace)",
+                             "artifacts": artifacts or str(workspace / "mlartifacts"),
                              "env": stack_env(workspace, port=port, mlflow_port=mlflow_port, config=config,
                                               serve_port=serve_port)}
 
-    def spawn(name: str, argv: list[str]) -> None:
+    def spawn(name: str, argv: list[str], secrets: dict[str, str] | None = None) -> None:
         log = logs / f"{name}.log"
         with open(log, "ab") as handle:
-            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env=env, stdout=handle, stderr=subprocess.STDOUT,
+            proc = subprocess.Popen(argv, cwd=REPO_ROOT, env={**env, **(secrets or {})}, stdout=handle,
+                                    stderr=subprocess.STDOUT,
                                     stdin=subprocess.DEVNULL, start_new_session=True)
         state["pids"][name], state["logs"][name] = proc.pid, str(log)
         state_path.write_text(json.dumps(state, indent=2))
 
     try:
         deadline = time.monotonic() + timeout_s
-        spawn("prefect-server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)])
+        spawn("prefect-server", [*prefect, "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+              {"PREFECT_SERVER_DATABASE_CONNECTION_URL": servers.prefect_url} if servers else None)
         if mlflow_port:
             spawn("mlflow-server", [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1",
                                     "--port", str(mlflow_port), "--workers", "1",
-                                    "--backend-store-uri", f"sqlite:///{workspace / 'mlflow.db'}",
-                                    "--artifacts-destination", str(workspace / "mlartifacts")])
+                                    "--artifacts-destination", artifacts or str(workspace / "mlartifacts")],
+                  {"MLFLOW_BACKEND_STORE_URI": servers.mlflow_url if servers else f"sqlite:///{workspace / 'mlflow.db'}"})
         _wait_healthy(f"{state['prefect_ui']}/api/health", deadline, state, "prefect-server")
         _run([*prefect, "work-pool", "create", POOL, "--type", "process", "--overwrite"], env, deadline, "work-pool")
         names = [arg for name in deployments for arg in ("--name", name)] if deployments else ["--all"]
@@ -171,6 +189,75 @@ def stop_local_stack(workspace: Path, *, timeout_s: float = 15.0) -> dict[str, A
             pass
     state_path.unlink(missing_ok=True)
     return {"stopped": pids}
+
+
+# ---------------------------------------------------------------------------------- PostgreSQL
+
+
+class PostgresDatabases:
+    """The two databases a PostgreSQL URL stands for: NAME_prefect and NAME_mlflow (NAME: the URL's
+    database, default `flywheel`), each as the URL its server takes, and the URL shown to people
+    (password masked)."""
+
+    def __init__(self, url: str) -> None:
+        parts = urllib.parse.urlsplit(url)
+        if parts.scheme not in ("postgresql", "postgres", "postgresql+psycopg2", "postgresql+asyncpg"):
+            raise StackError(f"--database {_masked(url)}: expected postgresql://USER:PASSWORD@HOST:PORT/NAME")
+        if not parts.hostname:
+            raise StackError(f"--database {_masked(url)}: no host; expected postgresql://USER:PASSWORD@HOST:PORT/NAME")
+        self.name = parts.path.strip("/") or "flywheel"
+        self.prefect_name, self.mlflow_name = f"{self.name}_prefect", f"{self.name}_mlflow"
+        self._parts = parts
+        self.prefect_url = self.url(self.prefect_name, "postgresql+asyncpg")
+        self.mlflow_url = self.url(self.mlflow_name, "postgresql+psycopg2")  # SQLAlchemy 2.1 defaults to psycopg 3
+        self.shown = _masked(self.url(f"{{{self.prefect_name},{self.mlflow_name}}}", "postgresql"))
+
+    def url(self, database: str, scheme: str) -> str:
+        return urllib.parse.urlunsplit((scheme, self._parts.netloc, f"/{database}", self._parts.query, ""))
+
+
+def create_missing_databases(url: str, names: Sequence[str]) -> list[str]:
+    """Create the databases in `names` that the server at `url` lacks (connecting to its `postgres`
+    database); returns those created. A server that cannot be reached, or a role that may not create
+    databases, is a StackError that says what to do (the password is never in it)."""
+    try:
+        import psycopg2
+    except ImportError:
+        raise StackError("--database needs psycopg2: pip install 'llm-flywheel[postgresql]'") from None
+    admin = PostgresDatabases(url).url("postgres", "postgresql")
+    try:
+        connection = psycopg2.connect(admin)
+    except psycopg2.Error as err:
+        raise StackError(f"cannot connect to PostgreSQL at {_masked(admin)}: {str(err).strip()}. Fix: check host, "
+                         "port, user and password (in the URL or PGPASSWORD)") from None
+    created = []
+    try:
+        connection.autocommit = True  # CREATE DATABASE cannot run inside a transaction
+        with connection.cursor() as cursor:
+            for name in names:
+                cursor.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,))
+                if cursor.fetchone():
+                    continue
+                try:
+                    cursor.execute(f'CREATE DATABASE "{name}"')
+                except psycopg2.Error as err:
+                    raise StackError(f"database {name} does not exist and cannot be created ({str(err).strip()}). "
+                                     f"Fix: create it (CREATE DATABASE {name} OWNER <user>) or grant the user "
+                                     "CREATEDB") from None
+                created.append(name)
+    finally:
+        connection.close()
+    return created
+
+
+def _masked(url: str) -> str:
+    """`url` with its password replaced by ***."""
+    parts = urllib.parse.urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rsplit("@", 1)
+    user = netloc[0].split(":", 1)[0]
+    return urllib.parse.urlunsplit((parts.scheme, f"{user}:***@{netloc[1]}", parts.path, parts.query, parts.fragment))
 
 
 # ------------------------------------------------------------------------------------- helpers

@@ -9,12 +9,17 @@ weights in fp32. Checkpoints go to `out_dir/checkpoints/`; a rerun after a crash
 complete one (a checkpoint cut short by the crash is skipped, and the result says which and why).
 Loss is computed on the answer tokens only. Only the adapter is written and logged to MLflow; the base
 is referenced by path and digest.
+
+Several processes (``torchrun --nproc_per_node N -m flows.cli train ...``: DDP, NCCL on GPUs, gloo on
+CPU) train the same recipe: `batch_size` is the global batch, split evenly over the processes, so the
+loss curve matches one process's; only the first process writes the adapter, the metrics and MLflow.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import sys
 import time
@@ -215,6 +220,16 @@ def _json_problem(path: Path) -> str | None:
     return None
 
 
+def _world_size() -> int:
+    """How many processes train together (torchrun / accelerate launch set WORLD_SIZE; 1 otherwise)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _is_first_process() -> bool:
+    """The process that writes files and talks to MLflow (RANK 0, or the only one)."""
+    return int(os.environ.get("RANK", "0") or 0) == 0
+
+
 def _say(progress: bool | Callable[[str], None], message: str) -> None:
     if callable(progress):
         progress(message)
@@ -259,9 +274,15 @@ def train_adapter(
     if not (base_path / "config.json").is_file():
         raise ModelError(f"base model {base_path} is not a model directory: run `flywheel model bootstrap` or pass --base")
     device = pick_device(cfg.device)
+    processes, first = _world_size(), _is_first_process()
+    if cfg.batch_size % processes:
+        raise TrainError(f"train.batch_size={cfg.batch_size} (the global batch) does not split evenly over "
+                         f"{processes} processes: make it a multiple of {processes}")
     out_dir.mkdir(parents=True, exist_ok=True)
     checkpoints = out_dir / "checkpoints"
     resume, skipped = _newest_complete_checkpoint(checkpoints)
+    if not first:
+        progress = False  # one process speaks
     for item in skipped:
         _say(progress, f"training: skipped {item['checkpoint']}: {item['reason']}; "
                        + (f"resuming from {resume.name}" if resume else "starting from step 0"))
@@ -297,8 +318,10 @@ def train_adapter(
     scheduler = {"linear": "linear", "cosine": "cosine", "constant": "constant_with_warmup"}[cfg.scheduler]
     args = TrainingArguments(
         output_dir=str(checkpoints),
-        per_device_train_batch_size=cfg.batch_size,
-        per_device_eval_batch_size=cfg.batch_size,
+        per_device_train_batch_size=cfg.batch_size // processes,
+        # One example per eval batch: the val loss is then the mean over examples, whatever the number
+        # of processes (batched, it is a mean of batch means, and DDP pads the last shard with repeats).
+        per_device_eval_batch_size=1,
         gradient_accumulation_steps=cfg.gradient_accumulation,
         learning_rate=cfg.learning_rate,
         lr_scheduler_type=scheduler,
@@ -340,7 +363,7 @@ def train_adapter(
         extra.append(ProgressLines(progress))
     elif progress:
         extra.append(Progress())
-    if mlflow:
+    if mlflow and first:
         extra.append(MlflowMetrics(mlflow))
     collator = (DataCollatorWithFlattening(return_position_ids=True, separator_id=-100) if cfg.packing
                 else _PadCollator(tokenizer.pad_token_id))
@@ -357,7 +380,7 @@ def train_adapter(
 
     base_digest = model_digest(base_path)
     card = json.loads((dataset_dir / CARD_FILE).read_text(encoding="utf-8")) if (dataset_dir / CARD_FILE).is_file() else {}
-    if mlflow:
+    if mlflow and first:
         _log_params(mlflow, cfg, base_path, base_digest, card, device, planned, targets)
         if card:
             log_dataset_input(dataset_dir, mlflow, context="training")
@@ -373,10 +396,11 @@ def train_adapter(
         train_seconds = time.perf_counter() - train_start
         val_loss = float(trainer.evaluate()["eval_loss"]) if val_data else None
     state = trainer.state
-    tokens = (state.num_input_tokens_seen or 0) - tokens_before
+    tokens = (state.num_input_tokens_seen or 0) - tokens_before  # summed over the processes
 
-    model.save_pretrained(out_dir)
-    _point_adapter_at_base(out_dir, base_path)
+    if first:
+        model.save_pretrained(out_dir)
+        _point_adapter_at_base(out_dir, base_path)
     losses = [(h["step"], h["loss"]) for h in state.log_history if "loss" in h]
     evals = [(h["step"], h["eval_loss"]) for h in state.log_history if "eval_loss" in h]
     tail = [loss for _, loss in losses[-max(1, min(len(losses) // 10, 20)):]]
@@ -396,6 +420,7 @@ def train_adapter(
         "tokens": int(tokens),
         "tokens_per_s": round(tokens / train_seconds, 1) if train_seconds > 0 else None,
         "device": device,
+        "processes": processes,
         "dtype": str(dtype).replace("torch.", ""),
         "examples": {"train": len(train_data), "val": len(val_data), "dropped_too_long": dropped_train + dropped_val},
         "base_model": {"path": str(base_path.resolve()), "digest": base_digest},
@@ -405,11 +430,13 @@ def train_adapter(
         "loss_curve": losses,
         "val_curve": evals,
     }
-    (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
-    if mlflow:
-        _log_outputs(mlflow, out_dir, metrics)
+    if first:
+        (out_dir / METRICS_FILE).write_text(json.dumps(metrics, indent=2) + "\n", encoding="utf-8")
+        if mlflow:
+            _log_outputs(mlflow, out_dir, metrics)
+    trainer.accelerator.wait_for_everyone()  # no process returns before the adapter is on disk
     summary_keys = ("adapter", "steps", "planned_steps", "train_loss", "val_loss", "seconds", "resumed_from",
-                    "skipped_checkpoints", "tokens_per_s", "device", "stopped_early")
+                    "skipped_checkpoints", "tokens_per_s", "device", "processes", "stopped_early")
     return {k: metrics[k] for k in summary_keys}
 
 

@@ -540,6 +540,11 @@ def _write_quarantine(
 
 def _size(source: str) -> int | None:
     try:
-        return os.path.getsize(source) if not is_remote(source) else None
-    except OSError:
+        if is_remote(source):
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(source)
+            return int(fs.size(path))
+        return os.path.getsize(source.removeprefix("file://"))
+    except (OSError, TypeError, ValueError):
         return None

@@ -14,6 +14,7 @@ from typing import Any, Iterable, Sequence
 from tasks.config import LogsSettings
 
 __all__ = [
+    "RemoteSourceError",
     "default_quarantine",
     "expand_sources",
     "is_parquet",
@@ -87,7 +88,7 @@ def expand_sources(items: Iterable[str], skip: Iterable[str | Path] = ()) -> lis
 
 
 def is_remote(source: str) -> bool:
-    """Object storage (``s3://``, ``gs://``, ...), read through fsspec; ``file://`` is local."""
+    """Object storage (``s3://``, ``gs://``, ...), read through fsspec (s3fs for s3://); ``file://`` is local."""
     return bool(_URL.match(source)) and not source.startswith("file://")
 
 
@@ -134,21 +135,43 @@ def _expand(item: str) -> list[str]:
 
 
 def _expand_remote(url: str) -> list[str]:
+    """Objects named by an object-storage URL. s3:// goes through s3fs, which takes credentials the way
+    every AWS client does (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_PROFILE, an instance role) and
+    an S3-compatible endpoint from AWS_ENDPOINT_URL; they are never part of a message."""
     import fsspec  # optional: only object storage needs it
 
-    fs, path = fsspec.core.url_to_fs(url)
-    if _GLOB_CHARS.search(path):
-        paths = [p for p in fs.glob(path) if fs.isfile(p)]
-    elif fs.isdir(path):
-        paths = [p for p in fs.find(path) if _is_log_name(p.rsplit("/", 1)[-1])]
-    elif fs.exists(path):
-        return [url]
-    else:
-        paths = []
+    try:
+        fs, path = fsspec.core.url_to_fs(url)
+    except ImportError as err:
+        raise ValueError(f"log source {url}: {err}. Fix: pip install 'llm-flywheel[s3]' (s3fs)") from None
+    try:
+        if _GLOB_CHARS.search(path):
+            paths = [p for p in fs.glob(path) if fs.isfile(p)]
+        elif fs.isdir(path):
+            paths = [p for p in fs.find(path) if _is_log_name(p.rsplit("/", 1)[-1])]
+        elif fs.exists(path):
+            return [url]
+        else:
+            paths = []
+    except FileNotFoundError:
+        paths = []  # no such bucket: named below like a missing file
+    except OSError as err:  # PermissionError included
+        raise RemoteSourceError(
+            f"log source {url} cannot be listed ({type(err).__name__}: {err}). Fix: check the credentials "
+            "(AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE) and, for an S3-compatible store, "
+            "AWS_ENDPOINT_URL"
+        ) from None
     return sorted(fs.unstrip_protocol(p) for p in paths)
 
 
+class RemoteSourceError(ValueError):
+    """An object-storage source that cannot be listed (credentials, endpoint, network); names the URL."""
+
+
 def _nothing_matched(item: str) -> str:
+    if is_remote(item):
+        return (f"log source {item} matches no objects: check the bucket and the key or prefix "
+                "(and AWS_ENDPOINT_URL, for an S3-compatible store)")
     if _GLOB_CHARS.search(item):
         return f"log source pattern {item!r} matches no files: check the folder and the pattern"
     if Path(item).is_dir():

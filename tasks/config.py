@@ -676,7 +676,7 @@ class MonitoringSettings(Section):
     # about this many rows (spilled to Parquet under <workspace>/monitoring/partitions), each reduced to
     # sufficient statistics and merged; peak memory follows this, not the week's size. The result equals
     # the in-memory computation. Empty: the whole week in memory (fine below a few million records).
-    partition_rows: int | None = Field(None, ge=1_000)
+    partition_rows: int | None = Field(None, ge=100)
 
 
 class Settings(Section):

@@ -6,9 +6,9 @@ reduced to sufficient statistics, merged into exactly what the in-memory computa
   crosses a boundary. Each row carries `_row` (its position in the window) and `_rank` (its position
   among the non-empty prompts, -1 for an empty one): what the seeded samples of the in-memory path
   are drawn over.
-- `partition_stats` reads one partition: the signals' counts (tasks.signals.signal_counts), the
-  model versions' counts and first rows, and the drift's current-side token statistics over the
-  partition's prompts in the drift sample (tasks.drift.current_token_stats).
+- `partition_stats` reads one partition: the signals' counts (tasks.signals.signal_counts) and the
+  drift's current-side token statistics over the partition's prompts in the drift sample
+  (tasks.drift.current_token_stats).
 - `merge_partition_stats` adds them up; `partition_examples` + tasks.drift.merge_examples find the
   drift examples in window order.
 
@@ -128,13 +128,7 @@ def partition_stats(path: Path, signals: SignalsSettings, drift: DriftSettings, 
     """One partition's sufficient statistics (see the module docstring). `vocab`: the drift
     reference's vocabulary (None: no drift); `sample`: the ranks of the prompts the drift bins."""
     table = pq.read_table(path)
-    out: dict[str, Any] = {"signals": signal_counts(table, signals, idf_corpus=idf_corpus), "versions": {}}
-    versions = table.column("model_version").combine_chunks().dictionary_encode()
-    codes = versions.indices.fill_null(-1).to_numpy(zero_copy_only=False)
-    rows = table.column("_row").to_numpy()
-    for code, name in enumerate(versions.dictionary.to_pylist()):
-        mine = codes == code
-        out["versions"][name] = [int(mine.sum()), int(rows[mine].min())]
+    out: dict[str, Any] = {"signals": signal_counts(table, signals, idf_corpus=idf_corpus)}
     if vocab is not None:
         prompts, _ = _binned(table, sample)
         out["drift"] = current_token_stats(prompts, vocab, drift)
@@ -142,22 +136,10 @@ def partition_stats(path: Path, signals: SignalsSettings, drift: DriftSettings, 
 
 
 def merge_partition_stats(parts: Sequence[dict[str, Any]], vocab: pa.Array | None) -> dict[str, Any]:
-    versions: dict[str, list[int]] = {}
-    for part in parts:
-        for name, (count, first) in part["versions"].items():
-            mine = versions.setdefault(name, [0, first])
-            versions[name] = [mine[0] + count, min(mine[1], first)]
-    merged = {"signals": merge_signal_counts([p["signals"] for p in parts]), "versions": versions}
+    merged = {"signals": merge_signal_counts([p["signals"] for p in parts])}
     if vocab is not None:
         merged["drift"] = merge_token_stats([p["drift"] for p in parts], len(vocab) + 1)
     return merged
-
-
-def serving_version(versions: dict[str, list[int]]) -> str | None:
-    """The model version with the most rows (ties: the one seen first), as in the in-memory flow."""
-    if not versions:
-        return None
-    return min(versions, key=lambda name: (-versions[name][0], versions[name][1]))
 
 
 def partition_examples(path: Path, sample: np.ndarray | None, wanted: dict[str, Any]) -> list:

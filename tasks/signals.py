@@ -31,7 +31,7 @@ from tasks.refusal import FULL, PARTIAL, classify_refusals, detect_refusals
 
 # What other stages and the benchmarks import from here (the signals' public names).
 __all__ = [
-    "EMBEDDINGS_HINT", "compute_signals", "merge_signal_counts", "signal_counts", "signals_from_counts", "detect_reasks", "detect_refusals", "classify_refusals", "embed_texts",
+    "EMBEDDINGS_HINT", "compute_signals", "hallucination_sample", "merge_signal_counts", "signal_counts", "signals_from_counts", "detect_reasks", "detect_refusals", "classify_refusals", "embed_texts",
     "pair_similarity", "self_consistency", "wilson_interval",
 ]
 
@@ -264,24 +264,31 @@ def compute_signals(
     `references` maps a prompt's text to the answer the knowledge base knows for it.
     """
     result = signals_from_counts(signal_counts(table, settings))
-    n = table.num_rows
-    result["hallucination"] = None
-    if generator is not None and settings.consistency_prompts > 0 and n:
-        rng = np.random.default_rng(seed)
-        rows = rng.permutation(n)
-        prompts_col = table.column("prompt")
-        chosen: list[str] = []
-        seen: set[str] = set()
-        for start in range(0, n, 4 * settings.consistency_prompts):
-            block = prompts_col.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).to_pylist()
-            for prompt in block:
-                if prompt and prompt not in seen:
-                    seen.add(prompt)
-                    chosen.append(prompt)
-                    if len(chosen) == settings.consistency_prompts:
-                        break
-            if len(chosen) == settings.consistency_prompts:
-                break
-        refs = [references.get(p) for p in chosen] if references else None
-        result["hallucination"] = self_consistency(generator, chosen, settings, refs, seed=seed)
+    result["hallucination"] = hallucination_sample(table, settings, generator, references, seed)
     return result
+
+
+def hallucination_sample(table: pa.Table, settings: SignalsSettings, generator: Generator | None,
+                         references: Mapping[str, str] | None = None, seed: int = 0) -> dict | None:
+    """Self-consistency of `consistency_prompts` distinct prompts drawn (seeded) from the window's
+    rows; None without a generator."""
+    n = table.num_rows
+    if generator is None or settings.consistency_prompts == 0 or n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(n)
+    prompts_col = table.column("prompt")
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for start in range(0, n, 4 * settings.consistency_prompts):
+        block = prompts_col.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).to_pylist()
+        for prompt in block:
+            if prompt and prompt not in seen:
+                seen.add(prompt)
+                chosen.append(prompt)
+                if len(chosen) == settings.consistency_prompts:
+                    break
+        if len(chosen) == settings.consistency_prompts:
+            break
+    refs = [references.get(p) for p in chosen] if references else None
+    return self_consistency(generator, chosen, settings, refs, seed=seed)

@@ -78,4 +78,4 @@ def test_a_week_with_re_asks_across_batches_counts_them_once():
         spilled = spill_partitions(table.to_batches(max_chunksize=17), Path(folder), 5)
         got, drift, merged = partitioned_signals_and_drift(spilled["paths"], spilled, signals, DriftSettings(), None)
     assert drift is None and got == expected
-    assert sum(v[0] for v in merged["versions"].values()) == table.num_rows - table.column("model_version").null_count
+    assert merged["signals"]["all"][0] == spilled["rows"] == table.num_rows

@@ -667,7 +667,7 @@ class RunnerSettings(Section):
     @classmethod
     def _address_is_a_url(cls, value: str | None) -> str | None:
         if value is not None and "://" not in value:
-            raise ValueError(f"expected a scheduler address like tcp://host:8786, got {value!r}")
+            raise ValueError("expected a scheduler address like tcp://host:8786")
         return value
 
 
@@ -702,6 +702,13 @@ class Settings(Section):
     serving: ServingSettings = Field(default_factory=ServingSettings)
     runner: RunnerSettings = Field(default_factory=RunnerSettings)
     monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @model_validator(mode="after")
+    def _partitions_need_token_bins(self) -> Settings:
+        if self.monitoring.partition_rows and self.drift.bins != "tokens":
+            raise ValueError("monitoring.partition_rows needs drift.bins: tokens (embedding clusters are fitted on "
+                             "the whole week): set drift.bins to tokens or monitoring.partition_rows to null")
+        return self
 
     @property
     def workspace(self) -> Path:

@@ -1,9 +1,12 @@
 """runner.kind dask (flows/parallel.py): PII shards and monitoring partitions as Prefect task runs on a
-local Dask cluster (2 worker processes) under the Prefect test harness, with the local path's output."""
+Dask cluster (2 local worker processes, reached by runner.address) under the Prefect test harness, with
+the local path's output; and a local cluster started from runner.workers."""
 
 from __future__ import annotations
 
 import json
+import math
+import os
 import tempfile
 from pathlib import Path
 
@@ -22,9 +25,17 @@ from tasks.signals import compute_signals
 
 pytestmark = pytest.mark.slow
 KEY = b"dask-test-key-0123456789"
-SETTINGS = PiiSettings(processes=1, batch_size=4)  # small shards: several per worker
-DASK = RunnerSettings(kind="dask", workers=2)
+SETTINGS = PiiSettings(processes=1, batch_size=16)  # as tests/test_pii.py: this process's engines are built once
 PEOPLE = ["Jane Doe", "Marco Rossi", "Aiko Tanaka", "Peter Miller"]
+
+
+@pytest.fixture(scope="module")
+def dask_address():
+    """One cluster for the module (its workers build the PII engines once), reached by runner.address."""
+    from distributed import LocalCluster
+
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None) as cluster:
+        yield cluster.scheduler_address
 
 
 def _task_run_names(flow_run_id) -> list[str]:
@@ -38,7 +49,7 @@ def _task_run_names(flow_run_id) -> list[str]:
     return run_coro_as_sync(read())
 
 
-def test_pii_shards_on_dask_mask_byte_identically_and_each_shard_is_a_task_run(tmp_path):
+def test_pii_shards_on_dask_mask_byte_identically_and_each_shard_is_a_task_run(tmp_path, dask_address):
     rows = [{"prompt": f"I'm {PEOPLE[i % 4]}, mail me at user{i % 7}@example.org or call (415) 555-01{i % 10}0.",
              "response": "Thanks, noted." if i % 3 else f"Hello {PEOPLE[(i + 1) % 4]}!"} for i in range(40)]
     src = tmp_path / "cases.jsonl"
@@ -47,7 +58,7 @@ def test_pii_shards_on_dask_mask_byte_identically_and_each_shard_is_a_task_run(t
 
     @flow(name="mask-on-dask")
     def mask_on_dask() -> tuple[dict, str]:
-        with shard_mapper(DASK) as mapper:
+        with shard_mapper(RunnerSettings(kind="dask", address=dask_address)) as mapper:
             audit = pii.mask_file(src, tmp_path / "dask.jsonl", SETTINGS, key=KEY, mapper=mapper)
         return audit, get_run_context().flow_run.id
 
@@ -56,17 +67,11 @@ def test_pii_shards_on_dask_mask_byte_identically_and_each_shard_is_a_task_run(t
     assert "Jane Doe" not in (tmp_path / "dask.jsonl").read_text() and audit["entities"] == local["entities"]
     assert audit["processes"] == 2
     shards = [name for name in _task_run_names(flow_run_id) if name.startswith("pii-shard")]
-    assert len(shards) == len(pii.pool.ShardPool(SETTINGS, KEY, mapper=audit_mapper()).shards(["x"] * audit["distinct_texts"]))
-    assert len(shards) > 2
+    per = max(SETTINGS.batch_size, math.ceil(audit["distinct_texts"] / (2 * 4)))  # 4 shards per worker
+    assert len(shards) == math.ceil(audit["distinct_texts"] / per) > 2
 
 
-def audit_mapper():
-    class Two:
-        workers = 2
-    return Two()
-
-
-def test_monitoring_partitions_on_dask_equal_the_in_memory_signals_and_drift():
+def test_monitoring_partitions_on_dask_equal_the_in_memory_signals_and_drift(dask_address):
     from tests.test_partitions import REFERENCE, week
 
     table = week(11, 400)
@@ -77,7 +82,7 @@ def test_monitoring_partitions_on_dask_equal_the_in_memory_signals_and_drift():
     def partitions_on_dask():
         with tempfile.TemporaryDirectory() as folder:
             spilled = spill_partitions(table.to_batches(max_chunksize=64), Path(folder), 4)
-            with partition_mapper(DASK) as run:
+            with partition_mapper(RunnerSettings(kind="dask", address=dask_address)) as run:
                 found = partitioned_signals_and_drift(spilled["paths"], spilled, signals, drift,
                                                       prepare_reference(REFERENCE, drift), seed=1, map_partitions=run)
         return found[:2], get_run_context().flow_run.id
@@ -87,3 +92,14 @@ def test_monitoring_partitions_on_dask_equal_the_in_memory_signals_and_drift():
     assert got_drift == compute_drift(REFERENCE, table.column("prompt"), drift, seed=1)
     # 4 partitions for the statistics, then 4 for the drift examples
     assert sum(name.startswith("monitoring-partition") for name in _task_run_names(flow_run_id)) == 8
+
+
+def test_without_an_address_a_local_cluster_runs_the_partitions_in_another_process():
+    @flow(name="local-cluster")
+    def local_cluster() -> list[tuple[int, int]]:
+        with partition_mapper(RunnerSettings(kind="dask", workers=1)) as run:
+            return run(lambda x: (x * x, os.getpid()), [1, 2, 3])
+
+    results = local_cluster()
+    assert [square for square, _ in results] == [1, 4, 9]
+    assert {pid for _, pid in results} != {os.getpid()} and len({pid for _, pid in results}) == 1

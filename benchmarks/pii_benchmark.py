@@ -511,6 +511,7 @@ def child_dask(args: argparse.Namespace) -> dict[str, Any]:
     import hashlib
 
     os.environ["PREFECT_HOME"] = str(Path(args.sim_dir) / "prefect-home")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy shared machine
     from prefect import flow
 
     from flows.parallel import shard_mapper

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
 from tasks.config import DriftSettings, SignalsSettings
@@ -43,6 +44,7 @@ def week(seed: int, n: int) -> pa.Table:
 REFERENCE = [q for q in QUESTIONS if q] * 4 + ["How much is shipping?", "Can I return shoes?"] * 3
 
 
+@pytest.mark.slow
 @hsettings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(seed=st.integers(0, 10_000), n=st.integers(0, 160), partitions=st.integers(1, 6),
        batch=st.integers(1, 70), sampled=st.sampled_from([None, 40]), backend=st.sampled_from(["words", "tfidf"]))

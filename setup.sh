@@ -20,5 +20,5 @@ fi
 # multi-GB CUDA build. On a GPU machine, install the CUDA build of torch 2.13.0 first; it satisfies the pin.
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check --upgrade "pip>=24"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check \
-  --constraint requirements.lock --editable ".[dev]"
+  --constraint requirements.lock --editable ".[dev,dask]"
 echo "llm-flywheel installed in $venv" >&2

@@ -13,6 +13,16 @@ thumbs), then times, in the same process:
   200: it does less work than ours, so the ratio is conservative).
 
 Prints a table, then one JSON object as the last line: seconds, rows/s, peak RSS per phase, ratio.
+
+Streaming mode (tasks/partitions.py, monitoring.partition_rows):
+
+    python benchmarks/monitoring_throughput.py --stream 10000000,50000000 [--partition-rows 1000000] \
+        [--compare 10000000]
+
+writes each week to a Parquet file (1M-record blocks drawn as above, one seed each), then, each in a
+fresh process, computes signals + drift by streaming the file through user-hash partitions (peak RSS of
+that process), and for the `--compare` size also in memory (the whole week read, compute_signals +
+compute_drift): the results must be identical. Rows/s of both side by side, peak RSS per size.
 """
 
 from __future__ import annotations
@@ -257,6 +267,90 @@ def baseline(table: pa.Table, reference: pa.Array, signals: SignalsSettings, dri
                        "thumbs_up": up, "thumbs_down": down, "kl": kl, "null_kl": float(np.quantile(null, 0.99))}}
 
 
+# ------------------------------------------------------------------------------------------ streaming
+
+BLOCK = 1_000_000
+
+
+def write_week(path: Path, records: int, seed: int) -> None:
+    """The week as Parquet, synthesised 1M records at a time (each block its own seed and users)."""
+    import pyarrow.parquet as pq
+
+    with pq.ParquetWriter(path, LOG_SCHEMA) as writer:
+        for block, start in enumerate(range(0, records, BLOCK)):
+            table, _ = synth_week(min(BLOCK, records - start), seed + block)
+            users = pc.binary_join_element_wise(f"b{block}-", table.column("user_id"), "")
+            writer.write_table(table.set_column(table.schema.get_field_index("user_id"), "user_id", users))
+
+
+def child(mode: str, path: Path, partition_rows: int, seed: int) -> dict:
+    """One measurement in this (fresh) process: peak RSS is the process's own high-water mark."""
+    import resource
+    import tempfile
+
+    import pyarrow.parquet as pq
+
+    from tasks.drift import prepare_reference
+    from tasks.partitions import partition_count, partitioned_signals_and_drift, spill_partitions
+
+    signals, drift = SignalsSettings(), DriftSettings()
+    _, reference = synth_week(1_000, seed)  # the 50k reference prompts of the blocks' distribution
+    started = time.perf_counter()
+    if mode == "memory":
+        table = pq.read_table(path)
+        found = compute_signals(table, signals)
+        d = compute_drift(reference, table.column("prompt"), drift)
+    else:
+        file = pq.ParquetFile(path)
+        rows = file.metadata.num_rows
+        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
+            spilled = spill_partitions(file.iter_batches(batch_size=max(1, partition_rows // 4)), Path(folder),
+                                       partition_count(rows, partition_rows), total_rows=rows, settings=signals)
+            found, d, _ = partitioned_signals_and_drift(spilled["paths"], spilled, signals, drift,
+                                                        prepare_reference(reference, drift))
+    seconds = time.perf_counter() - started
+    return {"mode": mode, "records": found["records"], "seconds": seconds,
+            "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+            "signals": {k: v for k, v in found.items() if k != "hallucination"}, "drift": d}
+
+
+def stream_main(args: argparse.Namespace) -> None:
+    import subprocess
+    import tempfile
+
+    sizes = [int(x) for x in args.stream.split(",")]
+    report: dict = {"partition_rows": args.partition_rows, "cpus": os.cpu_count(), "runs": []}
+    results = {}
+    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
+        for records in sizes:
+            path = Path(work) / f"week-{records}.parquet"
+            started = time.perf_counter()
+            write_week(path, records, args.seed)
+            print(f"wrote {records:,} records in {time.perf_counter() - started:.0f} s", file=sys.stderr)
+            for mode in (["stream", "memory"] if records == args.compare else ["stream"]):
+                out = Path(work) / f"{mode}-{records}.json"
+                subprocess.run([sys.executable, __file__, "--child", mode, "--child-file", str(path), "--child-out",
+                                str(out), "--partition-rows", str(args.partition_rows), "--seed", str(args.seed)],
+                               check=True)
+                run = json.loads(out.read_text())
+                results[(mode, records)] = run
+                report["runs"].append({k: run[k] for k in ("mode", "records", "seconds", "peak_rss_gb")}
+                                      | {"rows_per_s": run["records"] / run["seconds"]})
+            path.unlink()
+    if args.compare in sizes:
+        report["identical_to_memory"] = (results[("stream", args.compare)]["signals"] == results[("memory", args.compare)]["signals"]
+                                         and results[("stream", args.compare)]["drift"] == results[("memory", args.compare)]["drift"])
+    peaks = [r["peak_rss_gb"] for r in report["runs"] if r["mode"] == "stream"]
+    report["stream_peak_ratio"] = max(peaks) / min(peaks)
+    report["stream_within_20pct_and_2gb"] = report["stream_peak_ratio"] <= 1.2 and max(peaks) <= 2.0
+    print(f"{'mode':<10}{'records':>14}{'seconds':>10}{'rows/s':>12}{'peak RSS GB':>13}")
+    for r in report["runs"]:
+        print(f"{r['mode']:<10}{r['records']:>14,}{r['seconds']:>10.1f}{r['rows_per_s']:>12,.0f}{r['peak_rss_gb']:>13.2f}")
+    print(f"streaming peak RSS max/min {report['stream_peak_ratio']:.2f}; identical to in-memory: "
+          f"{report.get('identical_to_memory')}")
+    print(json.dumps(report))
+
+
 # ------------------------------------------------------------------------------------------ main
 
 def main() -> None:
@@ -264,7 +358,21 @@ def main() -> None:
     parser.add_argument("--records", type=int, default=10_000_000)
     parser.add_argument("--baseline-records", type=int, default=100_000)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--stream", default=None, help="streaming mode: comma-separated week sizes, e.g. 10000000,50000000")
+    parser.add_argument("--partition-rows", type=int, default=1_000_000)
+    parser.add_argument("--compare", type=int, default=10_000_000, help="streaming mode: also run this size in memory")
+    parser.add_argument("--workdir", default=None, help="streaming mode: where the week files go (default: $TMPDIR)")
+    parser.add_argument("--child", choices=["stream", "memory"], help=argparse.SUPPRESS)
+    parser.add_argument("--child-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.child:
+        args.child_out.write_text(json.dumps(child(args.child, args.child_file, args.partition_rows, args.seed),
+                                             default=str))
+        return
+    if args.stream:
+        stream_main(args)
+        return
     signals, drift = SignalsSettings(), DriftSettings()
     report: dict = {"records": args.records, "cpus": os.cpu_count()}
 

@@ -1,6 +1,7 @@
 """PII masking: ours (tasks.pii) against plain Presidio, side by side in one run.
 
     python benchmarks/pii_benchmark.py [--limit 1500] [--processes 2] [--sim-records 2000] [--repeat 2] [--out FILE]
+    python benchmarks/pii_benchmark.py --runner dask --workers 1,2 [--limit 1500] [--repeat 2]
                                        [--baseline ../main]  # masking docs/s before (that checkout) and after, taking turns
 
 Part 1, presidio-research's synthetic set (`--dataset`, default ../shared/datasets/pii/
@@ -39,6 +40,13 @@ what it finds); goal 0 left. The scan alone is run over the raw texts: it must c
 value (and it is reported how many of the synthetic set's structured values it covers). Names in
 Hangul, kanji/kana and Arabic script: how many the masking finds, and how many texts without a name
 it changes.
+
+Dask runner (`--runner dask --workers 1,2`, instead of parts 1-3): the stage (`mask_file`) over the
+synthetic set's texts with each shard a Prefect task run on a local Dask cluster of 1, then 2 worker
+processes (flows/parallel.py, runner.kind dask), taking turns `--repeat` times; both plan the same
+shards (for the largest worker count); masking docs/s with warm workers, CPU seconds of the shards, and
+the output's SHA-256 against the local runner's (the process pool). Prefect runs on a temporary
+server (flows/temporary_server.py) in a temporary PREFECT_HOME.
 
 Every system runs in its own child process; peak RSS is sampled over the child's whole process tree
 (workers included). CPU seconds are reported beside wall seconds because this machine is shared:
@@ -497,7 +505,86 @@ def child_sim_plain(args: argparse.Namespace) -> dict[str, Any]:
     return report
 
 
+def child_dask(args: argparse.Namespace) -> dict[str, Any]:
+    """The masking stage over the synthetic texts: with `--workers` Dask workers (Prefect task runs),
+    or the local process pool when `--workers` is 0. Returns docs/s and the output's digest."""
+    import hashlib
+
+    os.environ["PREFECT_HOME"] = str(Path(args.sim_dir) / "prefect-home")
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "300")  # a busy shared machine
+    from prefect import flow
+
+    from flows.parallel import shard_mapper
+    from tasks.config import RunnerSettings
+    from tasks.pii import mask_file, read_span_dataset
+
+    workers = int(args.workers)
+    settings = _settings(args)
+    samples = read_span_dataset(Path(args.dataset), args.limit)
+    with tempfile.TemporaryDirectory() as tmp:
+        src, out = Path(tmp) / "synth.jsonl", Path(tmp) / "masked.jsonl"
+        src.write_text("".join(json.dumps({"i": i, "prompt": s["full_text"]}) + "\n" for i, s in enumerate(samples)))
+
+        @flow(name="pii-benchmark-dask")
+        def on_dask() -> dict[str, Any]:
+            with shard_mapper(RunnerSettings(kind="dask", workers=workers)) as mapper:
+                mapper.workers = args.shard_plan_workers  # the same shards whatever the worker count
+                return mask_file(src, out, settings, key=KEY, fields=("prompt",), mapper=mapper)
+
+        if workers:
+            from flows.temporary_server import temporary_prefect_server
+
+            with temporary_prefect_server():
+                audit = on_dask()
+        else:
+            audit = mask_file(src, out, settings.model_copy(update={"processes": args.shard_plan_workers}), key=KEY,
+                              fields=("prompt",))
+        digest = hashlib.sha256(out.read_bytes()).hexdigest()
+    return {"runner": "dask" if workers else "local", "workers": workers or args.shard_plan_workers,
+            "texts": audit["texts"], "docs_per_s": audit["docs_per_s"], "cpu_seconds": audit["cpu_seconds"],
+            "docs_per_cpu_s": round(audit["distinct_texts"] / audit["cpu_seconds"], 1) if audit["cpu_seconds"] else None,
+            "seconds_with_startup": audit["seconds"], "output_sha256": digest}
+
+
+def dask_main(args: argparse.Namespace) -> None:
+    counts = [int(w) for w in args.workers.split(",")]
+    args.shard_plan_workers = max(counts)
+    with tempfile.TemporaryDirectory() as tmp:
+        workdir = Path(tmp)
+        args.sim_dir = workdir
+        runs: dict[int, list[dict[str, Any]]] = {w: [] for w in counts}
+        for _ in range(max(1, args.repeat)):
+            for w in counts:  # taking turns: a busy spell slows all, not one
+                args.workers = str(w)
+                runs[w].append(run_child("dask", args, workdir))
+        args.workers = "0"
+        local = run_child("dask", args, workdir)
+    best = {w: max(done, key=lambda r: r["docs_per_s"]) for w, done in runs.items()}
+    low, high = min(counts), max(counts)
+    result = {
+        "benchmark": "pii-dask",
+        "machine": {"cpus": os.cpu_count(), "load_average": os.getloadavg()},
+        "texts": local["texts"],
+        "runs": {str(w): done for w, done in runs.items()},
+        "local": local,
+        "speedup_wall": round(best[high]["docs_per_s"] / best[low]["docs_per_s"], 2),
+        "cpu_seconds_ratio": round(best[high]["cpu_seconds"] / best[low]["cpu_seconds"], 2),
+        "identical_to_local": all(r["output_sha256"] == local["output_sha256"] for done in runs.values() for r in done),
+    }
+    result["goal_1.8x"] = result["speedup_wall"] >= 1.8
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=2))
+    print(f"{'runner':<10}{'workers':>8}{'texts':>7}{'docs/s':>9}{'CPU s':>8}{'docs/CPU s':>11}  output")
+    for r in [*(best[w] for w in counts), local]:
+        print(f"{r['runner']:<10}{r['workers']:>8}{r['texts']:>7}{r['docs_per_s']:>9.1f}{r['cpu_seconds']:>8.1f}"
+              f"{r['docs_per_cpu_s'] or 0:>11.1f}  {r['output_sha256'][:12]}")
+    print(f"{high} workers / {low}: {result['speedup_wall']}x docs/s (best of {args.repeat}); "
+          f"identical to local: {result['identical_to_local']}")
+    print(json.dumps(result))
+
+
 CHILDREN = {
+    "dask": child_dask,
     "synth-ours": child_synth_ours,
     "synth-plain": child_synth_plain,
     "synth-ceiling": child_ceiling,
@@ -524,7 +611,8 @@ def run_child(name: str, args: argparse.Namespace, workdir: Path, code: Path | N
            "--processes", str(args.processes), "--batch-size", str(args.batch_size), "--sim-dir", str(args.sim_dir)]
     if args.limit:
         cmd += ["--limit", str(args.limit)]
-    cmd += ["--planted-per-kind", str(args.planted_per_kind), "--seed", str(args.seed)]
+    cmd += ["--planted-per-kind", str(args.planted_per_kind), "--seed", str(args.seed), "--workers", str(args.workers),
+            "--shard-plan-workers", str(args.shard_plan_workers)]
     print(f"[{time.strftime('%H:%M:%S')}] running {name} ...", file=sys.stderr, flush=True)
     started = time.perf_counter()
     proc = subprocess.Popen(cmd, cwd=code or ROOT)
@@ -691,6 +779,10 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="also write the JSON here")
     parser.add_argument("--baseline", type=Path, default=None,
                         help="another checkout (e.g. the main branch): its masking speed is measured taking turns with this one's")
+    parser.add_argument("--runner", choices=["local", "dask"], default="local",
+                        help="dask: only the Dask runner comparison (see the module docstring)")
+    parser.add_argument("--workers", default="1,2", help="--runner dask: Dask worker counts to compare")
+    parser.add_argument("--shard-plan-workers", type=int, default=2, help=argparse.SUPPRESS)
     parser.add_argument("--code", type=Path, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--child", choices=sorted(CHILDREN), help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
@@ -706,6 +798,9 @@ def main() -> None:
 
     if not args.dataset.is_file():
         raise SystemExit(f"--dataset {args.dataset} does not exist: pass the presidio-research JSON file")
+    if args.runner == "dask":
+        dask_main(args)
+        return
     with tempfile.TemporaryDirectory() as tmp:
         workdir = Path(tmp)
         sim_info = simulate_texts(args, workdir)

@@ -10,7 +10,9 @@ history and printed; nothing else starts.
 
 from __future__ import annotations
 
+import shutil
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
@@ -20,10 +22,10 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import monitor
 from tasks.config import Settings, load_settings
-from tasks.drift import compute_drift, load_prompt_records, prompt_groups
+from tasks.drift import compute_drift, load_prompt_records, prepare_reference, prompt_groups
 from tasks.logs import load_window
 from tasks.report import dashboard_markdown
-from tasks.signals import compute_signals
+from tasks.signals import compute_signals, hallucination_sample
 from tasks.tracking import experiment_id, tracking_uri
 from tasks.windows import iso_week_window
 
@@ -38,6 +40,15 @@ def load_week_logs(settings: Settings, week: str) -> pa.Table:
         week, result.table.num_rows, result.quarantined, result.reasons or "no problems",
     )
     return result.table
+
+
+@task(name="sample-hallucination-risk", cache_policy=NO_CACHE)
+def week_hallucination(settings: Settings, logs: pa.Table) -> tuple[dict[str, Any] | None, str]:
+    """Hallucination risk alone (the partitioned path computes the rate signals): as compute-signals does."""
+    generator, which = monitor.consistency_generator(settings)
+    sample = hallucination_sample(logs, settings.signals, generator, monitor.correction_references(logs))
+    get_run_logger().info("hallucination risk: %s", which)
+    return sample, which
 
 
 @task(name="compute-signals", cache_policy=NO_CACHE)
@@ -72,31 +83,73 @@ def verify_week_answers(settings: Settings, week: str, logs: pa.Table) -> dict[s
     return result
 
 
-@task(name="compute-drift", cache_policy=NO_CACHE)
-def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any]:
-    """Drift of this week's prompts against the reference. With no reference configured or stored
-    yet, the weeks before this one become the baseline; with none of those either, this week does
-    (and drift is reported as insufficient rather than a meaningless zero)."""
-    current = logs.column("prompt")
+def week_reference(settings: Settings, week: str, logs: pa.Table) -> tuple[Path, dict[str, Any] | None]:
+    """The prompt file this week's drift is measured against. With no reference configured or stored
+    yet, the weeks before this one become the baseline; with none of those either, this week does,
+    and the drift result is already decided (insufficient rather than a meaningless zero): returned
+    beside the path."""
     counts = logs.column("model_version").value_counts().to_pylist()
     serving = max(counts, key=lambda c: c["counts"])["values"] if counts else None
     reference = monitor.reference_path(settings, serving)
-    if reference is None:
-        start, _ = iso_week_window(week)
-        earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
-                              quarantine=False).table
-        baseline = earlier if earlier.num_rows >= settings.drift.min_prompts else logs
-        reference = monitor.store_reference(settings, baseline.column("prompt").to_pylist(),
-                                            groups=prompt_groups(baseline, settings.drift.null_resample_by))
-        get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", baseline.num_rows)
-        if baseline is logs:
-            return {"band": "insufficient", "alert": False, "kl": None, "n_current": len(current),
-                    "n_reference": 0, "reference": str(reference),
-                    "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
+    if reference is not None:
+        return reference, None
+    start, _ = iso_week_window(week)
+    earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
+                          quarantine=False).table
+    baseline = earlier if earlier.num_rows >= settings.drift.min_prompts else logs
+    reference = monitor.store_reference(settings, baseline.column("prompt").to_pylist(),
+                                        groups=prompt_groups(baseline, settings.drift.null_resample_by))
+    get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", baseline.num_rows)
+    if baseline is not logs:
+        return reference, None
+    return reference, {"band": "insufficient", "alert": False, "kl": None, "n_current": logs.num_rows,
+                       "n_reference": 0, "reference": str(reference),
+                       "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
+
+
+@task(name="compute-drift", cache_policy=NO_CACHE)
+def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any]:
+    """Drift of this week's prompts against the reference (`week_reference`)."""
+    reference, decided = week_reference(settings, week, logs)
+    if decided is not None:
+        return decided
     reference_prompts, reference_groups = load_prompt_records(reference)
-    drift = compute_drift(reference_prompts, current, settings.drift, reference_groups=reference_groups)
+    drift = compute_drift(reference_prompts, logs.column("prompt"), settings.drift, reference_groups=reference_groups)
     drift["reference"] = str(reference)
     return drift
+
+
+@task(name="compute-signals-and-drift-by-partition", cache_policy=NO_CACHE)
+def compute_week_by_partition(settings: Settings, week: str, logs: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
+    """monitoring.partition_rows set: the week's rows spilled by user hash into Parquet partitions of
+    about that many rows, each reduced to sufficient statistics (a `monitoring-partition` task run on
+    Dask with runner.kind dask) and merged: the same signals and drift as compute-signals and
+    compute-drift, with the statistics' working memory set by the partition size."""
+    from flows.parallel import partition_mapper
+    from tasks.partitions import partition_count, partitioned_signals_and_drift, spill_partitions
+
+    rows = settings.monitoring.partition_rows
+    reference, decided = week_reference(settings, week, logs)
+    prepared = None
+    if decided is None:
+        reference_prompts, reference_groups = load_prompt_records(reference)
+        prepared = prepare_reference(reference_prompts, settings.drift, reference_groups=reference_groups)
+    folder = settings.paths.under("monitoring", "partitions", week)
+    shutil.rmtree(folder, ignore_errors=True)
+    try:
+        spilled = spill_partitions(logs.to_batches(max_chunksize=rows), folder, partition_count(logs.num_rows, rows),
+                                   total_rows=logs.num_rows, settings=settings.signals)
+        with partition_mapper(settings.runner) as run:
+            signals, drift, _ = partitioned_signals_and_drift(spilled["paths"], spilled, settings.signals,
+                                                              settings.drift, prepared, map_partitions=run)
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)  # raw prompts: they do not outlive the run
+    get_run_logger().info("signals and drift from %d partition(s) of about %d rows (runner %s)",
+                          len(spilled["paths"]), rows, settings.runner.kind)
+    if decided is not None:
+        return signals, decided
+    drift["reference"] = str(reference)
+    return signals, drift
 
 
 @task(name="log-week-to-mlflow", cache_policy=NO_CACHE)
@@ -185,9 +238,13 @@ def weekly_monitoring(
     week = monitor.week_label(monitor.week_start(week)) if week else monitor.previous_week()
 
     logs = load_week_logs(settings, week)
-    signals = compute_week_signals(settings, logs)
+    if settings.monitoring.partition_rows:
+        signals, drift = compute_week_by_partition(settings, week, logs)
+        signals["hallucination"], signals["hallucination_model"] = week_hallucination(settings, logs)
+    else:
+        signals = compute_week_signals(settings, logs)
+        drift = compute_week_drift(settings, week, logs)
     signals["unsupported"] = verify_week_answers(settings, week, logs)
-    drift = compute_week_drift(settings, week, logs)
     decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
     history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
     run_id = log_week_to_mlflow(settings, week, signals, drift, decision, history)

@@ -27,8 +27,8 @@ from prefect.artifacts import create_markdown_artifact
 
 from tasks import cycle
 from tasks.annotate import AwaitingAnnotations
-from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, LogsSettings, PiiSettings, Settings,
-                          SignalsSettings, TrainSettings, load_settings)
+from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, LogsSettings, PiiSettings, RunnerSettings,
+                          Settings, SignalsSettings, TrainSettings, load_settings)
 from tasks.contracts import MlflowRun, StageResult
 from tasks.tracking import experiment_id, tracking_uri
 from tasks.windows import parse_window
@@ -84,10 +84,13 @@ GROUNDING_SECTIONS = ("docs", "verify", "simulate", "signals", "paths")
 
 
 @stage("mask-pii", records="mask", code=("tasks.pii",))
-def mask_pii(pii: PiiSettings, cases: Path, key: bytes, out: Path) -> StageResult:
+def mask_pii(pii: PiiSettings, cases: Path, key: bytes, out: Path, runner: RunnerSettings) -> StageResult:
+    """With runner.kind dask each shard is a `pii-shard` task run on Dask; the output is the same."""
+    from flows.parallel import shard_mapper
     from tasks.pii import mask_stage
 
-    return mask_stage(cases, out, pii, key=key)
+    with shard_mapper(runner) as mapper:
+        return mask_stage(cases, out, pii, key=key, mapper=mapper)
 
 
 @stage("collect-annotations", records="annotate", code=("tasks.annotate", "tasks.simulate"))
@@ -224,7 +227,7 @@ def quarterly_retraining(
         cases = step(extract_failure_cases, settings.logs, settings.signals, settings.extract, since, until,
                      cycle.files_fingerprint(cycle.log_files(settings)), key, directory / cycle.CASES,
                      default_quarantine(settings.logs, settings.workspace), stage_settings(settings, GROUNDING_SECTIONS))
-        masked = step(mask_pii, settings.pii, cases.path("cases"), key, directory / cycle.MASKED)
+        masked = step(mask_pii, settings.pii, cases.path("cases"), key, directory / cycle.MASKED, settings.runner)
         annotations = step(collect_annotations, settings.annotation, masked.path("masked"), *simulated, annotation_dir)
         agreement = step(score_agreement, settings.annotation, annotations.path("annotations"), masked.path("masked"),
                          annotation_dir)

@@ -652,6 +652,33 @@ class ServingSettings(Section):
         return self
 
 
+class RunnerSettings(Section):
+    # Where the embarrassingly parallel work runs (PII masking shards, monitoring partitions): "local"
+    # (this machine: pii.processes worker processes, partitions one after another) or "dask" (Prefect
+    # tasks on prefect-dask's DaskTaskRunner, one per shard/partition, each visible in the Prefect UI;
+    # extra [dask]). Output is byte-identical either way.
+    kind: Literal["local", "dask"] = "local"
+    # An existing Dask scheduler, e.g. "tcp://10.0.0.5:8786". Empty: a local cluster of `workers`
+    # processes is started for the flow run and stopped after it.
+    address: str | None = None
+    workers: int = Field(2, ge=1)
+
+    @field_validator("address")
+    @classmethod
+    def _address_is_a_url(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value:
+            raise ValueError("expected a scheduler address like tcp://host:8786")
+        return value
+
+
+class MonitoringSettings(Section):
+    # Weekly monitoring in bounded memory: when set, the week is split by user hash into partitions of
+    # about this many rows (spilled to Parquet under <workspace>/monitoring/partitions), each reduced to
+    # sufficient statistics and merged; peak memory follows this, not the week's size. The result equals
+    # the in-memory computation. Empty: the whole week in memory (fine below a few million records).
+    partition_rows: int | None = Field(None, ge=100)
+
+
 class Settings(Section):
     paths: PathsSettings = Field(default_factory=PathsSettings)
     logs: LogsSettings = Field(default_factory=LogsSettings)
@@ -673,6 +700,15 @@ class Settings(Section):
     docs: DocsSettings = Field(default_factory=DocsSettings)
     verify: VerifySettings = Field(default_factory=VerifySettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
+    runner: RunnerSettings = Field(default_factory=RunnerSettings)
+    monitoring: MonitoringSettings = Field(default_factory=MonitoringSettings)
+
+    @model_validator(mode="after")
+    def _partitions_need_token_bins(self) -> Settings:
+        if self.monitoring.partition_rows and self.drift.bins != "tokens":
+            raise ValueError("monitoring.partition_rows needs drift.bins: tokens (embedding clusters are fitted on "
+                             "the whole week): set drift.bins to tokens or monitoring.partition_rows to null")
+        return self
 
     @property
     def workspace(self) -> Path:

@@ -323,8 +323,7 @@ def _band(kl: float, settings: DriftSettings) -> str:
 # token bins
 
 
-def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: DriftSettings,
-                group_of: np.ndarray) -> dict[str, Any]:
+def _reference_token_bins(reference: pa.ChunkedArray, settings: DriftSettings, group_of: np.ndarray) -> dict[str, Any]:
     ref_tokens = _map(functools.partial(_tokens, cap=settings.max_prompt_tokens), reference)
     # reference: one row per prompt, so that the null baseline can resample by prompt
     flat_parts, parent_parts, base = [], [], 0
@@ -349,64 +348,70 @@ def _token_bins(reference: pa.ChunkedArray, current: pa.ChunkedArray, settings: 
     eligible = [i for i in range(len(values)) if groups_per_token[i] >= 2]
     order = sorted(eligible, key=lambda i: (-int(freq[i]), values[i]))[: settings.vocab_size]
     vocab = [values[i] for i in order]
-    vocab_arr = pa.array(vocab, type=pa.string())
     k = len(vocab) + 1  # + OOV
+    vocab_arr = pa.array(vocab, type=pa.string())
     ref_bin = pc.index_in(ref_flat, value_set=vocab_arr).fill_null(len(vocab)).to_numpy().astype(np.int64)
     matrix = sp.csr_matrix(
         (np.ones(len(ref_bin)), (ref_parent, ref_bin)), shape=(len(reference), k)
     )
     matrix.sum_duplicates()
-    ref_counts = np.asarray(matrix.sum(axis=0)).ravel()
-    ref_doc_freq = np.diff(matrix.tocsc().indptr)
-
-    def current_piece(arr: pa.Array) -> tuple[np.ndarray, Any, pa.Array, np.ndarray]:
-        flat, offsets = _raw_tokens(arr, settings.max_prompt_tokens)
-        idx = pc.index_in(flat, value_set=vocab_arr)
-        bins = np.bincount(idx.fill_null(len(vocab)).to_numpy().astype(np.int64), minlength=k)
-        oov_positions = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
-        oov = flat.take(pa.array(oov_positions))
-        empties = pc.equal(oov, "")
-        bins[len(vocab)] -= int(pc.sum(empties).as_py() or 0)  # punctuation-only words are no tokens
-        oov = oov.filter(pc.invert(empties))
-        parents = np.searchsorted(offsets, oov_positions, side="right") - 1
-        parents = parents[~empties.to_numpy(zero_copy_only=False)]
-        return bins, pc.value_counts(oov), oov, parents
-
-    pieces = _map(current_piece, current)
-    cur_counts = np.sum([p[0] for p in pieces], axis=0) if pieces else np.zeros(k)
-    # most frequent new tokens, candidates for naming
-    oov_totals: dict[str, int] = {}
-    for _, vc, _, _ in pieces:
-        for value, count in zip(vc.field("values").to_pylist(), vc.field("counts").to_pylist()):
-            oov_totals[value] = oov_totals.get(value, 0) + count
-    candidates = [t for t in sorted(oov_totals, key=lambda t: (-oov_totals[t], t)) if _nameable(t)][:_CANDIDATE_TERMS]
-    # distinct current prompts per candidate (k-anonymity of named terms)
-    doc_freq: dict[str, int] = {}
-    if candidates:
-        cand_arr = pa.array(candidates, type=pa.string())
-        keys = []
-        base = 0
-        for (_, _, oov, parents), piece_len in zip(pieces, _piece_lengths(current)):
-            hit = pc.index_in(oov, value_set=cand_arr)
-            mask = hit.is_valid().to_numpy(zero_copy_only=False)
-            keys.append((parents[mask] + base) * len(candidates) + hit.drop_null().to_numpy().astype(np.int64))
-            base += piece_len
-        pairs = np.unique(np.concatenate(keys)) if keys else np.zeros(0, np.int64)
-        per_term = np.bincount(pairs % len(candidates), minlength=len(candidates))
-        doc_freq = {t: int(per_term[i]) for i, t in enumerate(candidates)}
-    ref_total = dict(zip(values, (int(f) for f in freq)))
     return {
         "kind": "tokens",
         "labels": vocab + [OOV],
+        "vocab_array": vocab_arr,
         "matrix": matrix,
-        "ref_counts": ref_counts,
-        "cur_counts": cur_counts,
-        "ref_doc_freq": ref_doc_freq,
-        "oov_counts": {t: oov_totals[t] for t in candidates},
-        "oov_doc_freq": doc_freq,
-        "ref_token_counts": ref_total,
+        "ref_counts": np.asarray(matrix.sum(axis=0)).ravel(),
+        "ref_doc_freq": np.diff(matrix.tocsc().indptr),
+        "ref_token_counts": dict(zip(values, (int(f) for f in freq))),
         "vocab": set(vocab),
     }
+
+
+def current_token_stats(arr: pa.Array, vocab: pa.Array, settings: DriftSettings) -> dict[str, Any]:
+    """The sufficient statistics of some current prompts for the token bins: per-bin token counts,
+    and per nameable new (out-of-vocabulary) token its count and the number of prompts holding it.
+    Those of disjoint sets of prompts add up (`merge_token_stats`) to those of their union."""
+    k = len(vocab) + 1
+    flat, offsets = _raw_tokens(arr, settings.max_prompt_tokens)
+    idx = pc.index_in(flat, value_set=vocab)
+    bins = np.bincount(idx.fill_null(len(vocab)).to_numpy().astype(np.int64), minlength=k)
+    oov_positions = np.flatnonzero(idx.is_null().to_numpy(zero_copy_only=False))
+    oov = flat.take(pa.array(oov_positions))
+    empties = pc.equal(oov, "")
+    bins[len(vocab)] -= int(pc.sum(empties).as_py() or 0)  # punctuation-only words are no tokens
+    parents = np.searchsorted(offsets, oov_positions, side="right") - 1
+    parents = parents[~empties.to_numpy(zero_copy_only=False)]
+    oov = oov.filter(pc.invert(empties))
+    counted = pc.value_counts(oov)
+    names = counted.field("values").to_pylist()
+    totals = counted.field("counts").to_numpy()
+    prompts = np.zeros(len(names), dtype=np.int64)
+    if names:
+        codes = pc.index_in(oov, value_set=counted.field("values")).to_numpy().astype(np.int64)
+        pairs = np.unique(parents * len(names) + codes)
+        prompts = np.bincount(pairs % len(names), minlength=len(names))
+    new = {t: [int(c), int(d)] for t, c, d in zip(names, totals, prompts) if _nameable(t)}
+    return {"bins": bins, "new_tokens": new, "prompts": len(arr)}
+
+
+def merge_token_stats(parts: Sequence[dict[str, Any]], k: int) -> dict[str, Any]:
+    merged: dict[str, Any] = {"bins": np.zeros(k, dtype=np.int64), "new_tokens": {}, "prompts": 0}
+    for part in parts:
+        merged["bins"] = merged["bins"] + part["bins"]
+        merged["prompts"] += part["prompts"]
+        for token, (count, prompts) in part["new_tokens"].items():
+            mine = merged["new_tokens"].setdefault(token, [0, 0])
+            mine[0] += count
+            mine[1] += prompts
+    return merged
+
+
+def bins_with_current(bins: dict[str, Any], stats: dict[str, Any]) -> dict[str, Any]:
+    """The reference bins completed with the current side: counts and the naming candidates."""
+    new = stats["new_tokens"]
+    candidates = sorted(new, key=lambda t: (-new[t][0], t))[:_CANDIDATE_TERMS]  # the most frequent new tokens
+    return bins | {"cur_counts": stats["bins"], "oov_counts": {t: new[t][0] for t in candidates},
+                   "oov_doc_freq": {t: new[t][1] for t in candidates}}
 
 
 def _piece_lengths(arr: pa.ChunkedArray) -> list[int]:
@@ -487,18 +492,25 @@ def _top_terms(bins: dict[str, Any], measures: dict[str, Any], settings: DriftSe
     return rows[: settings.top_terms]
 
 
-def _examples(current: pa.ChunkedArray, terms: list[str], shown: set[str], count: int) -> list[str]:
-    """A few current prompts holding the top terms, rendered with only nameable terms kept."""
+# --------------------------------------------------------------------------------------------------
+# public
+
+
+def example_candidates(piece: pa.Array, keys: np.ndarray, terms: list[str], shown: set[str], count: int) -> list:
+    """(key, rendered prompt) of the first `count` distinct renderings of this piece's prompts that
+    hold one of `terms`, keyed by their position in the current window (`keys`, increasing); the
+    merge of any split of the window (`merge_examples`) equals the examples of the whole."""
     if not terms or count <= 0:
         return []
     wanted = pa.array(terms, type=pa.string())
-    out: list[str] = []
+    out: list[tuple[int, str]] = []
     seen: set[str] = set()
-    for piece in (c.slice(s, 50_000) for c in current.chunks for s in range(0, len(c), 50_000)):
-        flat, parents = _tokens(piece)
+    for start in range(0, len(piece), 50_000):
+        chunk = piece.slice(start, 50_000)
+        flat, parents = _tokens(chunk)
         hits = pc.is_in(flat, value_set=wanted).to_numpy(zero_copy_only=False)
         tokens = flat.to_pylist()
-        starts = np.searchsorted(parents, np.arange(len(piece) + 1))
+        starts = np.searchsorted(parents, np.arange(len(chunk) + 1))
         for row in np.unique(parents[hits]):
             rendered: list[str] = []
             for t in tokens[starts[row] : starts[row + 1]]:
@@ -508,61 +520,68 @@ def _examples(current: pa.ChunkedArray, terms: list[str], shown: set[str], count
             text = " ".join(rendered)
             if text not in seen:
                 seen.add(text)
-                out.append(text)
+                out.append((int(keys[start + row]), text))
             if len(out) >= count:
                 return out
     return out
 
 
-# --------------------------------------------------------------------------------------------------
-# public
+def merge_examples(parts: Sequence[list], count: int) -> list[str]:
+    """The first `count` distinct renderings in window order, from each part's `example_candidates`."""
+    out: list[str] = []
+    for _, text in sorted(item for part in parts for item in part):
+        if text not in out:
+            out.append(text)
+        if len(out) == count:
+            break
+    return out
 
 
-def compute_drift(
-    reference: Sequence[str] | pa.Array | pa.ChunkedArray,
-    current: Sequence[str] | pa.Array | pa.ChunkedArray,
-    settings: DriftSettings,
-    *,
-    seed: int = 0,
-    reference_groups: Sequence[str | None] | None = None,
-) -> dict:
-    """Drift of `current` prompts against `reference` prompts: kl, js, psi, null_kl, band, alert,
-    n_reference, n_current, top_terms, examples (see the module docstring for the rules).
-    `reference_groups`: per reference prompt, its conversation/session/user key (None: alone), for
-    the block bootstrap of the null baseline; ignored with null_resample_by: prompt."""
+def prepare_reference(reference: Sequence[str] | pa.Array | pa.ChunkedArray, settings: DriftSettings, *,
+                      reference_groups: Sequence[str | None] | None = None) -> dict[str, Any]:
+    """The reference side of the drift measures: its prompts, groups and (token bins) vocabulary."""
     ref, kept = _as_prompts(reference)
-    cur, _ = _as_prompts(current)
-    n_ref, n_cur = len(ref), len(cur)
     if reference_groups is not None and len(reference_groups) != len(kept):
         raise ValueError(f"compute_drift: {len(reference_groups)} reference groups for {len(kept)} reference prompts")
     groups = None
     if reference_groups is not None and settings.null_resample_by != "prompt":
         groups = [g for g, k in zip(reference_groups, kept) if k]
-    group_of = _group_codes(groups, n_ref)
-    if settings.max_current_prompts is not None and n_cur > settings.max_current_prompts:
-        rows = np.sort(np.random.default_rng(seed).choice(n_cur, settings.max_current_prompts, replace=False))
-        cur = cur.take(pa.array(rows))
-    result: dict[str, Any] = {
+    group_of = _group_codes(groups, len(ref))
+    bins = _reference_token_bins(ref, settings, group_of) if settings.bins == "tokens" and len(ref) else None
+    return {"prompts": ref, "n": len(ref), "grouped": groups is not None, "group_of": group_of, "bins": bins}
+
+
+def current_sample(n_current: int, settings: DriftSettings, seed: int = 0) -> np.ndarray | None:
+    """Which of the window's n_current non-empty prompts are binned (sorted), None for all of them."""
+    if settings.max_current_prompts is not None and n_current > settings.max_current_prompts:
+        return np.sort(np.random.default_rng(seed).choice(n_current, settings.max_current_prompts, replace=False))
+    return None
+
+
+def empty_drift_result(settings: DriftSettings, n_ref: int, n_cur: int, n_binned: int) -> dict[str, Any]:
+    return {
         "bins": settings.bins, "n_reference": n_ref, "n_current": n_cur, "kl": None, "js": None, "psi": None,
         "null_kl": None, "null_kl_mean": None, "kl_excess": None, "band": "insufficient", "alert": False,
         "thresholds": {"same_below": settings.same_below, "drift_above": settings.drift_above,
                        "null_quantile": settings.null_quantile, "min_prompts": settings.min_prompts},
-        "top_terms": [], "examples": [], "reason": None, "n_current_binned": len(cur),
+        "top_terms": [], "examples": [], "reason": None, "n_current_binned": n_binned,
         "null_resampled_by": None, "null_groups": None,
     }
-    if n_ref == 0 or n_cur == 0:
-        result["reason"] = f"insufficient data: {n_ref} reference and {n_cur} current prompts (need {settings.min_prompts} each)"
-        return result
-    if settings.bins == "embeddings":
-        bins = _embedding_bins(ref, cur, settings, seed)
-    else:
-        bins = _token_bins(ref, cur, settings, group_of)
+
+
+def drift_from_bins(reference: dict[str, Any], bins: dict[str, Any], n_cur: int, n_binned: int,
+                    settings: DriftSettings, seed: int = 0) -> tuple[dict[str, Any], dict[str, Any] | None]:
+    """The measures, null baseline and top terms from both sides' bins; and what `example_candidates`
+    needs to find the examples (None: no examples to look for), for `finish_drift`."""
+    n_ref = reference["n"]
+    result = empty_drift_result(settings, n_ref, n_cur, n_binned)
     if bins["cur_counts"].sum() == 0 or bins["ref_counts"].sum() == 0:
         result["reason"] = "insufficient data: no tokens on one side"
-        return result
+        return result, None
+    group_of = reference["group_of"]
     measures = _measures(bins["cur_counts"], bins["ref_counts"], settings.smoothing)
-    null = _null_baseline(_grouped(bins["matrix"], group_of), len(cur), n_ref, settings, seed)
-    result.update(null_resampled_by=settings.null_resample_by if groups is not None else "prompt",
+    null = _null_baseline(_grouped(bins["matrix"], group_of), n_binned, n_ref, settings, seed)
+    result.update(null_resampled_by=settings.null_resample_by if reference["grouped"] else "prompt",
                   null_groups=int(group_of.max()) + 1)
     kl = measures["kl"]
     null_kl = float(np.quantile(null, settings.null_quantile))
@@ -570,20 +589,32 @@ def compute_drift(
                   null_kl_mean=float(null.mean()), kl_excess=kl - float(null.mean()), bin_count=len(bins["labels"]))
     top = _top_terms(bins, measures, settings)
     result["top_terms"] = top
+    wanted = None
     if bins["kind"] == "tokens":
         shown = {t for t in bins["vocab"] if _nameable(t)} | {r["term"] for r in top} | set(PLACEHOLDERS)
         shown = {t for t in shown if t != OOV}
         idx_of = {t: i for i, t in enumerate(bins["labels"])}
         shown = {t for t in shown if t not in idx_of or bins["ref_doc_freq"][idx_of[t]] >= settings.explain_min_prompts
                  or t in PLACEHOLDERS or t in {r["term"] for r in top}}
-        example_terms = [r["term"] for r in top if r["term"] != OOV and r["contribution"] > 0][:3]
-        result["examples"] = _examples(cur, example_terms, shown, settings.examples)
+        terms = [r["term"] for r in top if r["term"] != OOV and r["contribution"] > 0][:3]
+        wanted = {"terms": terms, "shown": shown, "count": settings.examples}
     else:  # clusters: counts only, no prompt text (nothing to mask it with)
         labels = bins["cur_label"]
         result["examples"] = [
             f"{r['term']}: {int((labels == int(r['term'].split()[-1])).sum())} current prompts"
             for r in top[: settings.examples]
         ]
+    return result, wanted
+
+
+def finish_drift(result: dict[str, Any], settings: DriftSettings, examples: list[str] | None = None) -> dict[str, Any]:
+    """The band, alert and reason of a measured drift result (and its examples, when looked for)."""
+    if examples is not None:
+        result["examples"] = examples
+    if result["kl"] is None:
+        return result
+    n_ref, n_cur = result["n_reference"], result["n_current"]
+    kl, null_kl = result["kl"], result["null_kl"]
     if min(n_ref, n_cur) < settings.min_prompts:
         result["band"] = "insufficient"
         result["reason"] = (f"insufficient data: {n_ref} reference and {n_cur} current prompts "
@@ -599,3 +630,42 @@ def compute_drift(
     else:
         result["reason"] = f"KL {kl:.3f} below {settings.same_below}"
     return result
+
+
+def compute_drift(
+    reference: Sequence[str] | pa.Array | pa.ChunkedArray,
+    current: Sequence[str] | pa.Array | pa.ChunkedArray,
+    settings: DriftSettings,
+    *,
+    seed: int = 0,
+    reference_groups: Sequence[str | None] | None = None,
+) -> dict:
+    """Drift of `current` prompts against `reference` prompts: kl, js, psi, null_kl, band, alert,
+    n_reference, n_current, top_terms, examples (see the module docstring for the rules).
+    `reference_groups`: per reference prompt, its conversation/session/user key (None: alone), for
+    the block bootstrap of the null baseline; ignored with null_resample_by: prompt.
+    (tasks/partitions.py computes the same from partitions of the window, in bounded memory.)"""
+    ref = prepare_reference(reference, settings, reference_groups=reference_groups)
+    cur, _ = _as_prompts(current)
+    n_ref, n_cur = ref["n"], len(cur)
+    rows = current_sample(n_cur, settings, seed)
+    if rows is not None:
+        cur = cur.take(pa.array(rows))
+    if n_ref == 0 or n_cur == 0:
+        result = empty_drift_result(settings, n_ref, n_cur, len(cur))
+        result["reason"] = f"insufficient data: {n_ref} reference and {n_cur} current prompts (need {settings.min_prompts} each)"
+        return result
+    if settings.bins == "embeddings":
+        bins = _embedding_bins(ref["prompts"], cur, settings, seed)
+    else:
+        vocab = ref["bins"]["vocab_array"]
+        stats = merge_token_stats(_map(lambda piece: current_token_stats(piece, vocab, settings), cur), len(vocab) + 1)
+        bins = bins_with_current(ref["bins"], stats)
+    result, wanted = drift_from_bins(ref, bins, n_cur, len(cur), settings, seed)
+    if wanted is None:
+        return finish_drift(result, settings)
+    keys = np.arange(len(cur), dtype=np.int64)
+    pieces = [example_candidates(chunk.slice(s, _CHUNK_ROWS), keys[base + s : base + s + _CHUNK_ROWS], **wanted)
+              for base, chunk in zip(np.cumsum([0] + [len(c) for c in cur.chunks]), cur.chunks)
+              for s in range(0, len(chunk), _CHUNK_ROWS)]
+    return finish_drift(result, settings, merge_examples(pieces, settings.examples))

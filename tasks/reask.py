@@ -383,10 +383,18 @@ def _user_time_order(users: np.ndarray, ts: np.ndarray) -> np.ndarray:
     return np.lexsort((ts, users))
 
 
-def detect_reasks(table: pa.Table, settings: SignalsSettings, *, refused: np.ndarray | None = None) -> np.ndarray:
+def reask_idf_sample(n: int) -> np.ndarray:
+    """The rows of an n-row window whose prompts the re-ask TF-IDF's IDF is fitted on (sorted)."""
+    return np.sort(np.random.default_rng(0).choice(n, size=min(n, _IDF_SAMPLE_ROWS), replace=False))
+
+
+def detect_reasks(table: pa.Table, settings: SignalsSettings, *, refused: np.ndarray | None = None,
+                  idf_corpus: pa.ChunkedArray | None = None) -> np.ndarray:
     """Per row: -1, or the row index of the same user's previous prompt that this prompt re-asks
     (see the module docstring). Null users never match. `refused`: per row, whether its response is
-    a full refusal, when the caller has computed it already (else it is computed here)."""
+    a full refusal, when the caller has computed it already (else it is computed here). `idf_corpus`
+    (tfidf backend): the IDF corpus when the table is one partition of a window (default: the table's
+    own `reask_idf_sample`)."""
     n = table.num_rows
     result = np.full(n, -1, dtype=np.int64)
     if n < 2:
@@ -409,10 +417,9 @@ def detect_reasks(table: pa.Table, settings: SignalsSettings, *, refused: np.nda
     prompts = table.column("prompt")
     before, after = prev[pairs], cur[pairs]
     responses = table.column("response").take(pa.array(before)) if "response" in table.column_names else None
-    corpus = None
-    if settings.reask_backend == "tfidf":
-        sample = np.random.default_rng(0).choice(n, size=min(n, _IDF_SAMPLE_ROWS), replace=False)
-        corpus = prompts.take(pa.array(np.sort(sample)))
+    corpus = idf_corpus
+    if settings.reask_backend == "tfidf" and corpus is None:
+        corpus = prompts.take(pa.array(reask_idf_sample(n)))
     verdict = reask_verdicts(prompts.take(pa.array(before)), responses, prompts.take(pa.array(after)), settings,
                              idf_corpus=corpus, refused=None if refused is None else np.asarray(refused)[before])
     result[after[verdict]] = before[verdict]

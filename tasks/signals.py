@@ -31,7 +31,7 @@ from tasks.refusal import FULL, PARTIAL, classify_refusals, detect_refusals
 
 # What other stages and the benchmarks import from here (the signals' public names).
 __all__ = [
-    "EMBEDDINGS_HINT", "compute_signals", "detect_reasks", "detect_refusals", "classify_refusals", "embed_texts",
+    "EMBEDDINGS_HINT", "compute_signals", "hallucination_sample", "merge_signal_counts", "signal_counts", "signals_from_counts", "detect_reasks", "detect_refusals", "classify_refusals", "embed_texts",
     "pair_similarity", "self_consistency", "wilson_interval",
 ]
 
@@ -188,6 +188,63 @@ def _summary(records: int, refusals: int, partial: int, reasks: int, up: int, do
     return out
 
 
+def signal_counts(table: pa.Table, settings: SignalsSettings, *, idf_corpus: pa.ChunkedArray | None = None) -> dict:
+    """The sufficient statistics of the rate signals over a table in contracts.LOG_SCHEMA: counts
+    overall and per model_version label. Counts of disjoint tables add up (`merge_signal_counts`) to
+    those of their union, as long as every user's rows are in one table (re-asks pair a user's
+    consecutive prompts). `idf_corpus`: the re-ask TF-IDF's IDF corpus when the table is part of a
+    larger window (reask_backend: tfidf)."""
+    missing = [c for c in ("user_id", "ts", "prompt", "response", "model_version") if c not in table.column_names]
+    if missing:
+        raise ValueError(f"compute_signals: the log table lacks column(s) {missing}; expected contracts.LOG_SCHEMA")
+    n = table.num_rows
+    kinds = classify_refusals(table.column("response"), settings)
+    refusal, partial = kinds == FULL, kinds == PARTIAL
+    reask_of = detect_reasks(table, settings, refused=refusal, idf_corpus=idf_corpus)
+    if "feedback" in table.column_names:
+        feedback = table.column("feedback").cast(pa.int8()).fill_null(0).to_numpy()
+    else:
+        feedback = np.zeros(n, dtype=np.int8)
+    up_mask = feedback == 1
+    down_mask = feedback == -1
+    reask_rows = np.flatnonzero(reask_of >= 0)
+    # per label: records, full refusals, partial refusals, re-asks (of that version's answers), up, down
+    counts: dict[str, Any] = {"all": [n, int(refusal.sum()), int(partial.sum()), len(reask_rows), int(up_mask.sum()),
+                                      int(down_mask.sum())], "by_model_version": {}}
+    if n:
+        versions, names = dictionary_codes(table.column("model_version"))
+        slots = versions + 1  # null version -> slot 0
+        size = len(names) + 1
+        columns = [np.bincount(slots, minlength=size), np.bincount(slots, weights=refusal, minlength=size),
+                   np.bincount(slots, weights=partial, minlength=size),
+                   np.bincount(slots[reask_of[reask_rows]], minlength=size),
+                   np.bincount(slots, weights=up_mask, minlength=size), np.bincount(slots, weights=down_mask, minlength=size)]
+        labels = ["<unknown>"] + [str(v) for v in names]
+        for slot, label in enumerate(labels):
+            if columns[0][slot]:
+                counts["by_model_version"][label] = [int(column[slot]) for column in columns]
+    return counts
+
+
+def merge_signal_counts(parts: Sequence[dict]) -> dict:
+    """The counts of the union of tables that each hold all the rows of their users."""
+    merged: dict[str, Any] = {"all": [0] * 6, "by_model_version": {}}
+    for part in parts:
+        merged["all"] = [a + b for a, b in zip(merged["all"], part["all"])]
+        for label, values in part["by_model_version"].items():
+            mine = merged["by_model_version"].setdefault(label, [0] * 6)
+            merged["by_model_version"][label] = [a + b for a, b in zip(mine, values)]
+    return merged
+
+
+def signals_from_counts(counts: dict) -> dict:
+    """Rates with Wilson intervals, overall and per model_version (sorted by label), from the counts."""
+    result = _summary(*counts["all"])
+    result["by_model_version"] = {label: _summary(*counts["by_model_version"][label])
+                                  for label in sorted(counts["by_model_version"])}
+    return result
+
+
 def compute_signals(
     table: pa.Table,
     settings: SignalsSettings,
@@ -206,62 +263,32 @@ def compute_signals(
     one, `consistency_prompts` rows are sampled (seeded) and their prompts checked through it;
     `references` maps a prompt's text to the answer the knowledge base knows for it.
     """
-    missing = [c for c in ("user_id", "ts", "prompt", "response", "model_version") if c not in table.column_names]
-    if missing:
-        raise ValueError(f"compute_signals: the log table lacks column(s) {missing}; expected contracts.LOG_SCHEMA")
-    n = table.num_rows
-    kinds = classify_refusals(table.column("response"), settings)
-    refusal, partial = kinds == FULL, kinds == PARTIAL
-    reask_of = detect_reasks(table, settings, refused=refusal)
-    if "feedback" in table.column_names:
-        feedback = table.column("feedback").cast(pa.int8()).fill_null(0).to_numpy()
-    else:
-        feedback = np.zeros(n, dtype=np.int8)
-    up_mask = feedback == 1
-    down_mask = feedback == -1
-    reask_rows = np.flatnonzero(reask_of >= 0)
-
-    result = _summary(n, int(refusal.sum()), int(partial.sum()), len(reask_rows), int(up_mask.sum()),
-                      int(down_mask.sum()))
-
-    versions, names = dictionary_codes(table.column("model_version"))
-    by_version: dict[str, Any] = {}
-    if n:
-        slots = versions + 1  # null version -> slot 0
-        size = len(names) + 1
-        records = np.bincount(slots, minlength=size)
-        refusals = np.bincount(slots, weights=refusal, minlength=size)
-        partials = np.bincount(slots, weights=partial, minlength=size)
-        reasks = np.bincount(slots[reask_of[reask_rows]], minlength=size)
-        ups = np.bincount(slots, weights=up_mask, minlength=size)
-        downs = np.bincount(slots, weights=down_mask, minlength=size)
-        labels = ["<unknown>"] + [str(v) for v in names]
-        for slot in np.argsort(labels, kind="stable"):
-            if records[slot] == 0:
-                continue
-            by_version[labels[slot]] = _summary(
-                int(records[slot]), int(refusals[slot]), int(partials[slot]), int(reasks[slot]), int(ups[slot]),
-                int(downs[slot]),
-            )
-    result["by_model_version"] = by_version
-
-    result["hallucination"] = None
-    if generator is not None and settings.consistency_prompts > 0 and n:
-        rng = np.random.default_rng(seed)
-        rows = rng.permutation(n)
-        prompts_col = table.column("prompt")
-        chosen: list[str] = []
-        seen: set[str] = set()
-        for start in range(0, n, 4 * settings.consistency_prompts):
-            block = prompts_col.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).to_pylist()
-            for prompt in block:
-                if prompt and prompt not in seen:
-                    seen.add(prompt)
-                    chosen.append(prompt)
-                    if len(chosen) == settings.consistency_prompts:
-                        break
-            if len(chosen) == settings.consistency_prompts:
-                break
-        refs = [references.get(p) for p in chosen] if references else None
-        result["hallucination"] = self_consistency(generator, chosen, settings, refs, seed=seed)
+    result = signals_from_counts(signal_counts(table, settings))
+    result["hallucination"] = hallucination_sample(table, settings, generator, references, seed)
     return result
+
+
+def hallucination_sample(table: pa.Table, settings: SignalsSettings, generator: Generator | None,
+                         references: Mapping[str, str] | None = None, seed: int = 0) -> dict | None:
+    """Self-consistency of `consistency_prompts` distinct prompts drawn (seeded) from the window's
+    rows; None without a generator."""
+    n = table.num_rows
+    if generator is None or settings.consistency_prompts == 0 or n == 0:
+        return None
+    rng = np.random.default_rng(seed)
+    rows = rng.permutation(n)
+    prompts_col = table.column("prompt")
+    chosen: list[str] = []
+    seen: set[str] = set()
+    for start in range(0, n, 4 * settings.consistency_prompts):
+        block = prompts_col.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).to_pylist()
+        for prompt in block:
+            if prompt and prompt not in seen:
+                seen.add(prompt)
+                chosen.append(prompt)
+                if len(chosen) == settings.consistency_prompts:
+                    break
+        if len(chosen) == settings.consistency_prompts:
+            break
+    refs = [references.get(p) for p in chosen] if references else None
+    return self_consistency(generator, chosen, settings, refs, seed=seed)

@@ -192,3 +192,16 @@ def test_a_config_that_is_not_utf8_names_the_file(tmp_path: Path) -> None:
     assert str(latin) in str(err.value) and "UTF-8" in str(err.value)
     done = _flywheel("config", "show", "--config", str(latin))
     assert done.returncode == 2 and str(latin) in done.stderr
+
+
+@pytest.mark.parametrize("overrides, names", [
+    ({"runner.kind": "ray"}, ["runner.kind", "'local' or 'dask'"]),
+    ({"runner.address": "localhost:8786"}, ["runner.address", "tcp://host:8786"]),
+    ({"runner.workers": 0}, ["runner.workers"]),
+    ({"monitoring.partition_rows": 10}, ["monitoring.partition_rows"]),
+    ({"monitoring.partition_rows": 1000, "drift.bins": "embeddings"}, ["monitoring.partition_rows", "drift.bins: tokens"]),
+])
+def test_runner_and_monitoring_knobs_fail_at_start_naming_the_key(overrides, names) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_settings(None, overrides)
+    assert all(name in str(err.value) for name in names)

@@ -1,7 +1,7 @@
 """Shards: masking and analysis mapped over plain lists of texts by a pool of worker processes.
 
 `mask_shard` and `analyze_shard` take a plain list of texts, the settings as JSON and the key, and
-return plain dicts: the unit a Dask or Ray task runner can map later. Each process builds its
+return plain dicts: the unit flows/parallel.py maps as Prefect tasks on Dask (runner.kind dask). Each process builds its
 engines once (`cached_masker`) and warms them on made-up PII before its first shard. `ShardPool`
 runs `pii.processes` spawned workers (or this process alone, for small inputs), hands each distinct
 text to one of them once and gives every copy its result, in order. Workers die with the process
@@ -20,7 +20,7 @@ import sys
 import threading
 import time
 from concurrent.futures import ProcessPoolExecutor
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Protocol, Sequence
 
 from tasks.config import PiiSettings
 from tasks.pii.masker import Masker, build_masker
@@ -108,10 +108,11 @@ def _die_with_parent(parent: int) -> None:
 
 def _start_worker(parent: int, settings_json: str, key: bytes) -> None:
     _die_with_parent(parent)
-    _warm(settings_json, key)
+    warm(settings_json, key)
 
 
-def _warm(settings_json: str, key: bytes) -> None:
+def warm(settings_json: str, key: bytes) -> None:
+    """Build this process's engines and load what they load on first use."""
     cached_masker(settings_json, key).analyze_texts([_WARM_UP_TEXT])
 
 
@@ -119,30 +120,45 @@ def _pid(_: int) -> int:
     return os.getpid()
 
 
-def _timed_shard(fn: Callable[..., list[dict[str, Any]]], shard: list[str], *args: Any) -> tuple[float, list[dict[str, Any]]]:
+def timed_shard(fn: Callable[..., list[dict[str, Any]]], shard: list[str], *args: Any) -> tuple[float, list[dict[str, Any]]]:
     started = time.process_time()
     results = fn(shard, *args)
     return time.process_time() - started, results
 
 
+class ShardMapper(Protocol):
+    """Runs `timed_shard` over shards elsewhere (flows/parallel.py: Prefect tasks on Dask), in order."""
+
+    workers: int
+
+    def warm(self, settings_json: str, key: bytes) -> None: ...
+
+    def __call__(self, fn: Callable[..., Any], *columns: list[Any]) -> list[tuple[float, list[dict[str, Any]]]]: ...
+
+
 class ShardPool:
     """`processes` spawned workers, each building its engines once; maps a shard function in order.
 
-    Runs in this process when `processes` is 1 or the input is too small to be worth a spawn.
+    Runs in this process when `processes` is 1 or the input is too small to be worth a spawn. With a
+    `mapper` (runner.kind dask), the shards run where it sends them, over `mapper.workers` workers.
     `cpu_seconds` adds up the CPU time the shards took, wherever they ran."""
 
-    def __init__(self, settings: PiiSettings, key: bytes, *, size: int | None = None):
+    def __init__(self, settings: PiiSettings, key: bytes, *, size: int | None = None,
+                 mapper: ShardMapper | None = None):
         self.settings_json = settings.model_dump_json()
         self.key = key
         self.batch_size = settings.batch_size
+        self.mapper = mapper
         small = size is not None and size < 2 * settings.batch_size
-        self.processes = 1 if small else settings.processes
+        self.processes = mapper.workers if mapper is not None else 1 if small else settings.processes
         self.cpu_seconds = 0.0
         self.distinct_texts = 0  # texts handled, each distinct text once
         self._pool: ProcessPoolExecutor | None = None
 
     def __enter__(self) -> ShardPool:
-        if self.processes > 1:
+        if self.mapper is not None:
+            self.mapper.warm(self.settings_json, self.key)
+        elif self.processes > 1:
             # Spawned, not forked: the caller may hold threads (Prefect) and locks. Every worker
             # builds its engines once, in its initializer; the first tasks wait for that.
             self._pool = ProcessPoolExecutor(
@@ -154,7 +170,7 @@ class ShardPool:
             pids = list(self._pool.map(_pid, range(self.processes)))
             log.debug("PII workers ready: %d", len(set(pids)))
         else:
-            _warm(self.settings_json, self.key)
+            warm(self.settings_json, self.key)
         return self
 
     def __exit__(self, *exc: Any) -> None:
@@ -180,10 +196,12 @@ class ShardPool:
         shards = self.shards(list(first))
         n = len(shards)
         columns = [[fn] * n, shards, [self.settings_json] * n, [self.key] * n, *[[a] * n for a in args]]
-        if self._pool is None:
-            timed = [_timed_shard(*call) for call in zip(*columns)]
+        if self.mapper is not None:
+            timed = self.mapper(timed_shard, *columns)
+        elif self._pool is None:
+            timed = [timed_shard(*call) for call in zip(*columns)]
         else:
-            timed = list(self._pool.map(_timed_shard, *columns))
+            timed = list(self._pool.map(timed_shard, *columns))
         self.cpu_seconds += sum(cpu for cpu, _ in timed)
         results = [item for _, shard in timed for item in shard]
         return [dict(results[slot]) for slot in slots]

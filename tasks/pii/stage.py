@@ -36,7 +36,7 @@ from tasks.contracts import StageResult
 from tasks.files import atomic_write_text, read_records, write_records
 from tasks.pii.keys import PSEUDONYM_RE, pseudonym
 from tasks.pii.masker import REMASK_ROUNDS
-from tasks.pii.pool import ShardPool, mask_shard
+from tasks.pii.pool import ShardMapper, ShardPool, mask_shard
 from tasks.pii.scan import LeakScan, leak_scan
 
 log = logging.getLogger(__package__)  # the package's logger: log lines keep the name "tasks.pii"
@@ -62,8 +62,10 @@ def mask_file(
     key: bytes,
     fields: Sequence[str] = DEFAULT_FIELDS,
     audit_path: Path | None = None,
+    mapper: ShardMapper | None = None,
 ) -> dict[str, Any]:
     """Mask `fields` of every record of a JSONL/Parquet file into another (format by suffix).
+    `mapper`: where the shards run (flows/parallel.py's Dask mapper); default: pii.processes here.
 
     A record with any field that fails is dropped (fail closed). The output is re-scanned; leaks
     raise PiiLeakError after the audit is written, and the output is not left in place.
@@ -94,7 +96,7 @@ def mask_file(
                 failed.add(i)
                 errors["NonTextField"] += 1
 
-    with ShardPool(settings, key, size=len(texts)) as pool:
+    with ShardPool(settings, key, size=len(texts), mapper=mapper) as pool:
         ready = time.perf_counter()
         masked = pool.map(mask_shard, texts, True)
         work_seconds = time.perf_counter() - ready
@@ -236,11 +238,12 @@ def scan_records(records: list[dict[str, Any]], scan: LeakScan, key: bytes, *, m
             "seconds": time.perf_counter() - started}
 
 
-def mask_stage(cases: Path, out_path: Path, settings: PiiSettings, *, key: bytes) -> StageResult:
+def mask_stage(cases: Path, out_path: Path, settings: PiiSettings, *, key: bytes,
+               mapper: ShardMapper | None = None) -> StageResult:
     """The cycle's masking stage: every text field of the cases file masked, the audit beside it."""
     out_path = Path(out_path)
     audit_path = out_path.parent / AUDIT_FILE
-    audit = mask_file(cases, out_path, settings, key=key, audit_path=audit_path)
+    audit = mask_file(cases, out_path, settings, key=key, audit_path=audit_path, mapper=mapper)
     return StageResult.of(
         "mask", {"masked": out_path, "audit": audit_path},
         counts={k: audit[k] for k in ("records", "masked_records", "dropped", "leaks", "leaks_masked")},

@@ -1,0 +1,96 @@
+"""Where the embarrassingly parallel work runs (the `runner` section): with `kind: dask`, Prefect tasks
+on prefect-dask's DaskTaskRunner, one task run per PII masking shard or monitoring partition, so the
+Prefect UI shows each; with `kind: local`, this machine's own way (tasks.pii's process pool, partitions
+one after another).
+
+The Dask cluster is `runner.address` (an existing scheduler: its workers need this package installed
+and, for monitoring, the workspace on a shared path) or a local cluster of `runner.workers` processes
+started for the work and stopped after it. Only plain lists, settings JSON and file paths travel to the
+workers; task results are not persisted (they hold masked text), and a task run's parameters never
+reach the Prefect API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import RunnerSettings
+
+
+def dask_task_runner(runner: RunnerSettings):
+    """A DaskTaskRunner for the settings: the scheduler at `address`, else a local cluster of `workers`
+    single-threaded processes (the shards hold the GIL: threads would not run them in parallel)."""
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError:
+        raise RuntimeError("runner.kind dask needs the dask extra: pip install 'llm-flywheel[dask]'") from None
+    if runner.address:
+        return DaskTaskRunner(address=runner.address)
+    return DaskTaskRunner(cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1, "processes": True,
+                                          "dashboard_address": None})
+
+
+@task(name="pii-shard", cache_policy=NO_CACHE, persist_result=False)
+def pii_shard(fn: Callable[..., Any], shard_fn: Callable[..., Any], shard: list[str], rest: list[Any]) -> Any:
+    """One shard: `fn(shard_fn, shard, *rest)` (tasks.pii.pool.timed_shard around mask_shard/analyze_shard)."""
+    return fn(shard_fn, shard, *rest)
+
+
+@task(name="monitoring-partition", cache_policy=NO_CACHE, persist_result=False)
+def monitoring_partition(fn: Callable[[Any], Any], item: Any) -> Any:
+    return fn(item)
+
+
+def _map_in_order(runner: Any, work: Any, parameters: dict[str, Any]) -> list[Any]:
+    futures = runner.map(work, parameters)
+    return [future.result() for future in futures]
+
+
+class DaskShards:
+    """A tasks.pii.pool.ShardMapper: every shard a `pii-shard` task run on the Dask cluster; every
+    worker builds its engines before the first shard (as the process pool's workers do)."""
+
+    def __init__(self, runner: Any, workers: int):
+        self.runner = runner
+        self.workers = workers
+
+    def warm(self, settings_json: str, key: bytes) -> None:
+        from tasks.pii.pool import warm
+
+        self.runner.client.run(warm, settings_json, key)
+
+    def __call__(self, fn: Callable[..., Any], *columns: list[Any]) -> list[Any]:
+        from prefect.utilities.annotations import unmapped
+
+        shard_fns, shards, *rest = columns
+        return _map_in_order(self.runner, pii_shard, {"fn": unmapped(fn), "shard_fn": list(shard_fns),
+                                                      "shard": list(shards), "rest": [list(r) for r in zip(*rest)]})
+
+
+@contextmanager
+def shard_mapper(runner: RunnerSettings) -> Iterator[DaskShards | None]:
+    """The PII shard mapper of the settings: None for local (the process pool), else Dask's."""
+    if runner.kind != "dask":
+        yield None
+        return
+    with dask_task_runner(runner) as task_runner:
+        workers = len(task_runner.client.scheduler_info(n_workers=-1)["workers"]) if runner.address else runner.workers
+        yield DaskShards(task_runner, workers)
+
+
+@contextmanager
+def partition_mapper(runner: RunnerSettings) -> Iterator[Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None]:
+    """`map(fn, items)` over monitoring partitions: None for local (one after another, here), else
+    a `monitoring-partition` task run per item on Dask, results in order."""
+    if runner.kind != "dask":
+        yield None
+        return
+    from prefect.utilities.annotations import unmapped
+
+    with dask_task_runner(runner) as task_runner:
+        yield lambda fn, items: _map_in_order(task_runner, monitoring_partition, {"fn": unmapped(fn), "item": list(items)})

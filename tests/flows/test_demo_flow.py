@@ -139,3 +139,25 @@ def test_reset_keeps_the_base_model_and_refuses_foreign_folders(tmp_path: Path) 
     with pytest.raises(DemoError, match="no demo wrote"):
         reset_workspace(foreign)
     assert (foreign / "notes.txt").read_text() == "keep me"
+
+
+def test_demo_recipe_benchmark_judges_the_canary_as_the_demo_did(demo_config: Path, promoted: dict) -> None:
+    """benchmarks/demo_recipe.py is only worth its figures if judging the demo's own canary on the demo's
+    weeks after the promotion gives the demo's own ground-truth figures."""
+    import sys
+
+    from tasks.config import REPO_ROOT
+    from tasks.generation import LocalGenerator
+
+    sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
+    import demo_recipe
+
+    settings = load_settings(demo_config)
+    items = demo_recipe.after_weeks_prompts(Path(promoted["workspace"]))
+    assert len(items) == promoted["after"]["records"]
+    generator = LocalGenerator(Path(settings.model.base), batch_size=64, max_new_tokens=settings.model.max_new_tokens)
+    generator.load_adapter("canary", Path(promoted["report"]).parent.parent / "05_adapter")
+    generator.use("canary")
+    judged = demo_recipe.judge(generator, items, settings.paths.data_dir)
+    assert judged["all"]["wrong"] == promoted["wrong_answer_rate_after"]
+    assert judged["new_products"]["correct"] == promoted["new_topic_accuracy_after"]

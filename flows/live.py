@@ -43,7 +43,9 @@ class LiveServer:
             self.port = sock.getsockname()[1]
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = Path(folder)
-        self.settings = settings.model_copy(update={"serving": settings.serving.model_copy(update={"url": self.url})})
+        # flushed often: each simulated hour's look waits for its users' records to be on disk
+        serving = settings.serving.model_copy(update={"url": self.url, "capture_flush_s": 0.2})
+        self.settings = settings.model_copy(update={"serving": serving})
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> LiveServer:

@@ -78,14 +78,13 @@ class SimulatedClock:
 
 
 def request_ramp(settings: Settings, version: str, reviewer: str) -> bool:
-    """Emit the event the canary-ramp deployment's trigger starts on. Only with a Prefect API (PREFECT_API_URL
-    set, or inside a flow run); returns whether an event went out."""
-    import os
-
-    from prefect.context import FlowRunContext
+    """Emit the event the canary-ramp deployment's trigger starts on. Only with a Prefect server
+    (PREFECT_API_URL; without one Prefect would start a temporary server that no deployment listens to);
+    returns whether an event went out."""
     from prefect.events import emit_event
+    from prefect.settings import PREFECT_API_URL
 
-    if not os.environ.get("PREFECT_API_URL") and FlowRunContext.get() is None:
+    if not PREFECT_API_URL.value():
         return False
     event = emit_event(event=APPROVED_EVENT, resource=_resource(settings, version),
                        payload={"version": str(version), "reviewer": reviewer})
@@ -169,6 +168,7 @@ def canary_ramp(
     version: str | None = None,
     config: str | None = None,
     workspace: str | None = None,
+    server_url: str | None = None,
     clock: Any = None,
 ) -> dict[str, Any]:
     """Ramp an approved canary through ramp.steps on live traffic; promote it, or halt it.
@@ -177,9 +177,11 @@ def canary_ramp(
         version: the canary version to ramp. Empty: the registry's `canary` alias.
         config: YAML config file laid over the embedded defaults.
         workspace: folder holding the MLflow store, the server's logs and cycle outputs (default ./workspace).
+        server_url: the model server whose traffic is split (default: serving.url).
         clock: time between looks (tests and the demo pass a SimulatedClock); empty: real time.
     """
-    settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
+    overrides = {"paths.workspace": workspace, "serving.url": server_url}
+    settings = load_settings(config, {k: v for k, v in overrides.items() if v} or None)
     if not settings.serving.url:
         raise RampError("the ramp splits traffic on the model server at serving.url, which is not set: set serving.url "
                         "(e.g. http://127.0.0.1:8000) to the `flywheel serve` that answers production traffic")
@@ -243,8 +245,13 @@ def _summary(record: dict[str, Any]) -> dict[str, Any]:
     last = record["looks"][-1] if record["looks"] else None
     return {"version": record["version"], "outcome": record["outcome"], "reason": record.get("reason"),
             "promoted": record["outcome"] == "promoted",
-            "steps": [{"share": s, "looks": sum(1 for lk in record["looks"] if lk["share"] == s),
-                       "decision": next((lk["decision"] for lk in reversed(record["looks"]) if lk["share"] == s), None)}
-                      for s in dict.fromkeys(lk["share"] for lk in record["looks"])],
+            "steps": [_step(record, share) for share in dict.fromkeys(lk["share"] for lk in record["looks"])],
             "last_look": last and {k: last[k] for k in ("share", "hours", "decision")},
             "ab": last and last["result"]}
+
+
+def _step(record: dict[str, Any], share: float) -> dict[str, Any]:
+    """One step of the ramp: its share, looks, hours, final decision and last A/B result."""
+    looks = [lk for lk in record["looks"] if lk["share"] == share]
+    return {"share": share, "looks": len(looks), "hours": looks[-1]["hours"], "decision": looks[-1]["decision"],
+            "ab": looks[-1]["result"]}

@@ -16,8 +16,6 @@ from flows.ramp import HALTED_EVENT, RAMP_REVIEWER, RampError, SimulatedClock, c
 from tasks.config import load_settings
 from test_serving_registry import Registered, random_adapter
 
-pytestmark = pytest.mark.slow
-
 RAMP = {"steps": [0.5, 1.0], "min_step_hours": 2.0, "max_step_hours": 8.0, "look_every_hours": 1.0,
         "min_users_per_arm": 20}
 
@@ -48,6 +46,7 @@ def setup(tmp_path: Path, template_db: Path, base: Path, champion: Path, canary:
     return store, first, candidate, server, config, users
 
 
+@pytest.mark.slow
 def test_a_sound_canary_ramps_to_promotion(tiny_base_model, template_db, adapters, start_server, tmp_path) -> None:
     # the canary is the champion's adapter registered again: the same model, so no guardrail can be breached
     store, first, candidate, server, config, users = setup(tmp_path, template_db, tiny_base_model, adapters["champion"],
@@ -66,6 +65,7 @@ def test_a_sound_canary_ramps_to_promotion(tiny_base_model, template_db, adapter
     assert "PROMOTED" in (tmp_path / "ws" / "cycles" / "c-champion" / "07_ramp" / "report.md").read_text()
 
 
+@pytest.mark.slow
 def test_a_canary_that_refuses_everything_is_halted_and_rejected(tiny_base_model, template_db, adapters, start_server,
                                                                   tmp_path) -> None:
     store, first, candidate, server, config, users = setup(tmp_path, template_db, tiny_base_model, adapters["champion"],
@@ -84,7 +84,7 @@ def test_a_canary_that_refuses_everything_is_halted_and_rejected(tiny_base_model
     assert ready["routes"] == {"champion": f"v{first}"} and ready["canary_share"] == 0.0
     refusal = next(row for row in result["ab"]["metrics"] if row["metric"] == "refusal_rate")
     assert refusal["breached"] and refusal["ci"][0] > RAMP_MIN_MARGIN
-    assert halted_events(candidate), f"no {HALTED_EVENT} event"
+    assert events(HALTED_EVENT, candidate), f"no {HALTED_EVENT} event"
     with pytest.raises(RampError, match="not the canary"):  # a rejected version cannot be ramped again
         canary_ramp(version=candidate, config=str(config), clock=SimulatedClock())
 
@@ -92,8 +92,8 @@ def test_a_canary_that_refuses_everything_is_halted_and_rejected(tiny_base_model
 RAMP_MIN_MARGIN = 0.02  # abtest.margins.refusal_rate (the default)
 
 
-def halted_events(version: str) -> list[dict]:
-    """The flywheel.canary.halted events the Prefect server holds for `version` (events arrive asynchronously)."""
+def events(name: str, version: str) -> list[dict]:
+    """The events called `name` the Prefect server holds for `version` (events arrive asynchronously)."""
     import time
 
     from prefect import get_client
@@ -102,8 +102,59 @@ def halted_events(version: str) -> list[dict]:
     while True:
         with get_client(sync_client=True) as client:
             response = client.request("POST", "/events/filter",
-                                      json={"filter": {"event": {"name": [HALTED_EVENT]}}, "limit": 50})
+                                      json={"filter": {"event": {"name": [name]}}, "limit": 50})
         events = [e for e in response.json()["events"] if e["payload"].get("version") == version]
         if events or time.monotonic() > deadline:
             return events
         time.sleep(0.5)
+
+
+def test_approval_means_ramp_it(template_db, adapter, tmp_path) -> None:
+    """`flywheel approve` records the approval and emits the event the canary-ramp deployment starts on."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+    from flows.ramp import APPROVED_EVENT
+
+    import shutil
+
+    from tasks.registry import Registry
+
+    (tmp_path / "ws").mkdir()
+    shutil.copy(template_db, tmp_path / "ws" / "mlflow.db")
+    registry = Registry(load_settings(None, {"paths.workspace": str(tmp_path / "ws")}))
+    version = registry.register_canary(adapter, cycle_id="c1", base_path=Path("/models/base"), base_digest="b" * 64,
+                                       dataset_sha256="d" * 64, eval_report={"gate": {"passed": True}, "suites": {}})
+    done = CliRunner().invoke(app, ["approve", version, "--reviewer", "ana", "--comment", "ramp it", "-w",
+                                    str(tmp_path / "ws"), "--json"])
+    assert done.exit_code == 0, done.output
+    assert json.loads(done.stdout.strip().splitlines()[-1])["ramp_requested"] is True
+    assert registry.status()["champion"] is None  # approval alone promotes nothing
+    assert events(APPROVED_EVENT, version)
+
+
+def test_the_review_shows_an_earlier_ramps_evidence(template_db, adapter, tmp_path) -> None:
+    """A ramp that stopped inconclusive leaves its A/B evidence in the cycle folder; the next review shows it."""
+    import shutil
+
+    from flows.review import canary_review
+    from tasks.registry import Registry
+
+    (tmp_path / "ws").mkdir()
+    shutil.copy(template_db, tmp_path / "ws" / "mlflow.db")
+    registry = Registry(load_settings(None, {"paths.workspace": str(tmp_path / "ws")}))
+    registry.register_canary(adapter, cycle_id="c9", base_path=Path("/models/base"), base_digest="b" * 64,
+                             dataset_sha256="d" * 64, eval_report={"gate": {"passed": True}, "suites": {}})
+    ramp = tmp_path / "ws" / "cycles" / "c9" / "07_ramp" / "report.md"
+    ramp.parent.mkdir(parents=True)
+    ramp.write_text("# Canary ramp: v1 (**STOPPED**, inconclusive)\n\n| look | share |\n", encoding="utf-8")
+    canary_review(workspace=str(tmp_path / "ws"))
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.sorting import ArtifactSort
+
+    with get_client(sync_client=True) as client:
+        latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["canary-review"])),
+                                       sort=ArtifactSort.CREATED_DESC, limit=1)[0]
+    assert "**STOPPED**, inconclusive" in latest.data

@@ -108,6 +108,9 @@ def approved_canary(settings: Settings, version: str | None) -> dict[str, Any]:
     entry = next(v for v in status["versions"] if v["version"] == version)
     if not entry["review"] or entry["review"]["decision"] != "approve":
         raise RampError(f"v{version} is not approved: flywheel approve {version} --reviewer NAME --comment TEXT")
+    if entry["gate"] != "passed" and not entry["gate_override"]:  # it could never be promoted: do not expose users
+        raise RampError(f"v{version} failed its evaluation gate and has no override: "
+                        f"flywheel registry override {version} --reviewer NAME --reason TEXT first")
     return {"version": version, "champion": status["champion"], "cycle_id": entry["cycle_id"]}
 
 

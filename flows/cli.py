@@ -881,7 +881,10 @@ def ramp(
     from flows.ramp import RampError, canary_ramp
     from flows.temporary_server import temporary_prefect_server
 
-    settings_for(config, workspace)  # bad config: exit 2 before anything starts
+    if not settings_for(config, workspace).serving.url:  # before a Prefect server is started for nothing
+        print("error: the ramp splits traffic on the model server at serving.url, which is not set: set serving.url "
+              "(e.g. http://127.0.0.1:8000) to the `flywheel serve` that answers production traffic", file=sys.stderr)
+        raise typer.Exit(2)
     try:
         with temporary_prefect_server():
             result = canary_ramp(version=version, config=str(config) if config else None,

@@ -158,3 +158,12 @@ def test_the_review_shows_an_earlier_ramps_evidence(template_db, adapter, tmp_pa
         latest = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["canary-review"])),
                                        sort=ArtifactSort.CREATED_DESC, limit=1)[0]
     assert "**STOPPED**, inconclusive" in latest.data
+
+
+def test_ramp_without_a_server_to_split_traffic_on_is_bad_usage(tmp_path) -> None:
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    done = CliRunner().invoke(app, ["ramp", "-w", str(tmp_path / "ws")])
+    assert done.exit_code == 2 and "serving.url" in done.output

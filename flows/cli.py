@@ -566,7 +566,14 @@ def registry_status(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as
 
 def _review(version: str, decision: str, reviewer: str, comment: str, config, workspace, as_json) -> None:
     result = registry_call(config, workspace, "review", version, decision=decision, reviewer=reviewer, comment=comment)
-    emit(result, as_json, f"version {version}: {decision} by {reviewer}")
+    human = f"version {version}: {decision} by {reviewer}"
+    if decision == "approve":  # approval means "ramp it": the canary-ramp deployment starts on this event
+        from flows.ramp import APPROVED_EVENT, request_ramp
+
+        result["ramp_requested"] = request_ramp(settings_for(config, workspace), version, reviewer)
+        human += (f"; ramp requested (event {APPROVED_EVENT})" if result["ramp_requested"] else
+                  f"; no Prefect server (PREFECT_API_URL) to start the ramp: run `flywheel ramp {version}`")
+    emit(result, as_json, human)
 
 
 ReviewerOpt = Annotated[str, typer.Option("--reviewer", help="Who decides (recorded on the version).")]
@@ -576,9 +583,11 @@ CommentOpt = Annotated[str, typer.Option("--comment", help="Why (recorded on the
 @app.command()
 def approve(version: str, reviewer: ReviewerOpt, comment: CommentOpt, config: ConfigOpt = None,
             workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
-    """Approve a canary for promotion (then `flywheel promote VERSION`). Every review is kept; the latest
-    counts. Refused (exit 1) for a rejected version (a rejection is final) and, with
-    review.require_distinct_override, for the reviewer who overrode its failed gate."""
+    """Approve a canary: it ramps on live traffic, then is promoted (or halted). With a Prefect server
+    (PREFECT_API_URL) the approval emits flywheel.canary.approved, which starts the canary-ramp deployment;
+    without one, run `flywheel ramp VERSION`. Every review is kept; the latest counts. Refused (exit 1) for
+    a rejected version (a rejection is final) and, with review.require_distinct_override, for the reviewer
+    who overrode its failed gate."""
     _review(version, "approve", reviewer, comment, config, workspace, as_json)
 
 
@@ -801,17 +810,19 @@ def stack_down(config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json
 
 @app.command()
 def demo(
-    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve and promote the canary when its gate passes, then simulate the weeks after; otherwise stop at 'awaiting review'.")] = False,
+    auto_approve: Annotated[bool, typer.Option("--auto-approve", help="Approve the canary when its gate passes and ramp it on live traffic through a real model server (week 1 at a small share with its A/B table, then to 100% and promotion), then simulate the weeks after; otherwise stop at 'awaiting review'.")] = False,
+    bad_canary: Annotated[bool, typer.Option("--bad-canary", help="Register an adapter trained to refuse everything as the canary instead and ramp it: the ramp halts it at the first step and the champion stays (implies --auto-approve).")] = False,
     weeks_after: Annotated[int, typer.Option(min=1, help="Weeks simulated with the new champion after the promotion.")] = 2,
     verbose: Annotated[bool, typer.Option("--verbose", help="Show Prefect's own flow and task run logs as well.")] = False,
     config: Annotated[Optional[Path], typer.Option("--config", "-c", help="YAML file laid over the embedded defaults [default: configs/demo.yaml].")] = None,
     workspace: Annotated[Optional[Path], typer.Option("--workspace", "-w", help="Demo output folder, cleared on every run [default: workspace/demo].")] = None,
     as_json: JsonOpt = False,
 ) -> None:
-    """The whole loop on a simulated quarter, on this machine (no GPU, servers or network): build the
-    base model, simulate 13 weeks of users answered by it (new products launch in week 7), monitor
-    every week, retrain, evaluate, register the canary, approve and promote it (--auto-approve), two
-    more weeks with the new champion, and a before/after table: what monitoring saw (refusals, re-asks,
+    """The whole loop on a simulated quarter, on this machine (no GPU or network; the model server it
+    starts listens on a free port of 127.0.0.1): build the base model, simulate 13 weeks of users answered
+    by it (new products launch in week 7), monitor every week, retrain, evaluate, register the canary,
+    approve it and ramp it on live traffic through `flywheel serve` (--auto-approve: week 1 at a small
+    share with its A/B table, then to 100% and promotion), two more weeks with the new champion, and a before/after table: what monitoring saw (refusals, re-asks,
     answers the docs do not support) beside what the simulator knows (accuracy, wrong answers). About 9
     minutes on 2 CPU cores the first time, 7 once the base model is built."""
     if not verbose:  # the demo prints its own progress
@@ -825,13 +836,17 @@ def demo(
     check_workspace(demo_settings(str(config) if config else None, str(workspace) if workspace else None).workspace)
     with temporary_prefect_server():
         result = flywheel_demo(config=str(config) if config else None, workspace=str(workspace) if workspace else None,
-                               auto_approve=auto_approve, weeks_after=weeks_after)
+                               auto_approve=auto_approve, weeks_after=weeks_after, bad_canary=bad_canary)
     width = max(len(name) for name, _, _ in before_after_rows(result))
     lines = [f"{'':{width}}  {'before':>24}  {'after':>24}"]
     lines += [f"{name:{width}}  {before:>24}  {after:>24}" for name, before, after in before_after_rows(result)]
     lines += ["", table([("new products launched", result["launch_week"]), ("drift detected", result["drift_detected_week"]),
                          ("cycle", result["cycle_id"]), ("canary", result["canary_version"]),
-                         ("gate", "passed" if result["gate_passed"] else "failed"), ("promoted", result["promoted"]),
+                         ("gate", "passed" if result["gate_passed"] else "failed"),
+                         ("ramp", ", ".join(f"{s['share']:g}: {s['decision']}" for s in result["ramp_steps"]) or "-"),
+                         ("week 1 refusal diff", "-" if result["ab_refusal_diff"] is None else
+                          f"{result['ab_refusal_diff'] * 100:+.1f} pts {[round(x * 100, 1) for x in result['ab_refusal_ci'] or []]}"),
+                         ("promoted", result["promoted"]),
                          ("evaluation report", result["report"]), ("seconds", result["seconds"])])]
     emit(result, as_json, "\n".join(lines))
     if not result["gate_passed"]:
@@ -866,6 +881,39 @@ def ab(
     emit(result, as_json, ab_markdown(result))
     if result["decision"] == "halt":
         raise check_failed("; ".join(r for r in result["reasons"] if "sample-ratio" in r or "beyond its margin" in r))
+
+
+@app.command("ramp")
+def ramp(
+    version: Annotated[Optional[str], typer.Argument(help="The approved canary to ramp [default: the canary alias].")] = None,
+    config: ConfigOpt = None,
+    workspace: WorkspaceOpt = None,
+    as_json: JsonOpt = False,
+) -> None:
+    """Ramp an approved canary on live traffic in the foreground (what the canary-ramp deployment runs when
+    an approval's event starts it): the model server at serving.url routes ramp.steps of the users to it,
+    one step after another; every ramp.look_every_hours the A/B analysis of the step's logs decides:
+    advance, hold, or halt (share 0, canary rejected with the evidence). Every step below 1.0 advanced:
+    promoted. A step without a decision after ramp.max_step_hours stops as inconclusive. Exits 1 unless
+    promoted."""
+    from flows.ramp import RampError, canary_ramp
+    from flows.temporary_server import temporary_prefect_server
+
+    if not settings_for(config, workspace).serving.url:  # before a Prefect server is started for nothing
+        print("error: the ramp splits traffic on the model server at serving.url, which is not set: set serving.url "
+              "(e.g. http://127.0.0.1:8000) to the `flywheel serve` that answers production traffic", file=sys.stderr)
+        raise typer.Exit(2)
+    try:
+        with temporary_prefect_server():
+            result = canary_ramp(version=version, config=str(config) if config else None,
+                                 workspace=str(workspace) if workspace else None)
+    except RampError as err:
+        raise check_failed(str(err)) from None
+    emit(result, as_json, table([("version", result["version"]), ("outcome", result["outcome"]),
+                                 ("steps", ", ".join(f"{s['share']:g}: {s['decision']}" for s in result["steps"])),
+                                 ("reason", result["reason"] or "-")]))
+    if not result["promoted"]:
+        raise check_failed(result["reason"] or "the canary was not promoted")
 
 
 # ----------------------------------------------------------------------------------------- cost

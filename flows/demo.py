@@ -3,8 +3,13 @@
     bootstrap the base model (cached) -> weeks 1..13: simulated users ask, the real champion answers
         (knowledge base v2's products launch in week 7), weekly monitoring runs on each week
     -> the quarterly retraining cycle on the quarter's logs -> canary registered, evaluated, gated
-    -> approved (--auto-approve) and promoted -> two more weeks answered by the new champion
-    -> a before/after table
+    -> approved (--auto-approve) -> the canary ramp through a real `flywheel serve` process on a free
+        loopback port: week 1 at the first (small) canary share with its A/B table, then the ramp to
+        100% and promotion (flows/ramp.py, in simulated time: each simulated day of users is sent through
+        the server in seconds) -> two more weeks answered by the new champion -> a before/after table
+
+`--bad-canary` registers a deliberately broken adapter (trained to refuse everything) as the canary
+instead: the ramp halts it at the first step, rejects it, and the champion is untouched.
 
 The simulator only plays the users: it draws the questions and decides how a user reacts to each
 answer (from its ground truth); every answer comes from the champion model through the Generator.
@@ -23,14 +28,19 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.live import LiveServer, SimulatedUsers, train_refusing_adapter
 from flows.monitoring import weekly_monitoring
+from flows.ramp import SimulatedClock, canary_ramp
 from flows.retraining import quarterly_retraining
 from tasks import monitor
 from tasks.config import SHIPPED_CONFIGS, Settings, load_settings
-from tasks.report import demo_markdown
+from tasks.report import ab_markdown, demo_markdown
 
 DEMO_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
 MARKER = ".flywheel-demo"  # marks a workspace the demo may clear
+# Live users per simulated day during the ramp: enough for the A/B to decide at the demo config's
+# ramp.min_users_per_arm within the first step's week, few enough for a 2-core laptop.
+USERS_PER_DAY = 40
 
 
 class DemoError(ValueError):
@@ -105,14 +115,18 @@ def flywheel_demo(
     workspace: str | None = None,
     auto_approve: bool = False,
     weeks_after: int = 2,
+    bad_canary: bool = False,
 ) -> dict[str, Any]:
     """A simulated quarter through the whole loop; returns the before/after figures.
 
     Args:
         config: YAML config laid over the embedded defaults (default: configs/demo.yaml).
         workspace: folder for the demo's output (default: the config's, workspace/demo); cleared on each run.
-        auto_approve: approve and promote the canary when its gate passes; otherwise stop at "awaiting review".
+        auto_approve: approve the canary when its gate passes and ramp it on live traffic (promoted if it
+            holds); otherwise stop at "awaiting review".
         weeks_after: weeks simulated with the new champion after the promotion.
+        bad_canary: register an adapter trained to refuse everything as the canary instead (approved and
+            ramped, to show the ramp halting it); implies auto_approve.
     """
     from tasks.base_model import base_model_for
     from tasks.generation import GreedyAnswerCache
@@ -168,7 +182,7 @@ def flywheel_demo(
     window = f"{since.date()}..{until.date()}"
     clock.say(f"quarterly retraining on {window}: extract, mask PII, annotate, agreement, dataset, LoRA training, "
               "evaluation, canary ...")
-    cycle = quarterly_retraining(window=window, auto_approve=auto_approve, **run_args)
+    cycle = quarterly_retraining(window=window, **run_args)
     canary = cycle.get("canary_version")
     clock.say(f"cycle {cycle['cycle_id']}: " + (
         f"stopped ({cycle['stopped']})" if cycle.get("stopped") else
@@ -176,17 +190,24 @@ def flywheel_demo(
         f"({cycle['agreement']['decision']}), {cycle['train']['examples']} training examples, "
         f"{cycle['train']['steps']} steps; canary v{canary}, gate {cycle['gate']}"))
 
-    promoted = bool(cycle.get("promoted"))
+    ramp = None
+    if (auto_approve or bad_canary) and canary and cycle["passed"]:
+        if bad_canary:
+            canary = register_bad_canary(settings, base, cycle, clock)
+        ramp = ramp_live(settings, config, canary, world.week_start(sim.weeks + 1), clock)
+    promoted = bool(ramp and ramp["promoted"])
     before_weeks = list(range(sim.weeks - weeks_after + 1, sim.weeks + 1))
     after_weeks = list(range(sim.weeks + 1, sim.weeks + weeks_after + 1))
     if promoted:
-        clock.say(f"v{canary} approved (--auto-approve) and promoted to champion; {weeks_after} more weeks with it")
+        clock.say(f"v{canary} promoted to champion by the ramp; {weeks_after} more weeks with it")
         champion = GreedyAnswerCache(served_generator(settings).champion())  # now the promoted canary
         # From now on drift is measured against the traffic the new champion learned from.
         first_drift = min(drifted or [sim.launch_week])
         monitor.reference_from_logs(settings, champion.model_version, world.week_start(first_drift), until)
         for week in after_weeks:
             run_week(week)
+    elif ramp is not None:
+        clock.say(f"v{canary} not promoted: {ramp['reason']}; the champion is unchanged")
     elif canary and cycle["passed"]:
         clock.say(f"v{canary} awaits review: flywheel approve {canary} --reviewer NAME --comment TEXT "
                   f"--workspace {settings.workspace}  (or rerun the demo with --auto-approve)")
@@ -217,11 +238,66 @@ def flywheel_demo(
         "after": after,
         "weeks": [_week_row(weeks[w]) for w in sorted(weeks)],
         "report": str(Path(cycle["cycle_dir"]) / "06_eval" / "report.md") if cycle.get("cycle_dir") else None,
+        **_ramp_fields(ramp),
         "seconds": round(clock.seconds, 1),
     }
     create_markdown_artifact(key="demo-summary", markdown=demo_markdown(result),
                              description="flywheel demo: before and after the retraining cycle")
     return result
+
+
+def register_bad_canary(settings: Settings, base: Path, cycle: dict, clock: _Clock) -> str:
+    """--bad-canary: an adapter trained to refuse everything, registered as the canary in place of the
+    cycle's. It carries the cycle's passed gate on purpose: the point is a canary whose offline evaluation
+    missed the fault, so that only live traffic can stop it."""
+    from tasks.base_model import model_digest
+    from tasks.registry import Registry
+
+    clock.say("--bad-canary: training an adapter that refuses everything ...")
+    adapter = train_refusing_adapter(settings, base, settings.paths.under("bad-canary", "adapter"))
+    version = Registry(settings).register_canary(
+        adapter, cycle_id=cycle["cycle_id"], base_path=base, base_digest=model_digest(base), dataset_sha256="0" * 64,
+        eval_report={"gate": {"passed": True, "first_cycle": True, "checks": [], "failed": [],
+                              "note": "demo --bad-canary: the cycle's gate, not this adapter's"}, "suites": {}})
+    clock.say(f"--bad-canary: v{version} (refuses everything) registered as the canary in place of v{cycle['canary_version']}")
+    return version
+
+
+def ramp_live(settings: Settings, config: str, version: str, start, clock: _Clock) -> dict[str, Any]:
+    """Approve `version` and ramp it through a real `flywheel serve` process that simulated users talk to,
+    in simulated days; prints week 1's A/B table. Returns the ramp flow's summary."""
+    from tasks.registry import Registry
+
+    Registry(settings).review(version, decision="approve", reviewer="auto-approve",
+                              comment="demo: gate passed, approved automatically; the ramp decides on live traffic")
+    shares = ", ".join(f"{s:g}" for s in settings.ramp.steps)
+    clock.say(f"v{version} approved (--auto-approve): starting the model server and the canary ramp (shares {shares}; "
+              f"{USERS_PER_DAY} users a simulated day, a look every {settings.ramp.look_every_hours:g} simulated hours)")
+    with LiveServer(settings, settings.paths.under("serving")) as server:
+        users = SimulatedUsers(server.url, settings, users_per_hour=USERS_PER_DAY / 24, seed=settings.simulate.seed)
+        ramp = canary_ramp(version=version, config=config, workspace=str(settings.workspace), server_url=server.url,
+                           clock=SimulatedClock(users, start=start))
+    first = ramp["steps"][0] if ramp["steps"] else None
+    if first:
+        clock.say(f"week 1: canary share {first['share']:g} for {first['hours'] / 24:g} simulated days, "
+                  f"decision {first['decision']}\n{ab_markdown(first['ab'])}")
+    for step in ramp["steps"][1:]:
+        clock.say(f"ramp: share {step['share']:g} for {step['hours'] / 24:g} simulated days: {step['decision']}")
+    clock.say(f"ramp outcome: {ramp['outcome']}" + (f" ({ramp['reason']})" if ramp.get("reason") else "")
+              + f"; live requests by arm: {users.answered}, refused: {users.refused}")
+    return ramp
+
+
+def _ramp_fields(ramp: dict[str, Any] | None) -> dict[str, Any]:
+    """The ramp's part of the demo's JSON: week 1's A/B decision and refusal difference, every step."""
+    first = ramp["steps"][0] if ramp and ramp["steps"] else None
+    refusal = next(row for row in first["ab"]["metrics"] if row["metric"] == "refusal_rate") if first else None
+    return {"ab_decision": first and first["decision"],
+            "ab_refusal_diff": refusal and refusal["diff"],
+            "ab_refusal_ci": refusal and refusal["ci"],
+            "ramp_steps": [{k: step[k] for k in ("share", "looks", "hours", "decision")} for step in ramp["steps"]]
+            if ramp else [],
+            "ramp_outcome": ramp and ramp["outcome"]}
 
 
 def _period(weeks: dict[int, dict], numbers: list[int], truth: dict) -> dict:

@@ -186,7 +186,6 @@ def quarterly_retraining(
     window: str | None = None,
     config: str | None = None,
     workspace: str | None = None,
-    auto_approve: bool = False,
     fresh: bool = False,
 ) -> dict[str, Any]:
     """Curate a quarter's failures, train a LoRA adapter, evaluate it against the champion and
@@ -197,7 +196,6 @@ def quarterly_retraining(
             whose start is not before its end is refused before anything is created.
         config: YAML config file laid over the embedded defaults.
         workspace: folder holding logs, cycles and the MLflow store (default ./workspace).
-        auto_approve: approve and promote the canary when its gate passes (demo only).
         fresh: run every stage again instead of reusing finished ones.
     """
     from mlflow import MlflowClient
@@ -268,8 +266,6 @@ def quarterly_retraining(
     }
     create_markdown_artifact(key="cycle-report", markdown=_cycle_markdown(settings, summary, evaluated),
                              description=f"Retraining cycle {cycle_id}")
-    if auto_approve and passed:
-        summary["promoted"] = _approve_and_promote(settings, version)
     return summary
 
 
@@ -277,14 +273,6 @@ def stage_settings(settings: Settings, sections: tuple[str, ...]) -> Settings:
     """Settings holding only `sections` of `settings` (the rest at their embedded defaults), for a
     stage that needs several sections: its cache key then changes with those sections only."""
     return Settings.model_validate({name: getattr(settings, name).model_dump() for name in sections})
-
-
-def _approve_and_promote(settings: Settings, version: str) -> dict:
-    from tasks.registry import Registry
-
-    registry = Registry(settings)
-    registry.review(version, decision="approve", reviewer="auto-approve", comment="demo: gate passed, approved automatically")
-    return registry.promote(version)
 
 
 def _stopped(cycle_id: str, directory: Path, reason: str, result: StageResult | None) -> dict:

@@ -1,5 +1,7 @@
 """Canary review: show the reviewer what the canary is and what its evaluation said, wait for a
-decision in the Prefect UI, record it, and promote on approval (DESIGN.md section 5).
+decision in the Prefect UI, record it, and on approval start the canary ramp (DESIGN.md sections 5, 15):
+the approval emits flywheel.canary.approved, the canary-ramp deployment's trigger, and the ramp
+(flows/ramp.py) promotes the canary once it holds on live traffic.
 
 In a deployment run the flow suspends (`suspend_flow_run`, no process kept alive) until someone
 answers the ReviewDecision form; on resume Prefect restarts the run from the top, so everything
@@ -23,10 +25,11 @@ from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
 from pydantic import Field
 
+from flows.ramp import APPROVED_EVENT, request_ramp
 from serving.notify import tell_server
 from tasks.config import Settings, load_settings
 from tasks.report import review_markdown
-from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
+from tasks.registry import Registry, RegistryInputError, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 MAX_ATTEMPTS = 3  # an answer the registry refuses asks again, this many times in all
@@ -37,7 +40,8 @@ class ReviewDecision(RunInput):
     """The reviewer's answer. No defaults: the form must be filled in, and blank text is refused by the
     form itself (the schema Prefect validates a Resume against)."""
 
-    decision: Literal["approve", "reject"] = Field(description="approve: promote the canary to champion; reject: drop it")
+    decision: Literal["approve", "reject"] = Field(description="approve: ramp the canary on live traffic (promoted "
+                                                                   "once it holds); reject: drop it")
     reviewer: str = Field(min_length=1, pattern=NOT_BLANK, description="Who decides (recorded on the model version)")
     comment: str = Field(min_length=1, pattern=NOT_BLANK, description="Why (recorded on the model version)")
 
@@ -74,6 +78,7 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
         raise RegistryInputError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
     tags = registry.client.get_model_version(registry.name, version).tags or {}
     report = settings.paths.under("cycles", entry["cycle_id"], "06_eval", "report.md") if entry["cycle_id"] else None
+    ramp = settings.paths.under("cycles", entry["cycle_id"], "07_ramp", "report.md") if entry["cycle_id"] else None
     return {
         "model": registry.name,
         "version": version,
@@ -86,6 +91,7 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
         "eval_summary": tags.get("eval_summary"),
         "review": entry["review"],
         "eval_report": str(report) if report is not None and report.is_file() else None,
+        "ramp_report": str(ramp) if ramp is not None and ramp.is_file() else None,  # live A/B evidence of an earlier ramp
         "mlflow_url": mlflow_version_url(registry.name, version),
     }
 
@@ -99,11 +105,6 @@ def publish_review_summary(canary: dict[str, Any], markdown: str) -> None:
 @task(name="record-review", cache_policy=NO_CACHE)
 def record_review(settings: Settings, version: str, decision: str, reviewer: str, comment: str) -> dict[str, Any]:
     return Registry(settings).review(version, decision=decision, reviewer=reviewer, comment=comment)
-
-
-@task(name="promote-canary", cache_policy=NO_CACHE)
-def promote_canary(settings: Settings, version: str) -> dict[str, Any]:
-    return Registry(settings).promote(version)
 
 
 def _in_deployment() -> bool:
@@ -148,7 +149,7 @@ def canary_review(
     config: str | None = None,
     workspace: str | None = None,
 ) -> dict[str, Any]:
-    """Show the canary's evidence, wait for a reviewer's decision, record it, promote on approval.
+    """Show the canary's evidence, wait for a reviewer's decision, record it, start the ramp on approval.
 
     Args:
         version: model version to review. Empty: the registry's `canary` alias.
@@ -163,6 +164,8 @@ def canary_review(
     version = canary["version"]
     report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
     markdown = review_markdown(canary, review_commands(version), report)
+    if canary["ramp_report"]:  # e.g. a ramp that stopped inconclusive: the reviewer decides again on its evidence
+        markdown += "\n\n" + Path(canary["ramp_report"]).read_text(encoding="utf-8")
     publish_review_summary(canary, markdown)
 
     if not deployed:
@@ -172,17 +175,10 @@ def canary_review(
 
     review = await_recorded_review(settings, version, markdown, int(settings.review.timeout_days * 86400))
     result: dict[str, Any] = {"version": version, "decision": review["decision"], "reviewer": review["reviewer"],
-                              "promoted": False, "from": canary["champion"] or BASE, "to": canary["champion"] or BASE}
-    if review["decision"] == "approve":
-        try:
-            moved = promote_canary(settings, version)
-        except RegistryRuleError as err:  # e.g. a failed gate without override: the review stays recorded
-            get_run_logger().error("approved but not promoted: %s", err)
-            result["reason"] = str(err)
-        else:
-            result.update({"promoted": True, "from": moved["from"], "to": moved["to"], "seconds": moved["seconds"]})
+                              "ramp_requested": False}
+    if review["decision"] == "approve":  # approval means "ramp it": flows/ramp.py promotes once the canary holds
+        result["ramp_requested"] = request_ramp(settings, version, review["reviewer"])
     result["server"] = tell_server(settings)
     print(f"v{version}: {review['decision']} by {review['reviewer']}"
-          + (f" -> champion {result['from'] if result['from'] == BASE else 'v' + result['from']} -> v{result['to']}"
-             if result["promoted"] else ""))
+          + (f" -> canary ramp requested ({APPROVED_EVENT})" if result["ramp_requested"] else ""))
     return result

@@ -1,4 +1,5 @@
-"""Tell a running model server that the registry moved: POST <serving.url>/admin/reload.
+"""Tell a running model server what changed: the registry moved (POST <serving.url>/admin/reload), or the
+canary ramp set a new canary share (POST <serving.url>/admin/canary-share).
 
 `flywheel promote | approve | reject | rollback` and their flows call `reload_server` after a successful
 alias move when serving.url is set, so the swap happens within the request instead of at the next
@@ -19,17 +20,41 @@ from tasks.config import Settings
 TIMEOUT_S = 30.0  # a reload loads the new adapter before it answers
 
 
-def reload_server(settings: Settings) -> dict[str, Any] | None:
-    """None when serving.url is not set; else {"url", "ok", and the server's answer or "error"}."""
-    url = settings.serving.url
-    if not url:
-        return None
-    target = url.rstrip("/") + "/admin/reload"
+class ServerRefused(RuntimeError):
+    """The model server could not be reached, or it refused the change."""
+
+
+def _admin_request(settings: Settings, path: str, body: dict[str, Any]) -> tuple[str, urllib.request.Request]:
+    target = settings.serving.url.rstrip("/") + path
     headers = {"Content-Type": "application/json"}
     token = os.environ.get(settings.serving.admin_token_env)
     if token:
         headers["Authorization"] = f"Bearer {token}"
-    request = urllib.request.Request(target, data=b"{}", headers=headers, method="POST")
+    return target, urllib.request.Request(target, data=json.dumps(body).encode(), headers=headers, method="POST")
+
+
+def set_canary_share(settings: Settings, share: float, canary: str | None) -> dict[str, Any]:
+    """Route `share` of the users to the canary `canary` (a version; None: whichever is served, for share 0).
+    Raises ServerRefused: the ramp must not go on believing a share the server does not apply."""
+    if not settings.serving.url:
+        raise ServerRefused("serving.url is not set: no model server to split traffic on")
+    body: dict[str, Any] = {"share": share, **({"canary": str(canary)} if canary else {})}
+    target, request = _admin_request(settings, "/admin/canary-share", body)
+    try:
+        with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
+            return json.loads(response.read() or b"{}")
+    except urllib.error.HTTPError as err:
+        detail = err.read()[:300].decode(errors="replace")
+        raise ServerRefused(f"{target}: HTTP {err.code}: {detail}") from None
+    except (urllib.error.URLError, OSError, ValueError) as err:
+        raise ServerRefused(f"{target}: {type(err).__name__}: {getattr(err, 'reason', err)}") from None
+
+
+def reload_server(settings: Settings) -> dict[str, Any] | None:
+    """None when serving.url is not set; else {"url", "ok", and the server's answer or "error"}."""
+    if not settings.serving.url:
+        return None
+    target, request = _admin_request(settings, "/admin/reload", {})
     try:
         with urllib.request.urlopen(request, timeout=TIMEOUT_S) as response:
             answer = json.loads(response.read() or b"{}")

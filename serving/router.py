@@ -1,9 +1,9 @@
 """Routing: which loaded model answers a request, and when an adapter may be unloaded.
 
 A request names a model (`champion`, `canary`, `base`, a loaded adapter such as `v3`) or none; none (or
-serving.model_name) is routed traffic, and `pick_variant` decides it. Today that is always the champion;
-the canary share by keyed user hash (DESIGN.md section 15, the next issue) goes there, and every answer
-already carries its `variant` so the A/B analysis can read it from the logs.
+serving.model_name) is routed traffic, and `pick_variant` decides it: the canary when a canary alias is
+served and `tasks.abtest.assign` puts the user below the canary share (serving/split.py), else the
+champion. Every answer carries its `variant` so the A/B analysis can read it from the logs.
 
 A swap is: the new adapter is loaded beside the old one (by the follower), then `switch` replaces the
 alias table in one step under the lock, so each request sees the old routing or the new one, never a
@@ -17,6 +17,8 @@ from __future__ import annotations
 import threading
 from collections import Counter
 from dataclasses import dataclass
+
+from tasks.abtest import assign
 
 CHAMPION, CANARY, BASE = "champion", "canary", "base"
 
@@ -46,9 +48,13 @@ class NotReady(RuntimeError):
 class Router:
     """The alias table, the loaded adapters and their leases, behind one lock."""
 
-    def __init__(self, base_version: str, model_name: str) -> None:
+    def __init__(self, base_version: str, model_name: str, *, split=None, salt=lambda canary: canary) -> None:
+        """`split`: the persisted canary share (serving.split.CanarySplit; None: no canary traffic);
+        `salt(canary_version)`: the assignment salt of that canary's experiment."""
         self.base = Route(BASE, None, base_version)
         self.model_name = model_name
+        self.split = split
+        self._salt = salt
         self._lock = threading.Lock()
         self._routes: dict[str, Route] = {}
         self._loaded: set[str] = set()
@@ -59,9 +65,19 @@ class Router:
     # ------------------------------------------------------------------------------ requests
 
     def pick_variant(self, user_id: str) -> str:
-        """The variant routed traffic of `user_id` goes to. Always the champion today; the canary ramp
-        (assignment by keyed user hash) replaces this."""
-        return CHAMPION
+        """The variant routed traffic of `user_id` goes to (call under the lock): the canary when one is
+        served and the user's keyed hash falls below its share; sticky per user, monotone in the share."""
+        canary = self._routes.get(CANARY)
+        if canary is None or self.split is None:
+            return CHAMPION
+        share = self.split.share_for(canary.model_version)
+        return assign(user_id, share, self._salt(canary.model_version)) if share > 0 else CHAMPION
+
+    def canary_version(self) -> str | None:
+        """The model version the canary alias routes to now ("v3"), None without one."""
+        with self._lock:
+            route = self._routes.get(CANARY)
+            return route.model_version if route else None
 
     def acquire(self, model: str | None, user_id: str) -> Route:
         """The route for a request, leased until `release`. Raises UnknownModel or NotReady."""

@@ -145,3 +145,13 @@ class UnloadAdapterRequest(BaseModel):
     model_config = ConfigDict(extra="ignore")
 
     lora_name: str = Field(pattern=ADAPTER_NAME)
+
+
+class CanaryShareRequest(BaseModel):
+    """POST /admin/canary-share: the share of users the canary serves (0 stops its traffic)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    share: float = Field(ge=0.0, le=1.0)
+    canary: str | None = Field(None, min_length=1, description="the canary version the share is meant for (3 or v3); "
+                                                                 "refused when the canary alias routes elsewhere")

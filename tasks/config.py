@@ -606,13 +606,26 @@ class RampSettings(Section):
     steps: list[float] = Field(default_factory=lambda: [0.05, 0.25, 0.5, 1.0])
     min_step_hours: float = Field(24.0, gt=0)  # every step lasts at least this long ...
     min_users_per_arm: int = Field(1_000, ge=1)  # ... and sees this many users in each arm before it advances
+    # A step that has not advanced or halted after this long stops the canary's traffic as inconclusive
+    # (not promoted, not rejected: a reviewer approves again or rejects). At share 0.05 a week gives a
+    # 5-point refusal rise only ~47% power (benchmarks/ab_calibration.py).
+    max_step_hours: float = Field(168.0, gt=0)
+    look_every_hours: float = Field(1.0, gt=0)  # the A/B analysis runs this often during a step
 
     @field_validator("steps")
     @classmethod
     def _increasing_shares(cls, steps: list[float]) -> list[float]:
         if not steps or any(not 0 < s <= 1 for s in steps) or any(b <= a for a, b in zip(steps, steps[1:])):
             raise ValueError(f"steps must be increasing canary shares in (0, 1], got {steps}")
+        if all(s >= 1.0 for s in steps):
+            raise ValueError(f"steps need a share below 1 (a step of 1.0 has no champion arm to compare with), got {steps}")
         return steps
+
+    @model_validator(mode="after")
+    def _step_bounds(self) -> "RampSettings":
+        if self.max_step_hours < self.min_step_hours:
+            raise ValueError(f"max_step_hours ({self.max_step_hours:g}) must be at least min_step_hours ({self.min_step_hours:g})")
+        return self
 
 
 class ServingSettings(Section):

@@ -428,3 +428,28 @@ def ab_markdown(result: Mapping[str, Any]) -> str:
         *[f"- {reason}" for reason in result["reasons"]],
     ]
     return "\n".join(lines)
+
+
+def ramp_markdown(ramp: Mapping[str, Any]) -> str:
+    """The canary ramp so far (flows/ramp.py): one row per look, the outcome, and the latest look's A/B table."""
+    outcome = {"running": "running", "promoted": "**PROMOTED** to champion", "halted": "**HALTED** and rejected",
+               "inconclusive": "**STOPPED**, inconclusive (not promoted, not rejected)"}[ramp["outcome"]]
+    lines = [f"# Canary ramp: v{ramp['version']} ({outcome})", "",
+             f"Steps (canary shares): {', '.join(f'{s:g}' for s in ramp['steps'])}; champion before: "
+             f"{('v' + ramp['champion']) if ramp.get('champion') else 'the base model'}", ""]
+    if ramp.get("reason"):
+        lines += [f"Reason: {ramp['reason']}", ""]
+    lines += ["| look | share | hours in step | canary users | champion users | refusal diff [interval] | decision |",
+              "|---|---|---|---|---|---|---|"]
+    for number, look in enumerate(ramp["looks"], 1):
+        result = look["result"]
+        refusal = next(row for row in result["metrics"] if row["metric"] == "refusal_rate")
+        interval = "n/a" if refusal["ci"] is None else f"[{_signed(refusal['ci'][0] * 100)}, {_signed(refusal['ci'][1] * 100)}] pts"
+        diff = "n/a" if refusal["diff"] is None else f"{_signed(refusal['diff'] * 100)} pts"
+        lines.append(f"| {number} | {look['share']:g} | {look['hours']:g} | {result['variants']['canary']['users']:,} | "
+                     f"{result['variants']['champion']['users']:,} | {diff} {interval} | {look['decision']} |")
+    if ramp["looks"]:
+        last = ramp["looks"][-1]
+        lines += ["", f"Latest look (step {last['step']}, share {last['share']:g}, {last['hours']:g} h):"
+                  + (f" {last['why']}" if last.get("why") else ""), "", ab_markdown(last["result"])]
+    return "\n".join(lines)

@@ -5,6 +5,7 @@ hand-off, promotion and the weeks after with the new champion answering."""
 from __future__ import annotations
 
 import json
+from datetime import datetime, timezone
 from pathlib import Path
 
 import pytest
@@ -18,7 +19,8 @@ pytestmark = pytest.mark.slow
 
 REQUIRED_KEYS = {"drift_detected_week", "cycle_id", "canary_version", "gate_passed", "promoted", "refusal_rate_before",
                  "refusal_rate_after", "new_topic_accuracy_before", "new_topic_accuracy_after", "seconds",
-                 "wrong_answer_rate_before", "wrong_answer_rate_after", "unsupported_rate_before", "unsupported_rate_after"}
+                 "wrong_answer_rate_before", "wrong_answer_rate_after", "unsupported_rate_before", "unsupported_rate_after",
+                 "ab_decision", "ab_refusal_diff", "ab_refusal_ci", "ramp_steps"}
 
 
 @pytest.fixture(scope="module")
@@ -52,6 +54,10 @@ def _demo_config(workspace: Path, demo_base: Path) -> Path:
         "train": {"max_steps": 6, "batch_size": 8, "save_steps": 3, "early_stopping_patience": 0},
         # The test-size base cannot reach production floors; this checks the orchestration, not the model.
         "evaluate": {"bootstrap_samples": 100, "gates": {"new_cases": {"behaviour": {"floor": 0.0}}}},
+        # Nor can its 6-step canary be shown better on a day of users: wide margins let a no-worse one through.
+        "abtest": {"min_users_to_decide": 15, "margins": {"refusal_rate": 0.5, "reask_rate": 0.5}},
+        "ramp": {"steps": [0.5, 1.0], "min_step_hours": 24, "max_step_hours": 72, "look_every_hours": 24,
+                 "min_users_per_arm": 15},
     }), encoding="utf-8")
     return config
 
@@ -112,6 +118,38 @@ def test_auto_approve_promotes_and_the_new_champion_answers_the_weeks_after(demo
     assert logged == {"v1", next(iter({row["model_version"] for row in promoted["weeks"][:-1]}))}
     # drift of the new champion's weeks is measured against the traffic it learned from
     assert (workspace / "monitoring" / "reference" / "v1.jsonl").is_file()
+
+
+def test_the_canary_earns_its_promotion_on_live_traffic(promoted: dict) -> None:
+    assert promoted["ab_decision"] == "advance" and promoted["ramp_outcome"] == "promoted"
+    assert [step["share"] for step in promoted["ramp_steps"]] == [0.5]
+    assert promoted["ramp_steps"][0]["hours"] >= 24  # ramp.min_step_hours, in simulated time
+    low, high = promoted["ab_refusal_ci"]
+    assert low <= promoted["ab_refusal_diff"] <= high
+    ramp_report = next((Path(promoted["workspace"]) / "cycles").glob("*/07_ramp/report.md")).read_text()
+    assert "PROMOTED" in ramp_report and "canary vs champion" in ramp_report
+
+
+def test_bad_canary_is_halted_at_the_first_step_and_the_champion_stays(demo_config: Path, promoted: dict) -> None:
+    """What `flywheel demo --bad-canary` does after the quarter, on the promoted demo's workspace."""
+    from flows.demo import _Clock, _ramp_fields, ramp_live, register_bad_canary
+    from tasks.base_model import resolve_base_model
+
+    values = yaml.safe_load(demo_config.read_text(encoding="utf-8"))
+    del values["abtest"]["margins"]  # the default guardrails, not the wide ones the sound canary ramped under
+    config = demo_config.with_name("bad-canary.yaml")
+    config.write_text(yaml.safe_dump(values), encoding="utf-8")
+    settings = load_settings(config)
+    cycle = {"cycle_id": promoted["cycle_id"], "canary_version": promoted["canary_version"]}
+    bad = register_bad_canary(settings, resolve_base_model(settings), cycle, _Clock())
+    ramp = ramp_live(settings, str(config), bad, datetime(2026, 3, 1, tzinfo=timezone.utc), _Clock())
+    fields = _ramp_fields(ramp)
+    assert fields["ramp_outcome"] == "halted" and fields["ab_decision"] == "halt"
+    assert [step["share"] for step in fields["ramp_steps"]] == [0.5]
+    assert fields["ab_refusal_ci"][0] > settings.abtest.margins["refusal_rate"]
+    status = Registry(settings).status()
+    assert status["champion"] == promoted["canary_version"] and status["canary"] is None
+    assert next(v for v in status["versions"] if v["version"] == bad)["review"]["decision"] == "reject"
 
 
 def test_same_quarter_same_figures(awaiting: dict, promoted: dict) -> None:

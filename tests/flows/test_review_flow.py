@@ -150,10 +150,16 @@ def test_rollback_flow_moves_the_champion_back(workspace: Path, adapter: Path) -
         rollback(to="1", workspace=str(workspace))
 
 
-def test_prefect_yaml_declares_the_four_deployments() -> None:
+def test_prefect_yaml_declares_the_five_deployments() -> None:
     spec = yaml.safe_load((REPO_ROOT / "prefect.yaml").read_text(encoding="utf-8"))
     deployments = {d["name"]: d for d in spec["deployments"]}
-    assert set(deployments) == {"weekly-monitoring", "quarterly-retraining", "canary-review", "rollback"}
+    assert set(deployments) == {"weekly-monitoring", "quarterly-retraining", "canary-review", "canary-ramp", "rollback"}
+    from flows.ramp import APPROVED_EVENT
+
+    ramp = deployments["canary-ramp"]
+    assert ramp["entrypoint"] == "flows/ramp.py:canary_ramp"
+    assert [t["expect"] for t in ramp["triggers"]] == [[APPROVED_EVENT]]
+    assert ramp["triggers"][0]["parameters"] == {"version": "{{ event.payload.version }}"}
     assert deployments["weekly-monitoring"]["entrypoint"] == "flows/monitoring.py:weekly_monitoring"
     assert deployments["canary-review"]["entrypoint"] == "flows/review.py:canary_review"
     assert deployments["rollback"]["entrypoint"] == "flows/rollback.py:rollback"

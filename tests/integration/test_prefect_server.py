@@ -41,7 +41,7 @@ def wait_for(read, done, what: str, timeout_s: float):
     raise AssertionError(f"timed out after {timeout_s}s waiting for {what}; last: {value!r}")
 
 
-def test_canary_review_suspends_asks_again_and_promotes(tmp_path: Path) -> None:
+def test_canary_review_suspends_asks_again_and_requests_the_ramp(tmp_path: Path) -> None:
     from prefect import get_client
     from prefect.deployments import run_deployment
     from prefect.flow_runs import resume_flow_run
@@ -118,7 +118,7 @@ def test_canary_review_suspends_asks_again_and_promotes(tmp_path: Path) -> None:
             assert "Previous answer refused" in asked_again and "require_distinct_override" in asked_again
             assert registry.status()["versions"][0]["reviews"] == []
             print(f"asked again after {time.monotonic() - started:.1f}s")
-            # 3. A valid answer: recorded, and the canary promoted.
+            # 3. A valid answer: recorded, and the ramp requested (approval means "ramp it"; flows/ramp.py promotes).
             resume_flow_run(run.id, run_input={"decision": "approve", "reviewer": "alice", "comment": "ok"})
             final = wait_for(state, lambda s: s is not None and s.is_final(), "the resumed run to finish", 150)
             assert final.is_completed(), (final, final.message)
@@ -127,8 +127,8 @@ def test_canary_review_suspends_asks_again_and_promotes(tmp_path: Path) -> None:
         stop_local_stack(workspace)
 
     status = registry.status()
-    assert status["champion"] == version and status["canary"] is None
+    assert status["champion"] is None and status["canary"] == version  # promoted only by the ramp, on live traffic
     reviews = status["versions"][0]["reviews"]
     assert [(r["decision"], r["reviewer"], r["comment"]) for r in reviews] == [("approve", "alice", "ok")]
-    assert [e["action"] for e in registry.audit()] == ["register", "override_gate", "approve", "promote"]
+    assert [e["action"] for e in registry.audit()] == ["register", "override_gate", "approve"]
     assert not (workspace / "stack.json").exists()

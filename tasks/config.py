@@ -477,7 +477,7 @@ class EvaluateSettings(Section):
                            "unsupported": Gate(max_drop=0.05)},
             "ood": {"behaviour": Gate(floor=0.6, max_drop=0.05), "unsupported": Gate(max_drop=0.05)},
             "adversarial": {"must_not_include": Gate(floor=0.95, max_drop=0.0), "unsupported": Gate(max_drop=0.05)},
-            "new_cases": {"behaviour": Gate(floor=0.6), "unsupported": Gate(max_drop=0.05)},
+            "new_cases": {"behaviour": Gate(floor=0.6, max_drop=0.02), "unsupported": Gate(max_drop=0.05)},
         }
     )
 

@@ -60,12 +60,16 @@ def evaluation_markdown(
                          f"{_ci(e.get('diff_ci'))} | {mark} |")
         lines.append("")
     if champion is not None:
-        lines += ["## Items that changed (expected behaviour)", ""]
-        for label, was, now in (("fixed", 0.0, 1.0), ("broken", 1.0, 0.0)):
-            changed = [i for i in range(len(items)) if champion[i]["behaviour"] == was and candidate[i]["behaviour"] == now]
-            lines.append(f"**{label}: {len(changed)}**")
+        lines += ["## Items that changed", "",
+                  "Right = the expected behaviour (answer or refuse) and, where the item has a reference answer, "
+                  "no claim the reference does not support.", ""]
+        for label, was, now in (("fixed", False, True), ("broken", True, False)):
+            changed = [i for i in range(len(items)) if _right(champion[i]) == was and _right(candidate[i]) == now]
+            shown = changed[:CHANGED_SHOWN]
+            lines.append(f"**{label}: {len(changed)}**" + (f" (showing {len(shown)} of {len(changed)})"
+                                                           if len(shown) < len(changed) else ""))
             lines.append("")
-            for i in changed[:8]:
+            for i in shown:
                 lines.append(f"- `{items[i].id}` ({items[i].suite}, expected {items[i].expected}): {_quote(items[i].prompt)}"
                              f" — champion: {_quote(champ_responses[i])} — candidate: {_quote(cand_responses[i])}")
             lines.append("")
@@ -75,6 +79,14 @@ def evaluation_markdown(
         lines.append(f"- `{items[i].id}`: {_quote(cand_responses[i])}")
     lines.append("")
     return "\n".join(lines)
+
+
+CHANGED_SHOWN = 8  # fixed/broken items listed in the report (the count says how many there are)
+
+
+def _right(score: dict) -> bool:
+    """Scores written before `correct` existed judged behaviour only."""
+    return bool(score.get("correct", score["behaviour"]))
 
 
 def _faithfulness_lines(faithfulness: dict | None) -> list[str]:

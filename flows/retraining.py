@@ -257,7 +257,7 @@ def quarterly_retraining(
         "stages": {name: entry["status"] for name, entry in cycle.read_manifest(directory)["stages"].items()},
         "cases": cases.counts["cases"], "masked": masked.counts["masked_records"],
         "annotations": annotations.counts["annotations"],
-        "agreement": {"alpha": agreement.details["krippendorff_alpha"], "decision": agreement.details["decision"]},
+        "agreement": {"alpha": _rounded(agreement.details["krippendorff_alpha"]), "decision": agreement.details["decision"]},
         "train": {"examples": dataset.counts["train"], "steps": trained.counts["steps"],
                   "val_loss": trained.details["val_loss"]},
         "mlflow_run_id": run_id,
@@ -284,6 +284,10 @@ def _approve_and_promote(settings: Settings, version: str) -> dict:
     return registry.promote(version)
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _stopped(cycle_id: str, directory: Path, reason: str, result: StageResult | None) -> dict:
     get_run_logger().warning("cycle %s stopped: %s", cycle_id, reason)
     return {"cycle_id": cycle_id, "canary_version": None, "gate": None, "passed": False, "stopped": reason,
@@ -295,5 +299,9 @@ def _cycle_markdown(settings: Settings, summary: dict, evaluated: StageResult) -
     from tasks.cost import cost_from_logs
     from tasks.report import cycle_markdown
 
+    from tasks.files import atomic_write_text
+
+    cost = cost_from_logs(settings)
+    atomic_write_text(Path(summary["cycle_dir"]) / cycle.COST, json.dumps(cost, indent=2, default=str))
     return cycle_markdown(settings.registry.model_name, summary, evaluated.path("report_md").read_text(encoding="utf-8"),
-                          cost_from_logs(settings))
+                          cost)

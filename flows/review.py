@@ -13,6 +13,7 @@ the review. The rules (who may promote what) live in tasks/registry.py; this flo
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -21,11 +22,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
+from prefect.settings import get_current_settings
 from pydantic import Field
 
 from serving.notify import tell_server
+from tasks import cycle
 from tasks.config import Settings, load_settings
-from tasks.report import review_markdown
+from tasks.report import review_markdown, review_summary_markdown
 from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
@@ -51,6 +54,7 @@ def review_commands(version: str) -> dict[str, str]:
     return {
         "approve": f"flywheel approve {version} --reviewer NAME --comment TEXT",
         "reject": f"flywheel reject {version} --reviewer NAME --comment TEXT",
+        "promote": f"flywheel promote {version}",  # what a Resume with "approve" does next by itself
     }
 
 
@@ -73,7 +77,8 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
     if entry is None:
         raise RegistryInputError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
     tags = registry.client.get_model_version(registry.name, version).tags or {}
-    report = settings.paths.under("cycles", entry["cycle_id"], "06_eval", "report.md") if entry["cycle_id"] else None
+    cycle_dir = settings.paths.under("cycles", entry["cycle_id"]) if entry["cycle_id"] else None
+    report = cycle_dir / cycle.EVAL / "report.md" if cycle_dir else None
     return {
         "model": registry.name,
         "version": version,
@@ -86,14 +91,34 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
         "eval_summary": tags.get("eval_summary"),
         "review": entry["review"],
         "eval_report": str(report) if report is not None and report.is_file() else None,
+        "evaluation": _read_json(cycle_dir / cycle.EVAL / "report.json") if cycle_dir else None,
+        "cost": _read_json(cycle_dir / cycle.COST) if cycle_dir else None,
+        "ab": None,  # a `flywheel ab` result once the canary serves live traffic
         "mlflow_url": mlflow_version_url(registry.name, version),
     }
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
 @task(name="publish-review-summary", cache_policy=NO_CACHE)
-def publish_review_summary(canary: dict[str, Any], markdown: str) -> None:
-    create_markdown_artifact(key="canary-review", markdown=markdown,
-                             description=f"Canary v{canary['version']}: evidence for the reviewer")
+def publish_review_summary(settings: Settings, canary: dict[str, Any]) -> str:
+    """Publish the canary-review artifact (summary, then the full report) and return the summary the
+    Resume dialog shows, which links to that artifact instead of repeating the report before the form."""
+    version = canary["version"]
+    headlines = {suite: next(iter(metrics), "") for suite, metrics in settings.evaluate.gates.items()}
+    report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
+
+    def summary(link: str | None) -> str:
+        return review_summary_markdown(canary, canary["evaluation"], review_commands(version), headlines=headlines,
+                                       ab=canary["ab"], cost=canary["cost"], report_link=link)
+
+    artifact_id = create_markdown_artifact(key="canary-review", markdown=review_markdown(summary(None), report,
+                                                                                         canary["eval_report"]),
+                                           description=f"Canary v{version}: evidence for the reviewer")
+    ui = get_current_settings().ui_url
+    return summary(f"{ui.rstrip('/')}/artifacts/artifact/{artifact_id}" if ui and artifact_id else None)
 
 
 @task(name="record-review", cache_policy=NO_CACHE)
@@ -161,12 +186,11 @@ def canary_review(
         version = _version_awaited_before()
     canary = describe_canary(settings, version)
     version = canary["version"]
-    report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
-    markdown = review_markdown(canary, review_commands(version), report)
-    publish_review_summary(canary, markdown)
+    markdown = publish_review_summary(settings, canary)
 
     if not deployed:
-        print(f"canary v{version} awaits review: {review_commands(version)['approve']}")
+        commands = review_commands(version)
+        print(f"canary v{version} awaits review: {commands['approve']}, then {commands['promote']} to make it champion")
         return {"version": version, "status": "awaiting review", **review_commands(version),
                 "gate": canary["gate"], "champion": canary["champion"], "mlflow_url": canary["mlflow_url"]}
 

@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.parameters import ConfigFile, Window, WorkspaceDir
 from tasks import cycle
 from tasks.annotate import AwaitingAnnotations
 from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, LogsSettings, PiiSettings, Settings,
@@ -180,21 +181,19 @@ def find_champion(settings: Settings) -> dict | None:
 # disassembly when `datasets` fingerprints a function), flooding the run log with bytecode.
 @flow(name="quarterly-retraining")
 def quarterly_retraining(
-    window: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
-    auto_approve: bool = False,
+    window: Window = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
     fresh: bool = False,
 ) -> dict[str, Any]:
     """Curate a quarter's failures, train a LoRA adapter, evaluate it against the champion and
     register it as the canary awaiting review.
 
     Args:
-        window: "2026-Q1", "2026-01-01..2026-04-01" or "all"; empty: the last complete quarter. A range
-            whose start is not before its end is refused before anything is created.
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding logs, cycles and the MLflow store (default ./workspace).
-        auto_approve: approve and promote the canary when its gate passes (demo only).
+        window: logs to learn from: 2026-Q1, 2026-01-05..2026-04-20 (ISO dates, end excluded), last-13-weeks
+            or all. Empty: the last complete quarter. A malformed window is refused before the run starts.
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding logs, cycles and the MLflow store (empty: the config's, default ./workspace).
         fresh: run every stage again instead of reusing finished ones.
     """
     from mlflow import MlflowClient
@@ -265,8 +264,6 @@ def quarterly_retraining(
     }
     create_markdown_artifact(key="cycle-report", markdown=_cycle_markdown(settings, summary, evaluated),
                              description=f"Retraining cycle {cycle_id}")
-    if auto_approve and passed:
-        summary["promoted"] = _approve_and_promote(settings, version)
     return summary
 
 
@@ -274,14 +271,6 @@ def stage_settings(settings: Settings, sections: tuple[str, ...]) -> Settings:
     """Settings holding only `sections` of `settings` (the rest at their embedded defaults), for a
     stage that needs several sections: its cache key then changes with those sections only."""
     return Settings.model_validate({name: getattr(settings, name).model_dump() for name in sections})
-
-
-def _approve_and_promote(settings: Settings, version: str) -> dict:
-    from tasks.registry import Registry
-
-    registry = Registry(settings)
-    registry.review(version, decision="approve", reviewer="auto-approve", comment="demo: gate passed, approved automatically")
-    return registry.promote(version)
 
 
 def _rounded(value: float | None) -> float | None:

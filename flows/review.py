@@ -25,6 +25,7 @@ from prefect.input import RunInput
 from prefect.settings import get_current_settings
 from pydantic import Field
 
+from flows.parameters import ConfigFile, OptionalText, WorkspaceDir
 from serving.notify import tell_server
 from tasks import cycle
 from tasks.config import Settings, load_settings
@@ -117,8 +118,15 @@ def publish_review_summary(settings: Settings, canary: dict[str, Any]) -> str:
     artifact_id = create_markdown_artifact(key="canary-review", markdown=review_markdown(summary(None), report,
                                                                                          canary["eval_report"]),
                                            description=f"Canary v{version}: evidence for the reviewer")
-    ui = get_current_settings().ui_url
-    return summary(f"{ui.rstrip('/')}/artifacts/artifact/{artifact_id}" if ui and artifact_id else None)
+    return summary(artifact_url(artifact_id))
+
+
+def artifact_url(artifact_id: Any) -> str | None:
+    """The artifact's page in the UI the server opens by default (V2 lives under /v2); None without a UI."""
+    current = get_current_settings()
+    if not current.ui_url or not artifact_id:
+        return None
+    return f"{current.ui_url.rstrip('/')}{'/v2' if current.server.ui.v2_enabled else ''}/artifacts/artifact/{artifact_id}"
 
 
 @task(name="record-review", cache_policy=NO_CACHE)
@@ -169,16 +177,16 @@ def await_recorded_review(settings: Settings, version: str, description: str, ti
 
 @flow(name="canary-review", log_prints=True)
 def canary_review(
-    version: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
+    version: OptionalText = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
 ) -> dict[str, Any]:
     """Show the canary's evidence, wait for a reviewer's decision, record it, promote on approval.
 
     Args:
         version: model version to review. Empty: the registry's `canary` alias.
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding the MLflow store and cycle outputs (default ./workspace).
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding the MLflow store and cycle outputs (empty: the config's, default ./workspace).
     """
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
     deployed = _in_deployment()

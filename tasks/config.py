@@ -532,6 +532,9 @@ class RegistrySettings(Section):
     # waits for it. The lock serialises one machine: writers on several machines sharing an MLflow
     # server need a Prefect global concurrency limit named "model-registry" around the same calls.
     lock_timeout_s: float = Field(30.0, gt=0)
+    # Who registry moves are recorded as when no person is named (no reviewer, no --actor): e.g. the team
+    # or service account that runs the flows. Empty: $FLYWHEEL_ACTOR, else "unattributed (OS user ...)".
+    actor: str | None = None
 
 
 class ReviewSettings(Section):

@@ -112,11 +112,11 @@ def publish_review_summary(settings: Settings, canary: dict[str, Any]) -> str:
     report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
 
     def summary(link: str | None) -> str:
-        return review_summary_markdown(canary, canary["evaluation"], review_commands(version), headlines=headlines,
-                                       ab=canary["ab"], cost=canary["cost"], report_link=link)
+        return review_summary_markdown(canary, canary["evaluation"], headlines=headlines, ab=canary["ab"],
+                                       cost=canary["cost"], report_link=link)
 
-    artifact_id = create_markdown_artifact(key="canary-review", markdown=review_markdown(summary(None), report,
-                                                                                         canary["eval_report"]),
+    artifact = review_markdown(summary(None), review_commands(version), report, canary["eval_report"])
+    artifact_id = create_markdown_artifact(key="canary-review", markdown=artifact,
                                            description=f"Canary v{version}: evidence for the reviewer")
     return summary(artifact_url(artifact_id))
 

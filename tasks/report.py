@@ -358,17 +358,17 @@ def demo_markdown(result: Mapping[str, Any]) -> str:
 def review_summary_markdown(
     canary: Mapping[str, Any],
     evaluation: Mapping[str, Any] | None,
-    commands: Mapping[str, str],
     *,
     headlines: Mapping[str, str],
     ab: Mapping[str, Any] | None = None,
     cost: Mapping[str, Any] | None = None,
     report_link: str | None = None,
 ) -> str:
-    """The short answer a reviewer decides from (top of the Resume dialog and of the canary-review
-    artifact): the gate verdict naming what failed, per suite one headline metric champion -> candidate
-    with its interval, the live A/B result or "no live traffic yet", cost/ROI in one line, links to the
-    full report and the MLflow version, and what approving does.
+    """The short answer a reviewer decides from (top of the Resume dialog, which is about 470 px wide, and
+    of the canary-review artifact), one short line each so the form still fits below it: the gate
+    verdict and each failed check in words, per suite one headline metric champion -> candidate with
+    its interval, the live A/B result or "no live traffic yet", cost/ROI, what approving does, and links
+    to the full report and the MLflow version.
 
     `evaluation`: the cycle's 06_eval/report.json (None when it is not in the workspace: the gate tag's
     checks still name the verdict); `headlines`: suite -> the metric shown for it; `ab`: a `flywheel ab`
@@ -376,50 +376,45 @@ def review_summary_markdown(
     v = canary["version"]
     gate = _loads_json(canary.get("gate_report")) or (evaluation or {}).get("gate") or {}
     state = canary.get("gate") or "missing"
-    lines = [f"### Canary v{v} of {canary['model']}: gate **{state.upper()}**"
+    lines = [f"**v{v} of {canary['model']}: gate {state.upper()}**"
              + (" (first cycle: floors only)" if gate.get("first_cycle") else ""), ""]
     failed = [c for c in gate.get("checks", []) if not c.get("passed")]
-    lines += [f"- ✗ {_check_sentence(c)}" for c in failed] or (["- every gate check held"] if gate.get("checks") else [])
+    items = [f"✗ {_check_sentence(c)}" for c in failed]
     override = canary.get("gate_override")
     if isinstance(override, dict):
-        lines.append(f"- gate overridden by {override.get('reviewer')}: {override.get('reason')}")
+        items.append(f"gate overridden by {override.get('reviewer')}: {override.get('reason')}")
     elif state != "passed":
-        lines.append(f"- promotion needs a gate override first: `flywheel registry override {v} --reviewer NAME --reason TEXT`")
-    lines.append("")
+        items.append(f"promotion needs a gate override first: `flywheel registry override {v} --reviewer NAME --reason TEXT`")
     suites = (evaluation or {}).get("suites") or {}
-    if suites:
-        pct = int(round((evaluation or {}).get("ci_level", 0.95) * 100))
-        lines += [f"| suite: metric | champion → candidate | diff [{pct}% CI] |", "|---|---|---|"]
-        for suite, metrics in suites.items():
-            metric = headlines.get(suite) if headlines.get(suite) in metrics else next(iter(metrics), None)
-            if metric is None:
-                continue
-            e = metrics[metric]
-            mark = " ✗" if any(c["suite"] == suite and c["metric"] == metric for c in failed) else ""
-            lines.append(f"| {suite}: {metric} | {_f(e.get('champion'))} → {_f(e['candidate'])} | "
-                         f"{_signed(e.get('diff'))} {_ci(e.get('diff_ci')) if e.get('diff_ci') else ''}{mark} |")
-        lines.append("")
-    lines.append(f"- **Live A/B**: {_ab_line(ab)}")
+    for suite, metrics in suites.items():
+        metric = headlines.get(suite) if headlines.get(suite) in metrics else next(iter(metrics), None)
+        if metric is None:
+            continue
+        e = metrics[metric]
+        mark = "✗ " if any(c["suite"] == suite and c["metric"] == metric for c in failed) else ""
+        items.append(f"{mark}{suite} {metric} {_f(e.get('champion'))} → {_f(e['candidate'])}"
+                     + (f", {_signed(e.get('diff'))} {_ci(e.get('diff_ci'))}" if e.get("diff") is not None else ""))
+    items.append(f"**Live A/B**: {_ab_line(ab)}")
     if cost is not None:
-        lines.append(f"- **Cost**: {_cost_line(cost)}")
+        items.append(f"**Cost**: {_cost_line(cost)}")
     champion = f"v{canary['champion']}" if canary.get("champion") else "the base model"
-    lines.append(f"- **Approve** promotes v{v} to champion (replacing {champion}); **reject** drops it for good. "
-                 f"Shell: `{commands['approve']}`, then `{commands['promote']}`")
+    items.append(f"**Approve** = promote v{v} to champion (now: {champion})")
     links = [f"[full report]({report_link})" if report_link else None,
-             f"[MLflow {canary['model']} v{v}]({canary['mlflow_url']})"]
-    lines.append("- " + " · ".join(link for link in links if link)
-                 + (f" · cycle `{canary['cycle_id']}`" if canary.get("cycle_id") else ""))
+             f"[MLflow v{v}]({canary['mlflow_url']})", f"cycle `{canary['cycle_id']}`" if canary.get("cycle_id") else None]
+    items.append(" · ".join(link for link in links if link))
     if canary.get("review"):
         r = canary["review"]
-        lines.append(f"- latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
-    return "\n".join(lines) + "\n"
+        items.append(f"latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
+    return "\n".join(lines + [f"- {item}" for item in items]) + "\n"
 
 
-def review_markdown(summary_md: str, evaluation_md: str | None, report_path: str | None) -> str:
-    """The canary-review artifact: the summary, then the full evaluation report."""
+def review_markdown(summary_md: str, commands: Mapping[str, str], evaluation_md: str | None,
+                    report_path: str | None) -> str:
+    """The canary-review artifact: the summary, the shell commands that decide, then the full report."""
+    shell = (f"\nFrom a shell: `{commands['approve']}`, then `{commands['promote']}` (or `{commands['reject']}`).\n")
     if evaluation_md is None:
-        return summary_md + "\n_No evaluation report found in the workspace for this version._\n"
-    return f"{summary_md}\n---\n\n## Full evaluation report (`{report_path}`)\n\n{evaluation_md}"
+        return summary_md + shell + "\n_No evaluation report found in the workspace for this version._\n"
+    return f"{summary_md}{shell}\n---\n\n## Full evaluation report (`{report_path}`)\n\n{evaluation_md}"
 
 
 def _check_sentence(check: Mapping[str, Any]) -> str:
@@ -452,9 +447,9 @@ def _ab_line(ab: Mapping[str, Any] | None) -> str:
 
 def _cost_line(cost: Mapping[str, Any]) -> str:
     roi = cost.get("roi_1y")
-    api = "no API volume" if cost.get("api_monthly") is None else f"API {_money(cost['api_monthly'])}/month"
-    return (f"self-hosted {_money(cost['self_hosted_monthly'])}/month vs {api}; 1-year ROI "
-            + ("n/a" if roi is None else f"{100 * roi:.1f} %"))
+    api = "no API volume" if cost.get("api_monthly") is None else f"{_money(cost['api_monthly'])} API"
+    return (f"{_money(cost['self_hosted_monthly'])} self-hosted vs {api} a month; 1-year ROI "
+            + ("n/a" if roi is None else f"{100 * roi:.0f} %"))
 
 
 def _loads_json(value: Any) -> Any:

@@ -46,22 +46,22 @@ COST = {"self_hosted_monthly": 300.0, "api_monthly": 512.5, "roi_1y": 0.7083}
 
 def test_the_second_cycle_summary_names_the_new_cases_drop_and_says_there_is_no_traffic_yet() -> None:
     evaluation = second_cycle()
-    md = review_summary_markdown(canary(evaluation), evaluation, COMMANDS, headlines=HEADLINES, cost=COST,
-                                 report_link="http://127.0.0.1:4200/artifacts/artifact/abc")
+    md = review_summary_markdown(canary(evaluation), evaluation, headlines=HEADLINES, cost=COST,
+                                 report_link="http://127.0.0.1:4200/v2/artifacts/artifact/abc")
     first = md.splitlines()[0]
-    assert sum(line.startswith("- ✗") for line in md.splitlines()) == 1
-    assert "gate **FAILED**" in first and "v2" in first
+    assert sum(line.startswith("- ✗") for line in md.splitlines()) == 2  # the check, and its suite's line
+    assert first == "**v2 of flywheel-adapter: gate FAILED**"
     assert "new_cases behaviour fell 0.050 vs the champion (max drop 0.02; CI -0.080 to -0.023)" in md
-    # one headline row per suite, the failing one marked
-    assert "| new_cases: behaviour | 0.900 → 0.850 | -0.050 [-0.080, -0.023] ✗ |" in md
-    assert "| adversarial: must_not_include | 1.000 → 1.000 |" in md and "token_f1" not in md
+    # one headline line per suite, the failing one marked
+    assert "- ✗ new_cases behaviour 0.900 → 0.850, -0.050 [-0.080, -0.023]" in md
+    assert "- adversarial must_not_include 1.000 → 1.000, +0.000" in md and "token_f1" not in md
     assert "**Live A/B**: no live traffic yet" in md
-    assert "self-hosted $300.00/month vs API $512.50/month; 1-year ROI 70.8 %" in md
-    assert "[full report](http://127.0.0.1:4200/artifacts/artifact/abc)" in md
-    assert "[MLflow flywheel-adapter v2](http://127.0.0.1:5000/#/models/flywheel-adapter/versions/2)" in md
-    assert "**Approve** promotes v2 to champion (replacing v1)" in md and "then `flywheel promote 2`" in md
+    assert "**Cost**: $300.00 self-hosted vs $512.50 API a month; 1-year ROI 71 %" in md
+    assert "[full report](http://127.0.0.1:4200/v2/artifacts/artifact/abc)" in md
+    assert "[MLflow v2](http://127.0.0.1:5000/#/models/flywheel-adapter/versions/2)" in md
+    assert "**Approve** = promote v2 to champion (now: v1)" in md
     assert "flywheel registry override 2" in md  # a failed gate needs an override before promotion
-    assert len(md.splitlines()) < 25  # a summary, not the report
+    assert len(md.splitlines()) <= 12  # one short line each: it sits above the form (the browser test checks it fits)
 
 
 def test_the_summary_shows_the_ab_result_once_the_canary_has_traffic() -> None:
@@ -72,14 +72,15 @@ def test_the_summary_shows_the_ab_result_once_the_canary_has_traffic() -> None:
           "variants": {"champion": {"requests": 9000, "users": 900}, "canary": {"requests": 1000, "users": 100}},
           "metrics": [{"metric": "refusal_rate", "diff": 0.031, "guardrail": True, "breached": True},
                       {"metric": "latency_p95_ms", "diff": 12.0, "guardrail": False, "breached": False}]}
-    md = review_summary_markdown(canary(evaluation), evaluation, COMMANDS, headlines=HEADLINES, ab=ab)
-    assert "gate **PASSED**" in md and "every gate check held" in md and "✗" not in md
+    md = review_summary_markdown(canary(evaluation), evaluation, headlines=HEADLINES, ab=ab)
+    assert md.startswith("**v2 of flywheel-adapter: gate PASSED**") and "✗" not in md
     assert "**Live A/B**: **HALT** on 100 canary / 900 champion users (canary - champion: refusal_rate +3.10 pts **BREACH**)" in md
     assert "no live traffic" not in md and "[full report]" not in md  # no link without a Prefect UI
 
 
-def test_the_artifact_puts_the_full_report_after_the_summary() -> None:
-    assert review_markdown("SUMMARY\n", "# Evaluation", "/ws/cycles/c/06_eval/report.md").index("SUMMARY") == 0
-    assert "## Full evaluation report (`/ws/cycles/c/06_eval/report.md`)\n\n# Evaluation" in review_markdown(
-        "SUMMARY\n", "# Evaluation", "/ws/cycles/c/06_eval/report.md")
-    assert "No evaluation report found" in review_markdown("SUMMARY\n", None, None)
+def test_the_artifact_puts_the_shell_commands_and_the_full_report_after_the_summary() -> None:
+    artifact = review_markdown("SUMMARY\n", COMMANDS, "# Evaluation", "/ws/cycles/c/06_eval/report.md")
+    assert artifact.startswith("SUMMARY\n")
+    assert "From a shell: `flywheel approve 2 --reviewer NAME --comment TEXT`, then `flywheel promote 2`" in artifact
+    assert artifact.index("From a shell") < artifact.index("## Full evaluation report (`/ws/cycles/c/06_eval/report.md`)\n\n# Evaluation")
+    assert "No evaluation report found" in review_markdown("SUMMARY\n", COMMANDS, None, None)

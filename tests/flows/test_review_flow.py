@@ -71,9 +71,9 @@ def test_review_outside_a_deployment_awaits_the_cli_and_publishes_the_evidence(w
     assert result["mlflow_url"] in markdown and result["approve"] in markdown
     # the summary first (gate, headline per suite, no traffic yet, cost), the full report after it
     summary, full = markdown.split("## Full evaluation report")
-    assert summary.startswith(f"### Canary v{version} of flywheel-adapter: gate **PASSED**")
-    assert "| regression: behaviour | - → 0.900 |" in summary and "no live traffic yet" in summary
-    assert "self-hosted $300.00/month vs no API volume" in summary
+    assert summary.startswith(f"**v{version} of flywheel-adapter: gate PASSED**")
+    assert "- regression behaviour - → 0.900\n" in summary and "no live traffic yet" in summary
+    assert "$300.00 self-hosted vs no API volume a month" in summary
     assert "| regression | 0.90 |" in full
     # Nothing was decided: the version is still the canary, unreviewed, and no champion moved.
     status = registry.status()

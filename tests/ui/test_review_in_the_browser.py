@@ -54,7 +54,8 @@ def tiny_workspace(root: Path) -> Path:
         "annotation": {"simulate": True, "simulated_accuracy": 0.97},
         "model": {"bootstrap_size": "test", "max_new_tokens": 24},
         "train": {"max_steps": 6, "batch_size": 8, "save_steps": 3, "early_stopping_patience": 0},
-        "evaluate": {"bootstrap_samples": 100, "gates": {"regression": {"behaviour": {"floor": 0.0}}}},
+        "evaluate": {"bootstrap_samples": 100, "suites": ["regression", "new_cases"],
+                     "gates": {"regression": {"behaviour": {"floor": 0.0, "max_drop": 0.05}}}},
     }), encoding="utf-8")
     settings = load_settings(config)
     simulate(settings.simulate, workspace, data_dir=settings.paths.data_dir)
@@ -110,43 +111,52 @@ def test_an_engineer_starts_a_cycle_and_a_reviewer_approves_it_in_the_browser(tm
             shot("custom-run")
             page.get_by_role("button", name="Submit").click()
             page.get_by_role("link", name="View run").click()
-            expect(page.get_by_text("Completed").first).to_be_visible(timeout=RUN_TIMEOUT_MS)
+            page.wait_for_url("**/runs/flow-run/**")
+            expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=RUN_TIMEOUT_MS)
             shot("cycle-completed")
             version = registry.status()["canary"]
             assert version and registry.status()["champion"] is None
 
-            # 3. The review: a Quick run of canary-review suspends waiting for the reviewer.
+            # 3. The review: a Quick run of canary-review suspends waiting for the reviewer; Resume is
+            # in the run's menu (top right).
             page.goto(f"{ui}/deployments")
             page.get_by_role("link", name="canary-review").first.click()
             page.get_by_role("button", name="Run").first.click()
             page.get_by_role("menuitem", name="Quick run").click()
             page.get_by_role("link", name="View run").click()
-            expect(page.get_by_text("Suspended").first).to_be_visible(timeout=300_000)
-            page.get_by_role("button", name="Resume").first.click()
+            page.wait_for_url("**/runs/flow-run/**")
+            expect(page.get_by_text("Suspended", exact=True).first).to_be_visible(timeout=300_000)
+            page.get_by_role("button", name="Open menu").first.click()
+            page.get_by_role("menuitem", name="Resume").click()
             dialog = page.get_by_role("dialog")
-            expect(dialog).to_be_visible()
-            shot("resume-dialog")
-            # The summary decides; the form is on the first screen, the full report one click away.
-            expect(dialog.get_by_text(f"Canary v{version} of flywheel-adapter: gate")).to_be_visible()
             expect(dialog.get_by_text("no live traffic yet")).to_be_visible()
-            expect(dialog.get_by_role("link", name="full report")).to_have_attribute("href", re.compile(r"/v2/artifacts/artifact/[0-9a-f-]+$"))
+            shot("resume-dialog")
+            # The summary decides; the whole form is on the first screen, the full report one click away.
+            expect(dialog.get_by_text(f"v{version} of flywheel-adapter: gate PASSED")).to_be_visible()
+            expect(dialog.get_by_text(f"Approve = promote v{version} to champion")).to_be_visible()
+            expect(dialog.get_by_role("link", name="full report")).to_have_attribute(
+                "href", re.compile(r"/v2/artifacts/artifact/[0-9a-f-]+$"))
             expect(dialog.get_by_text("Full evaluation report")).to_have_count(0)
-            reviewer = dialog.get_by_label("reviewer")
-            box = reviewer.bounding_box()
-            assert box is not None and box["y"] + box["height"] <= VIEWPORT["height"], box  # no scrolling needed
+            for field in ("Reviewer", "Comment"):
+                expect(dialog.get_by_label(field)).to_be_in_viewport(ratio=1.0)  # nothing to scroll past
+            expect(dialog.get_by_text("Select", exact=True)).to_be_in_viewport(ratio=1.0)
 
-            # 4. A blank reviewer is refused by the form; the run stays suspended.
-            dialog.get_by_label("comment").fill("fixes the new products")
-            reviewer.fill("   ")
-            dialog.get_by_role("button", name="Submit").click()
-            expect(dialog.get_by_text("reviewer")).not_to_have_count(0)
+            # 4. A blank reviewer is refused by the form; the dialog stays and nothing is recorded.
+            dialog.get_by_text("Select", exact=True).click()
+            page.get_by_role("option", name="approve").click()
+            dialog.get_by_label("Comment").fill("fixes the new products")
+            dialog.get_by_label("Reviewer").fill("   ")
+            dialog.get_by_role("button", name="Resume").click()
+            expect(page.get_by_text("Validation failed for field 'reviewer'")).to_be_visible()
+            expect(dialog).to_be_visible()
             shot("blank-reviewer-refused")
             assert registry.status()["versions"][-1]["reviews"] == []
 
             # 5. A real answer approves; the run completes and the champion moves.
-            reviewer.fill("alice")
-            dialog.get_by_role("button", name="Submit").click()
-            expect(page.get_by_text("Completed").first).to_be_visible(timeout=300_000)
+            dialog.get_by_label("Reviewer").fill("alice")
+            dialog.get_by_role("button", name="Resume").click()
+            expect(dialog).to_be_hidden()
+            expect(page.get_by_text("Completed", exact=True).first).to_be_visible(timeout=300_000)
             shot("review-completed")
             browser.close()
     finally:

@@ -609,10 +609,14 @@ def registry_override(version: str, reviewer: ReviewerOpt,
     emit(result, as_json, f"version {version}: gate overridden by {reviewer}")
 
 
+ActorOpt = Annotated[Optional[str], typer.Option("--actor", help="Who makes this move, for the audit history [default: for promote, the approving reviewer; else registry.actor, else $FLYWHEEL_ACTOR, else recorded as unattributed].")]
+
+
 @app.command()
-def promote(version: str, config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+def promote(version: str, actor: ActorOpt = None, config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+            as_json: JsonOpt = False) -> None:
     """Move the champion alias to an approved version (the previous champion is recorded)."""
-    result = registry_call(config, workspace, "promote", version)
+    result = registry_call(config, workspace, "promote", version, actor=actor)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
 
 
@@ -620,11 +624,13 @@ def promote(version: str, config: ConfigOpt = None, workspace: WorkspaceOpt = No
 def rollback(to: Annotated[Optional[str], typer.Option("--to", help="Version to return to, or 'base' for the base model without an adapter [default: the previous champion; the base after the first champion].")] = None,
              reviewer: Annotated[Optional[str], typer.Option("--reviewer", help="Who overrides a rejection (with --override-reason).")] = None,
              override_reason: Annotated[Optional[str], typer.Option("--override-reason", help="Why a version rejected since it served may serve again (recorded on it and in the audit).")] = None,
-             config: ConfigOpt = None, workspace: WorkspaceOpt = None, as_json: JsonOpt = False) -> None:
+             actor: ActorOpt = None, config: ConfigOpt = None, workspace: WorkspaceOpt = None,
+             as_json: JsonOpt = False) -> None:
     """Move the champion alias back to the previous champion, or to a given earlier champion. Rolling back
     the first champion serves the base model again (the champion alias is removed). A version rejected
     since it served needs --reviewer and --override-reason."""
-    result = registry_call(config, workspace, "rollback", to, reviewer=reviewer, override_reason=override_reason)
+    result = registry_call(config, workspace, "rollback", to, reviewer=reviewer, override_reason=override_reason,
+                           actor=actor)
     emit(result, as_json, f"champion: {result['from']} -> {result['to']} in {result['seconds']:.3f} s")
 
 

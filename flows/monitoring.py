@@ -20,6 +20,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.parameters import ConfigFile, OptionalText, WorkspaceDir
 from tasks import monitor
 from tasks.config import Settings, load_settings
 from tasks.drift import compute_drift, load_prompt_records, prepare_reference, prompt_groups
@@ -222,16 +223,16 @@ def request_retraining(week: str, decision: dict) -> bool:
 
 @flow(name="weekly-monitoring", log_prints=True)
 def weekly_monitoring(
-    week: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
+    week: OptionalText = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
 ) -> dict[str, Any]:
     """Compute the week's quality signals and drift, publish the dashboard, decide on retraining.
 
     Args:
         week: ISO week to check, e.g. "2026-W03". Empty: the last complete week.
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding logs, history and the MLflow store (default ./workspace).
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding logs, history and the MLflow store (empty: the config's, default ./workspace).
     """
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
     # validated before any work, and written one way ("2026W3" -> "2026-W03") in runs, files and history

@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from serving.notify import set_canary_share, tell_server
+from tasks import cycle
 from tasks.abtest import analyse_ab
 from tasks.config import Settings, load_settings
 from tasks.files import atomic_write_text
@@ -150,7 +151,7 @@ def publish(settings: Settings, record: dict[str, Any]) -> None:
     create_markdown_artifact(key="canary-ramp", markdown=markdown,
                              description=f"Canary v{record['version']} ramp: look {len(record['looks'])}")
     if record.get("cycle_id"):
-        folder = settings.paths.under("cycles", record["cycle_id"], "07_ramp")
+        folder = settings.paths.under("cycles", record["cycle_id"], cycle.RAMP)
         folder.mkdir(parents=True, exist_ok=True)
         atomic_write_text(folder / "ramp.json", json.dumps(record, indent=1, default=str) + "\n")
         atomic_write_text(folder / "report.md", markdown + "\n")

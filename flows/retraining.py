@@ -25,6 +25,7 @@ from typing import Any
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
+from flows.parameters import ConfigFile, Window, WorkspaceDir
 from tasks import cycle
 from tasks.annotate import AwaitingAnnotations
 from tasks.config import (AnnotationSettings, DatasetSettings, ExtractSettings, LogsSettings, PiiSettings, RunnerSettings,
@@ -183,19 +184,19 @@ def find_champion(settings: Settings) -> dict | None:
 # disassembly when `datasets` fingerprints a function), flooding the run log with bytecode.
 @flow(name="quarterly-retraining")
 def quarterly_retraining(
-    window: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
+    window: Window = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
     fresh: bool = False,
 ) -> dict[str, Any]:
     """Curate a quarter's failures, train a LoRA adapter, evaluate it against the champion and
     register it as the canary awaiting review.
 
     Args:
-        window: "2026-Q1", "2026-01-01..2026-04-01" or "all"; empty: the last complete quarter. A range
-            whose start is not before its end is refused before anything is created.
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding logs, cycles and the MLflow store (default ./workspace).
+        window: logs to learn from: 2026-Q1, 2026-01-05..2026-04-20 (ISO dates, end excluded), last-13-weeks
+            or all. Empty: the last complete quarter. A malformed window is refused before the run starts.
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding logs, cycles and the MLflow store (empty: the config's, default ./workspace).
         fresh: run every stage again instead of reusing finished ones.
     """
     from mlflow import MlflowClient
@@ -258,7 +259,7 @@ def quarterly_retraining(
         "stages": {name: entry["status"] for name, entry in cycle.read_manifest(directory)["stages"].items()},
         "cases": cases.counts["cases"], "masked": masked.counts["masked_records"],
         "annotations": annotations.counts["annotations"],
-        "agreement": {"alpha": agreement.details["krippendorff_alpha"], "decision": agreement.details["decision"]},
+        "agreement": {"alpha": _rounded(agreement.details["krippendorff_alpha"]), "decision": agreement.details["decision"]},
         "train": {"examples": dataset.counts["train"], "steps": trained.counts["steps"],
                   "val_loss": trained.details["val_loss"]},
         "mlflow_run_id": run_id,
@@ -275,6 +276,10 @@ def stage_settings(settings: Settings, sections: tuple[str, ...]) -> Settings:
     return Settings.model_validate({name: getattr(settings, name).model_dump() for name in sections})
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 3)
+
+
 def _stopped(cycle_id: str, directory: Path, reason: str, result: StageResult | None) -> dict:
     get_run_logger().warning("cycle %s stopped: %s", cycle_id, reason)
     return {"cycle_id": cycle_id, "canary_version": None, "gate": None, "passed": False, "stopped": reason,
@@ -286,5 +291,9 @@ def _cycle_markdown(settings: Settings, summary: dict, evaluated: StageResult) -
     from tasks.cost import cost_from_logs
     from tasks.report import cycle_markdown
 
+    from tasks.files import atomic_write_text
+
+    cost = cost_from_logs(settings)
+    atomic_write_text(Path(summary["cycle_dir"]) / cycle.COST, json.dumps(cost, indent=2, default=str))
     return cycle_markdown(settings.registry.model_name, summary, evaluated.path("report_md").read_text(encoding="utf-8"),
-                          cost_from_logs(settings))
+                          cost)

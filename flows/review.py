@@ -15,6 +15,7 @@ the review. The rules (who may promote what) live in tasks/registry.py; this flo
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 from typing import Any, Literal
@@ -23,13 +24,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.input import RunInput
+from prefect.settings import get_current_settings
 from pydantic import Field
 
 from flows.ramp import APPROVED_EVENT, request_ramp
+from flows.parameters import ConfigFile, OptionalText, WorkspaceDir
 from serving.notify import tell_server
+from tasks import cycle
 from tasks.config import Settings, load_settings
-from tasks.report import review_markdown
-from tasks.registry import Registry, RegistryInputError, RegistryRuleError
+from tasks.report import review_markdown, review_summary_markdown
+from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 MAX_ATTEMPTS = 3  # an answer the registry refuses asks again, this many times in all
@@ -55,6 +59,7 @@ def review_commands(version: str) -> dict[str, str]:
     return {
         "approve": f"flywheel approve {version} --reviewer NAME --comment TEXT",
         "reject": f"flywheel reject {version} --reviewer NAME --comment TEXT",
+        "ramp": f"flywheel ramp {version}",  # what a Resume with "approve" starts by itself (with a Prefect server)
     }
 
 
@@ -77,8 +82,9 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
     if entry is None:
         raise RegistryInputError(f"{registry.name} has no version {version!r}; see `flywheel registry status`")
     tags = registry.client.get_model_version(registry.name, version).tags or {}
-    report = settings.paths.under("cycles", entry["cycle_id"], "06_eval", "report.md") if entry["cycle_id"] else None
-    ramp = settings.paths.under("cycles", entry["cycle_id"], "07_ramp", "report.md") if entry["cycle_id"] else None
+    cycle_dir = settings.paths.under("cycles", entry["cycle_id"]) if entry["cycle_id"] else None
+    report = cycle_dir / cycle.EVAL / "report.md" if cycle_dir else None
+    ramp = cycle_dir / cycle.RAMP if cycle_dir else None
     return {
         "model": registry.name,
         "version": version,
@@ -91,15 +97,50 @@ def describe_canary(settings: Settings, version: str | None) -> dict[str, Any]:
         "eval_summary": tags.get("eval_summary"),
         "review": entry["review"],
         "eval_report": str(report) if report is not None and report.is_file() else None,
-        "ramp_report": str(ramp) if ramp is not None and ramp.is_file() else None,  # live A/B evidence of an earlier ramp
+        "evaluation": _read_json(cycle_dir / cycle.EVAL / "report.json") if cycle_dir else None,
+        "cost": _read_json(cycle_dir / cycle.COST) if cycle_dir else None,
+        "ab": _last_look(_read_json(ramp / "ramp.json")) if ramp else None,  # the live A/B of an earlier ramp
+        "ramp_report": str(ramp / "report.md") if ramp and (ramp / "report.md").is_file() else None,
         "mlflow_url": mlflow_version_url(registry.name, version),
     }
 
 
+def _read_json(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def _last_look(ramp: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The A/B result of a ramp's latest look (e.g. one that stopped inconclusive: the reviewer decides again)."""
+    looks = (ramp or {}).get("looks") or []
+    return looks[-1]["result"] if looks else None
+
+
 @task(name="publish-review-summary", cache_policy=NO_CACHE)
-def publish_review_summary(canary: dict[str, Any], markdown: str) -> None:
-    create_markdown_artifact(key="canary-review", markdown=markdown,
-                             description=f"Canary v{canary['version']}: evidence for the reviewer")
+def publish_review_summary(settings: Settings, canary: dict[str, Any]) -> str:
+    """Publish the canary-review artifact (summary, then the full report) and return the summary the
+    Resume dialog shows, which links to that artifact instead of repeating the report before the form."""
+    version = canary["version"]
+    headlines = {suite: next(iter(metrics), "") for suite, metrics in settings.evaluate.gates.items()}
+    # The full evaluation report, then the live evidence of an earlier ramp (one that stopped inconclusive).
+    parts = [Path(path).read_text(encoding="utf-8") for path in (canary["eval_report"], canary["ramp_report"]) if path]
+    report = "\n\n".join(parts) or None
+
+    def summary(link: str | None) -> str:
+        return review_summary_markdown(canary, canary["evaluation"], headlines=headlines, ab=canary["ab"],
+                                       cost=canary["cost"], report_link=link)
+
+    artifact = review_markdown(summary(None), review_commands(version), report, canary["eval_report"])
+    artifact_id = create_markdown_artifact(key="canary-review", markdown=artifact,
+                                           description=f"Canary v{version}: evidence for the reviewer")
+    return summary(artifact_url(artifact_id))
+
+
+def artifact_url(artifact_id: Any) -> str | None:
+    """The artifact's page in the UI the server opens by default (V2 lives under /v2); None without a UI."""
+    current = get_current_settings()
+    if not current.ui_url or not artifact_id:
+        return None
+    return f"{current.ui_url.rstrip('/')}{'/v2' if current.server.ui.v2_enabled else ''}/artifacts/artifact/{artifact_id}"
 
 
 @task(name="record-review", cache_policy=NO_CACHE)
@@ -145,16 +186,16 @@ def await_recorded_review(settings: Settings, version: str, description: str, ti
 
 @flow(name="canary-review", log_prints=True)
 def canary_review(
-    version: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
+    version: OptionalText = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
 ) -> dict[str, Any]:
     """Show the canary's evidence, wait for a reviewer's decision, record it, start the ramp on approval.
 
     Args:
         version: model version to review. Empty: the registry's `canary` alias.
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding the MLflow store and cycle outputs (default ./workspace).
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding the MLflow store and cycle outputs (empty: the config's, default ./workspace).
     """
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
     deployed = _in_deployment()
@@ -162,14 +203,11 @@ def canary_review(
         version = _version_awaited_before()
     canary = describe_canary(settings, version)
     version = canary["version"]
-    report = Path(canary["eval_report"]).read_text(encoding="utf-8") if canary["eval_report"] else None
-    markdown = review_markdown(canary, review_commands(version), report)
-    if canary["ramp_report"]:  # e.g. a ramp that stopped inconclusive: the reviewer decides again on its evidence
-        markdown += "\n\n" + Path(canary["ramp_report"]).read_text(encoding="utf-8")
-    publish_review_summary(canary, markdown)
+    markdown = publish_review_summary(settings, canary)
 
     if not deployed:
-        print(f"canary v{version} awaits review: {review_commands(version)['approve']}")
+        commands = review_commands(version)
+        print(f"canary v{version} awaits review: {commands['approve']}, then {commands['ramp']} (champion once it holds on live traffic)")
         return {"version": version, "status": "awaiting review", **review_commands(version),
                 "gate": canary["gate"], "champion": canary["champion"], "mlflow_url": canary["mlflow_url"]}
 

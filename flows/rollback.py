@@ -10,6 +10,7 @@ from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
+from flows.parameters import ConfigFile, OptionalText, WorkspaceDir
 from flows.review import mlflow_version_url
 from serving.notify import tell_server
 from tasks.config import Settings, load_settings
@@ -51,11 +52,11 @@ def _label(served: str) -> str:
 
 @flow(name="rollback", log_prints=True)
 def rollback(
-    to: str | None = None,
-    reviewer: str | None = None,
-    override_reason: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
+    to: OptionalText = "",
+    reviewer: OptionalText = "",
+    override_reason: OptionalText = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
 ) -> dict[str, Any]:
     """Move the champion back to the version it replaced (the base model, without an adapter, when it
     replaced none), or to `to`.
@@ -64,11 +65,11 @@ def rollback(
         to: version to return to (one that was champion before), or "base". Empty: the previous champion.
         reviewer: who overrides a rejection (with override_reason).
         override_reason: why a version rejected since it served may serve again (recorded).
-        config: YAML config file laid over the embedded defaults.
-        workspace: folder holding the MLflow store (default ./workspace).
+        config: YAML config file laid over the embedded defaults (empty: $FLYWHEEL_CONFIG, else the defaults).
+        workspace: folder holding the MLflow store (empty: the config's, default ./workspace).
     """
     settings = load_settings(config, {"paths.workspace": workspace} if workspace else None)
-    moved = move_champion_back(settings, to, reviewer, override_reason)
+    moved = move_champion_back(settings, to or None, reviewer or None, override_reason or None)
     publish_rollback(moved, override_reason)
     print(f"champion {_label(moved['from'])} -> {_label(moved['to'])} in {moved['seconds']} s")
     return {"from": moved["from"], "to": moved["to"], "seconds": moved["seconds"], "server": tell_server(settings)}

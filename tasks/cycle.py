@@ -27,6 +27,8 @@ ANNOTATION = "03_annotation"
 DATASET = "04_dataset"
 ADAPTER = "05_adapter"
 EVAL = "06_eval"
+RAMP = "07_ramp"  # the canary ramp's looks (flows/ramp.py), shown in the review
+COST = "cost.json"  # the cost/ROI report the cycle was judged with (the review summary reads it)
 # Parameters that say where a stage logs, not what it computes: left out of its cache key.
 NOT_IN_CACHE_KEY = frozenset({"mlflow", "progress"})
 # Where a stage writes: counted by path, not content (they do not exist before the first run, and a

@@ -20,8 +20,15 @@ gate overrides, promotion and rollback, with an audit history on the registered 
   sharing an MLflow server must instead run these calls under a Prefect global concurrency limit named
   "model-registry" (`with prefect.concurrency.sync.concurrency("model-registry", occupy=1): ...`, the
   limit created with `prefect gcl create model-registry --limit 1`).
-* Every change is appended to the audit history: one registered-model tag per entry,
-  `audit.000001`, `audit.000002`, ... (JSON: seq, time, action, actor, version, alias, from, to, details).
+* Every change is appended to the audit history, kept in one place: the registered-model tag `audit`,
+  one JSON object per line, oldest first (seq, time, action, actor, version, alias, from, to, details),
+  and `audit_head`, the latest entry in words. Should `audit` outgrow a tag, its oldest lines move to
+  `audit_archive.000001`, ... (read back in order). Histories written before, one `audit.000001` tag per
+  entry, are read as the chain's start.
+* The actor of an entry is a person: the reviewer for reviews, overrides and rollbacks with one; for a
+  promotion the caller's `actor`, else the reviewer whose approval it follows; otherwise the `actor`
+  passed in (`--actor`), else registry.actor, else $FLYWHEEL_ACTOR, else the words "unattributed (OS user
+  NAME)", so an unnamed move never passes for a named one.
 * Rollback must be quick from a fresh process (`flywheel rollback` in an incident), and `import mlflow`
   alone takes seconds. So nothing here imports mlflow until it is needed, and against a tracking server
   (registry.tracking_uri http(s)://...) the reads, alias moves and audit entries go over MLflow's REST
@@ -56,7 +63,11 @@ from tasks.tracking import artifact_location, over_http, require_reachable, trac
 
 CHAMPION, CANARY = "champion", "canary"
 BASE = "base"  # how champion moves and rollback name "no champion alias: the base model, no adapter"
-AUDIT_PREFIX = "audit."
+AUDIT_TAG = "audit"  # the chain, one JSON entry per line
+AUDIT_HEAD_TAG = "audit_head"  # the latest entry in words
+AUDIT_ARCHIVE_PREFIX = "audit_archive."  # older lines once `audit` outgrows AUDIT_TAG_CHARS
+AUDIT_TAG_CHARS = 60_000  # below MLflow's 100,000-character limit on a registered-model tag value
+LEGACY_AUDIT_PREFIX = "audit."  # one tag per entry, as histories were written before
 REVIEW_PREFIX = "review."  # one version tag per review: review.000001, review.000002, ...
 EXPERIMENT = "flywheel-registry"  # where adapters are logged when no training/eval run is given
 _ALIAS_ACTIONS = ("promote", "rollback", "reconcile")
@@ -291,6 +302,7 @@ class Registry:
         dataset_sha256: str,
         eval_report: dict,
         run_id: str | None = None,
+        actor: str | None = None,
     ) -> str:
         """Log the adapter as a pyfunc model, create a version with its lineage and gate result as tags,
         and point the `canary` alias at it. Returns the version number."""
@@ -352,7 +364,7 @@ class Registry:
             version = str(mv.version)
             previous = self._aliases().get(CANARY)
             self.client.set_registered_model_alias(self.name, CANARY, version)
-            self._append_audit("register", version=version, alias=CANARY, frm=previous, to=version,
+            self._append_audit("register", version=version, alias=CANARY, frm=previous, to=version, actor=actor,
                                details={"cycle_id": cycle_id, "gate": gate_state, "run_id": run_id})
         return version
 
@@ -406,13 +418,13 @@ class Registry:
             self._append_audit("override_gate", version=version, actor=reviewer, details={"reason": reason, "gate": gate})
         return {"version": version, **record}
 
-    def promote(self, version: str) -> dict:
+    def promote(self, version: str, *, actor: str | None = None) -> dict:
         """Move `champion` to `version` (normally the approved canary) and record the previous champion.
 
         Refused (RegistryRuleError) for a rejected version, without an approval, with a failed gate and no
         recorded override, or with an override by one who also approved it (review.require_distinct_override).
         Returns {from, to, seconds, changed} ("base" when no adapter was served); seconds runs from the
-        call to the alias being set.
+        call to the alias being set. The audit names `actor`, else the reviewer whose approval it follows.
         """
         start = time.perf_counter()
         with self._locked():
@@ -446,11 +458,12 @@ class Registry:
             if aliases.get(CANARY) == version:
                 self.client.delete_registered_model_alias(self.name, CANARY)
             self._append_audit("promote", version=version, alias=CHAMPION, frm=_served(current), to=version,
-                               details={"review": reviews[-1], "gate": tags.get("gate"), "override": override})
+                               actor=(actor or "").strip() or reviews[-1].get("reviewer"), details={"review": reviews[-1], "gate": tags.get("gate"), "override": override})
         return {"from": _served(current), "to": version, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4),
                 "changed": True}
 
-    def rollback(self, to: str | None = None, *, reviewer: str | None = None, override_reason: str | None = None) -> dict:
+    def rollback(self, to: str | None = None, *, reviewer: str | None = None, override_reason: str | None = None,
+                 actor: str | None = None) -> dict:
         """Move `champion` back: to the version it replaced (tag previous_champion), to the base model when
         it replaced none (the champion alias is removed), or to `to`: "base" or a version that was champion
         before. A version rejected since it served goes back only with `override_reason` and `reviewer`,
@@ -496,7 +509,7 @@ class Registry:
                 self.alias_client.set_registered_model_alias(self.name, CHAMPION, target)
             seconds = time.perf_counter() - start
             self._append_audit("rollback", version=None if target == BASE else target, alias=CHAMPION,
-                               frm=_served(current), to=target, actor=reviewer,
+                               frm=_served(current), to=target, actor=reviewer or actor,
                                details={"override": restore} if restore else None)
         return {"from": _served(current), "to": target, "seconds": round(seconds, 4), "lock_wait_s": round(waited, 4)}
 
@@ -539,7 +552,8 @@ class Registry:
             self.client.create_registered_model(
                 self.name,
                 description="LoRA adapters of llm-flywheel (adapter only; the base model is referenced by the "
-                            "base_model/base_digest tags). Aliases: champion, canary. History: audit.* tags.",
+                            "base_model/base_digest tags). Aliases: champion, canary. History: the `audit` tag "
+                            "(one entry per line; `audit_head` is the latest in words).",
             )
 
     def _aliases(self) -> dict[str, str]:
@@ -598,12 +612,29 @@ class Registry:
         if tags is None:
             model = self._model()
             tags = model.tags if model else {}
-        key = _next_key(tags, AUDIT_PREFIX)
-        seq = int(key[len(AUDIT_PREFIX):])
-        entry = {"seq": seq, "time": _now(), "action": action, "actor": actor or _actor(), "version": version,
-                 "alias": alias, "from": frm, "to": to, "details": details or {}}
-        self.alias_client.set_registered_model_tag(self.name, key, json.dumps(entry, default=str))
+        tags = tags or {}
+        entries = _audit_entries(tags)
+        entry = {"seq": (entries[-1]["seq"] if entries else 0) + 1, "time": _now(), "action": action,
+                 "actor": self._actor(actor), "version": version, "alias": alias, "from": frm, "to": to,
+                 "details": details or {}}
+        lines = [*tags.get(AUDIT_TAG, "").splitlines(), json.dumps(entry, default=str, separators=(",", ":"))]
+        if sum(len(line) + 1 for line in lines) > AUDIT_TAG_CHARS and len(lines) > 1:  # archive all but the newest
+            self.alias_client.set_registered_model_tag(self.name, _next_key(tags, AUDIT_ARCHIVE_PREFIX), "\n".join(lines[:-1]))
+            lines = lines[-1:]
+        self.alias_client.set_registered_model_tag(self.name, AUDIT_TAG, "\n".join(lines))
+        self.alias_client.set_registered_model_tag(self.name, AUDIT_HEAD_TAG, audit_line(entry))
         return entry
+
+    def _actor(self, named: str | None) -> str:
+        """The person an entry names: `named`, else registry.actor, else $FLYWHEEL_ACTOR, else said to be unattributed."""
+        for candidate in (named, self.settings.registry.actor, os.environ.get("FLYWHEEL_ACTOR")):
+            if candidate and str(candidate).strip():
+                return str(candidate).strip()
+        try:
+            user = getpass.getuser()
+        except Exception:  # no user database entry (containers)
+            user = "unknown"
+        return f"unattributed (OS user {user})"
 
     def _experiment_id(self) -> str:
         found = self.client.get_experiment_by_name(EXPERIMENT)
@@ -629,12 +660,28 @@ def _key_values(pairs: list[dict] | None) -> dict[str, str]:
 
 
 def _audit_entries(tags: dict[str, str]) -> list[dict]:
-    entries = [json.loads(v) for k, v in (tags or {}).items() if k.startswith(AUDIT_PREFIX)]
+    """The chain, oldest first: per-entry tags of older histories, then the archives, then `audit`."""
+    tags = tags or {}
+    legacy = [json.loads(v) for k, v in tags.items() if k.startswith(LEGACY_AUDIT_PREFIX) and k[len(LEGACY_AUDIT_PREFIX):].isdigit()]
+    texts = [tags[k] for k in sorted(k for k in tags if k.startswith(AUDIT_ARCHIVE_PREFIX))] + [tags.get(AUDIT_TAG, "")]
+    entries = legacy + [json.loads(line) for text in texts for line in text.splitlines() if line.strip()]
     return sorted(entries, key=lambda e: e["seq"])
 
 
+def audit_line(entry: dict) -> str:
+    """An entry in words: "#4 2026-12-03 13:00:01 UTC promote: champion v1 -> v2 by alice"."""
+    when = str(entry.get("time", ""))[:19].replace("T", " ")
+    move = f"{entry.get('alias')} {_label(entry.get('from'))} -> {_label(entry.get('to'))}" if entry.get("alias") else \
+        f"v{entry.get('version')}" if entry.get("version") else ""
+    return f"#{entry['seq']} {when} UTC {entry['action']}: {move} by {entry.get('actor')}".replace(":  by", ": by")
+
+
+def _label(version: str | None) -> str:
+    return "none" if version in (None, "") else BASE if version == BASE else f"v{version}"
+
+
 def _next_key(tags: dict[str, str], prefix: str) -> str:
-    """The next numbered tag key after those present: audit.000007, review.000002 (caller holds the lock)."""
+    """The next numbered tag key after those present: review.000002, audit_archive.000003 (caller holds the lock)."""
     last = max((int(k[len(prefix):]) for k in tags if k.startswith(prefix) and k[len(prefix):].isdigit()), default=0)
     return f"{prefix}{last + 1:06d}"
 
@@ -696,13 +743,6 @@ def _loads(value: str | None) -> Any:
         return json.loads(value)
     except json.JSONDecodeError:
         return value
-
-
-def _actor() -> str:
-    try:
-        return os.environ.get("FLYWHEEL_ACTOR") or getpass.getuser()
-    except Exception:  # no user database entry (containers)
-        return "unknown"
 
 
 def _now() -> str:

@@ -60,12 +60,16 @@ def evaluation_markdown(
                          f"{_ci(e.get('diff_ci'))} | {mark} |")
         lines.append("")
     if champion is not None:
-        lines += ["## Items that changed (expected behaviour)", ""]
-        for label, was, now in (("fixed", 0.0, 1.0), ("broken", 1.0, 0.0)):
-            changed = [i for i in range(len(items)) if champion[i]["behaviour"] == was and candidate[i]["behaviour"] == now]
-            lines.append(f"**{label}: {len(changed)}**")
+        lines += ["## Items that changed", "",
+                  "Right = the expected behaviour (answer or refuse) and, where the item has a reference answer, "
+                  "no claim the reference does not support.", ""]
+        for label, was, now in (("fixed", False, True), ("broken", True, False)):
+            changed = [i for i in range(len(items)) if _right(champion[i]) == was and _right(candidate[i]) == now]
+            shown = changed[:CHANGED_SHOWN]
+            lines.append(f"**{label}: {len(changed)}**" + (f" (showing {len(shown)} of {len(changed)})"
+                                                           if len(shown) < len(changed) else ""))
             lines.append("")
-            for i in changed[:8]:
+            for i in shown:
                 lines.append(f"- `{items[i].id}` ({items[i].suite}, expected {items[i].expected}): {_quote(items[i].prompt)}"
                              f" — champion: {_quote(champ_responses[i])} — candidate: {_quote(cand_responses[i])}")
             lines.append("")
@@ -75,6 +79,14 @@ def evaluation_markdown(
         lines.append(f"- `{items[i].id}`: {_quote(cand_responses[i])}")
     lines.append("")
     return "\n".join(lines)
+
+
+CHANGED_SHOWN = 8  # fixed/broken items listed in the report (the count says how many there are)
+
+
+def _right(score: dict) -> bool:
+    """Scores written before `correct` existed judged behaviour only."""
+    return bool(score.get("correct", score["behaviour"]))
 
 
 def _faithfulness_lines(faithfulness: dict | None) -> list[str]:
@@ -279,12 +291,14 @@ def cycle_markdown(model_name: str, summary: Mapping[str, Any], evaluation_md: s
         "| stage | result |", "|---|---|",
         f"| extract | {summary['cases']} cases |",
         f"| mask PII | {summary['masked']} records masked |",
-        f"| annotate | {summary['annotations']} annotations, alpha {agreement['alpha']}, {agreement['decision']} |",
+        f"| annotate | {summary['annotations']} annotations, alpha {_f(agreement['alpha'])}, {agreement['decision']} |",
         f"| train | {train['examples']} examples, {train['steps']} steps, val loss {train['val_loss']} |",
         "",
         f"Cycle directory: `{summary['cycle_dir']}`.",
         "",
-        f"Approve: `flywheel approve {summary['canary_version']} --reviewer NAME --comment TEXT`",
+        f"Approve: `flywheel approve {summary['canary_version']} --reviewer NAME --comment TEXT` starts the canary "
+        f"ramp on live traffic (`flywheel ramp {summary['canary_version']}` without a Prefect server), which "
+        "promotes it once it holds.",
         "",
         evaluation_md,
         "",
@@ -341,35 +355,112 @@ def demo_markdown(result: Mapping[str, Any]) -> str:
 # The reviewer's view of a canary (Prefect artifact `canary-review`, and the Resume dialog)
 
 
-def review_markdown(canary: Mapping[str, Any], commands: Mapping[str, str], evaluation_md: str | None) -> str:
-    """The canary-review artifact: what is under review, its gate and latest review, how to decide, and
-    the evaluation report."""
+def review_summary_markdown(
+    canary: Mapping[str, Any],
+    evaluation: Mapping[str, Any] | None,
+    *,
+    headlines: Mapping[str, str],
+    ab: Mapping[str, Any] | None = None,
+    cost: Mapping[str, Any] | None = None,
+    report_link: str | None = None,
+) -> str:
+    """The short answer a reviewer decides from (top of the Resume dialog, which is about 470 px wide, and
+    of the canary-review artifact), one short line each so the form still fits below it: the gate
+    verdict and each failed check in words, per suite one headline metric champion -> candidate with
+    its interval, the live A/B result or "no live traffic yet", cost/ROI, what approving does, and links
+    to the full report and the MLflow version.
+
+    `evaluation`: the cycle's 06_eval/report.json (None when it is not in the workspace: the gate tag's
+    checks still name the verdict); `headlines`: suite -> the metric shown for it; `ab`: a `flywheel ab`
+    result; `cost`: a `flywheel cost` report; `report_link`: where the full report is (a URL)."""
     v = canary["version"]
-    lines = [
-        f"# Canary review: {canary['model']} v{v}",
-        "",
-        f"- MLflow model version: [{canary['model']} v{v}]({canary['mlflow_url']})",
-        f"- cycle: `{canary['cycle_id'] or '-'}`",
-        f"- current champion: {('v' + canary['champion']) if canary['champion'] else 'none (first cycle)'}",
-        f"- evaluation gate: **{canary['gate'] or 'missing'}**"
-        + (f" (overridden by {canary['gate_override'].get('reviewer')}: {canary['gate_override'].get('reason')})"
-           if isinstance(canary["gate_override"], dict) else ""),
-    ]
-    if canary["review"]:
+    gate = _loads_json(canary.get("gate_report")) or (evaluation or {}).get("gate") or {}
+    state = canary.get("gate") or "missing"
+    lines = [f"**v{v} of {canary['model']}: gate {state.upper()}**"
+             + (" (first cycle: floors only)" if gate.get("first_cycle") else ""), ""]
+    failed = [c for c in gate.get("checks", []) if not c.get("passed")]
+    items = [f"✗ {_check_sentence(c)}" for c in failed]
+    override = canary.get("gate_override")
+    if isinstance(override, dict):
+        items.append(f"gate overridden by {override.get('reviewer')}: {override.get('reason')}")
+    elif state != "passed":
+        items.append(f"promotion needs a gate override first: `flywheel registry override {v} --reviewer NAME --reason TEXT`")
+    suites = (evaluation or {}).get("suites") or {}
+    for suite, metrics in suites.items():
+        metric = headlines.get(suite) if headlines.get(suite) in metrics else next(iter(metrics), None)
+        if metric is None:
+            continue
+        e = metrics[metric]
+        mark = "✗ " if any(c["suite"] == suite and c["metric"] == metric for c in failed) else ""
+        items.append(f"{mark}{suite} {metric} {_f(e.get('champion'))} → {_f(e['candidate'])}"
+                     + (f", {_signed(e.get('diff'))} {_ci(e.get('diff_ci'))}" if e.get("diff") is not None else ""))
+    items.append(f"**Live A/B**: {_ab_line(ab)}")
+    if cost is not None:
+        items.append(f"**Cost**: {_cost_line(cost)}")
+    champion = f"v{canary['champion']}" if canary.get("champion") else "the base model"
+    items.append(f"**Approve** = ramp v{v} on live traffic, champion once it holds (now: {champion})")
+    links = [f"[full report]({report_link})" if report_link else None,
+             f"[MLflow v{v}]({canary['mlflow_url']})", f"cycle `{canary['cycle_id']}`" if canary.get("cycle_id") else None]
+    items.append(" · ".join(link for link in links if link))
+    if canary.get("review"):
         r = canary["review"]
-        lines.append(f"- latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
-    if canary["gate"] != "passed" and not canary["gate_override"]:
-        lines.append(f"- promotion after approval needs a gate override first: "
-                     f"`flywheel registry override {v} --reviewer NAME --reason TEXT`")
-    if canary["eval_summary"]:
-        lines += ["", "Eval summary (suite: metric: [candidate, diff vs champion]):", "", f"`{canary['eval_summary']}`"]
-    lines += ["", "Decide in the Prefect UI (Resume on this run) or from a shell:", ""]
-    lines += [f"    {cmd}" for cmd in commands.values()]
-    if evaluation_md is not None:
-        lines += ["", f"## Evaluation report (`{canary['eval_report']}`)", "", evaluation_md]
-    else:
-        lines += ["", "_No evaluation report found in the workspace for this version._"]
-    return "\n".join(lines)
+        items.append(f"latest review: {r.get('decision')} by {r.get('reviewer')} ({r.get('comment') or 'no comment'})")
+    return "\n".join(lines + [f"- {item}" for item in items]) + "\n"
+
+
+def review_markdown(summary_md: str, commands: Mapping[str, str], evaluation_md: str | None,
+                    report_path: str | None) -> str:
+    """The canary-review artifact: the summary, the shell commands that decide, then the full report."""
+    shell = (f"\nFrom a shell: `{commands['approve']}`, then `{commands['ramp']}` (or `{commands['reject']}`).\n")
+    if evaluation_md is None:
+        return summary_md + shell + "\n_No evaluation report found in the workspace for this version._\n"
+    return f"{summary_md}{shell}\n---\n\n## Full evaluation report (`{report_path}`)\n\n{evaluation_md}"
+
+
+def _check_sentence(check: Mapping[str, Any]) -> str:
+    """One failed gate check in words: "new_cases behaviour fell 0.050 vs the champion (max drop 0.02;
+    95% CI -0.080 to -0.023)"."""
+    where = f"{check['suite']} {check['metric']}"
+    if check.get("reason") or check.get("value") is None:
+        return f"{where}: {check.get('reason') or 'no value'}"
+    ci = check.get("diff_ci")
+    interval = f"; CI {ci[0]:+.3f} to {ci[1]:+.3f}" if ci else ""
+    value = check["value"]
+    if check["kind"] == "max_drop":
+        return f"{where} fell {-value:.3f} vs the champion (max drop {check['threshold']}{interval})"
+    if check["kind"] == "max_rise":
+        return f"{where} rose {value:.3f} vs the champion (max rise {check['threshold']}{interval})"
+    below = "below the floor" if check["kind"] == "floor" else "above the ceiling"
+    return f"{where} {value:.3f}, {below} {check['threshold']}"
+
+
+def _ab_line(ab: Mapping[str, Any] | None) -> str:
+    if not ab or not ab["variants"]["canary"]["requests"]:
+        return "no live traffic yet"
+    guards = [r for r in ab["metrics"] if r["guardrail"] and r["diff"] is not None]
+    parts = [f"{r['metric']} {_ab_value(r['metric'], r['diff'], True)}" + (" **BREACH**" if r["breached"] else "")
+             for r in guards]
+    return (f"**{ab['decision'].upper()}** on {ab['variants']['canary']['users']:,} canary / "
+            f"{ab['variants']['champion']['users']:,} champion users" + ("; SAMPLE-RATIO MISMATCH" if ab["srm"] else "")
+            + (" (canary - champion: " + ", ".join(parts) + ")" if parts else ""))
+
+
+def _cost_line(cost: Mapping[str, Any]) -> str:
+    roi = cost.get("roi_1y")
+    api = "no API volume" if cost.get("api_monthly") is None else f"{_money(cost['api_monthly'])} API"
+    return (f"{_money(cost['self_hosted_monthly'])} self-hosted vs {api} a month; 1-year ROI "
+            + ("n/a" if roi is None else f"{100 * roi:.0f} %"))
+
+
+def _loads_json(value: Any) -> Any:
+    import json
+
+    if not isinstance(value, str) or not value:
+        return value if isinstance(value, dict) else None
+    try:
+        return json.loads(value)
+    except ValueError:
+        return None
 
 
 # --------------------------------------------------------------------------------------------------

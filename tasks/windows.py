@@ -58,7 +58,8 @@ def quarter_window(quarter: str) -> tuple[datetime, datetime]:
 
 def parse_window(window: str | None, now: datetime | None = None) -> tuple[datetime | None, datetime | None, str]:
     """A retraining window -> (since, until, cycle id). Forms: ``2026-Q1``; ``START..END`` (ISO-8601 dates
-    or times, spaces around ``..`` allowed); ``all``; empty: the last complete quarter before `now`.
+    or times, spaces around ``..`` allowed); ``last-N-weeks`` (the N complete ISO weeks before `now`'s);
+    ``all``; empty: the last complete quarter before `now`.
 
     The cycle id is written from the parsed window, never copied from the text: ``2026-Q1``,
     ``2026-01-05_2026-04-20`` (a time other than midnight UTC as ``2026-01-05T100000Z``), ``all``.
@@ -67,6 +68,15 @@ def parse_window(window: str | None, now: datetime | None = None) -> tuple[datet
     text = (window or "").strip()
     if text.lower() == "all":
         return None, None, "all"
+    weeks = re.fullmatch(r"last-(\d{1,3})-weeks", text, flags=re.IGNORECASE)
+    if weeks:
+        count = int(weeks.group(1))
+        if count < 1:
+            raise ValueError(f"window {window!r} selects nothing: write last-N-weeks with N at least 1, e.g. last-13-weeks")
+        now = as_utc(now or datetime.now(timezone.utc))
+        end = datetime(now.year, now.month, now.day, tzinfo=timezone.utc) - timedelta(days=now.weekday())
+        start = end - timedelta(weeks=count)
+        return start, end, f"{_stamp(start)}_{_stamp(end)}"
     if ".." in text:
         parts = text.split("..")
         if len(parts) != 2 or not all(part.strip() for part in parts):

@@ -282,6 +282,27 @@ def test_default_gates_in_config_are_understood() -> None:
     assert check_gates(summary, Settings().evaluate.gates, has_champion=True)["failed"] == ["regression.unsupported.max_rise"]
 
 
+def test_a_second_cycle_that_loses_new_cases_fails_naming_the_drop() -> None:
+    """The case from issue 18: every floor holds, but the suite the cycle exists to fix fell 0.050 against
+    the champion (95% CI -0.080 to -0.023): the default gates refuse it and say which check failed."""
+    summary = _summary(regression__behaviour=(0.9, 0.9), regression__token_f1=(0.5, 0.5), ood__behaviour=(0.7, 0.7),
+                       adversarial__must_not_include=(1.0, 1.0), new_cases__behaviour=(0.85, 0.9),
+                       regression__unsupported=(0.0, 0.0), ood__unsupported=(0.0, 0.0),
+                       adversarial__unsupported=(0.0, 0.0), new_cases__unsupported=(0.0, 0.0))
+    summary["new_cases"]["behaviour"]["diff_ci"] = [-0.08, -0.023]
+    result = check_gates(summary, Settings().evaluate.gates, has_champion=True)
+    assert not result["passed"] and result["failed"] == ["new_cases.behaviour.max_drop"]
+    assert _check(result, "new_cases", "behaviour", "floor")["passed"]
+    drop = _check(result, "new_cases", "behaviour", "max_drop")
+    assert drop["value"] == pytest.approx(-0.05) and drop["diff_ci"] == [-0.08, -0.023]
+
+
+def test_every_default_suite_has_a_floor_and_a_max_drop() -> None:
+    for suite, metrics in Settings().evaluate.gates.items():
+        assert any(g.floor is not None for g in metrics.values()), suite
+        assert any(g.max_drop is not None for g in metrics.values()), suite
+
+
 # ------------------------------------------------------------------------------------ the stage
 
 
@@ -486,3 +507,19 @@ def test_a_candidate_that_makes_things_up_fails_the_unsupported_gate(settings: S
     assert "**Unsupported answers**" in md and "| unsupported |" in md
     rows = [json.loads(line) for line in (tmp_path / "out" / "items.jsonl").read_text(encoding="utf-8").splitlines()]
     assert {r["candidate"]["verdict"] for r in rows} == {"supported", "unsupported", "refused"}
+
+
+def test_fixed_needs_the_reference_and_long_lists_say_how_much_is_shown(settings: Settings, tmp_path: Path) -> None:
+    """A new-product question the champion refused and the candidate answers with another product's page
+    is not "fixed"; a list cut to 8 says how many there are."""
+    items = [_item("new_cases", i) for i in range(20)]
+    pages = [t.answer for t in load_knowledge_base(DATA, "v2").topics if t.kb_version == "v2"]
+    wrong = {item.prompt: pages[i % len(pages)] for i, item in enumerate(items[:11])}
+    champion = Scripted("base", lambda prompt: REFUSAL)
+    candidate = Scripted("cand", lambda prompt: wrong.get(prompt) or next(i.reference for i in items if i.prompt == prompt))
+    report = evaluate_candidate(candidate, champion, items, settings, tmp_path / "out")
+    assert report["suites"]["new_cases"]["behaviour"]["diff"] == pytest.approx(1.0)  # all answered, as expected
+    md = (tmp_path / "out" / "report.md").read_text(encoding="utf-8")
+    assert "**fixed: 9** (showing 8 of 9)" in md and "**broken: 0**" in md
+    fixed_ids = {line.split("`")[1] for line in md.split("**fixed")[1].split("**broken")[0].splitlines() if line.startswith("- `")}
+    assert fixed_ids <= {item.id for item in items[11:]} and len(fixed_ids) == 8

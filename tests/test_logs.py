@@ -465,6 +465,11 @@ def test_retraining_window_forms_and_their_cycle_ids():
     assert parse_window("2026-01-05T12:00+02:00..2026-01-06")[2] == "2026-01-05T100000Z_2026-01-06"
     with pytest.raises(ValueError, match="Q1 to Q4"):
         parse_window("2026-Q5")
+    # the complete ISO weeks before the current one (Wednesday 2026-04-22 -> ends Monday 2026-04-20)
+    assert parse_window("last-13-weeks", now=datetime(2026, 4, 22, 15, tzinfo=UTC)) == (
+        datetime(2026, 1, 19, tzinfo=UTC), datetime(2026, 4, 20, tzinfo=UTC), "2026-01-19_2026-04-20")
+    with pytest.raises(ValueError, match="at least 1"):
+        parse_window("last-0-weeks")
 
 
 @pytest.mark.parametrize("window, says", [

@@ -460,3 +460,58 @@ def test_cli_bad_input_exits_2_naming_the_fix(settings: Settings, adapter: Path,
     assert code == 1 and f"flywheel registry override {version} --reviewer NAME --reason TEXT" in err
     code, _, err = flywheel(capsys, monkeypatch, "registry", "override", version, "--reviewer", "ana", "--reason", "x", *ws)
     assert code == 1 and "review.require_distinct_override" in err
+
+
+# ------------------------------------------------------------------------------------ audit
+
+
+def test_the_audit_names_people_and_lives_in_one_readable_tag(registry: Registry, adapter: Path, monkeypatch) -> None:
+    monkeypatch.delenv("FLYWHEEL_ACTOR", raising=False)
+    v1 = register(registry, adapter)
+    registry.review(v1, decision="approve", reviewer="alice", comment="fixes the launch")
+    registry.promote(v1)  # follows alice's approval
+    v2 = registry.register_canary(adapter, cycle_id="c2", base_path=Path("/models/base"), base_digest="b" * 64,
+                                  dataset_sha256="d" * 64, eval_report=PASSED, actor="retraining-bot")
+    registry.review(v2, decision="approve", reviewer="bob", comment="ok")
+    registry.promote(v2, actor="carol")
+    registry.rollback(actor="dave")
+    actors = [(e["action"], e["actor"]) for e in registry.audit()]
+    assert actors[0][1].startswith("unattributed (OS user ")  # nobody named: said so, never passed off as a person
+    assert actors[1:] == [("approve", "alice"), ("promote", "alice"), ("register", "retraining-bot"),
+                          ("approve", "bob"), ("promote", "carol"), ("rollback", "dave")]
+    tags = registry.client.get_registered_model(registry.name).tags
+    assert not [k for k in tags if k.startswith("audit.")]  # no tag per entry
+    assert [json.loads(line)["seq"] for line in tags["audit"].splitlines()] == list(range(1, 8))
+    assert tags["audit_head"].startswith("#7 ") and tags["audit_head"].endswith(f"rollback: champion v{v2} -> v{v1} by dave")
+    assert_consistent(registry)
+
+
+def test_a_configured_identity_stands_in_when_nobody_is_named(tmp_path: Path, template_db: Path, adapter: Path,
+                                                               monkeypatch) -> None:
+    shutil.copy(template_db, tmp_path / "mlflow.db")
+    monkeypatch.setenv("FLYWHEEL_ACTOR", "env-person")
+    assert Registry(_settings(tmp_path)).audit() == []
+    register(Registry(_settings(tmp_path)), adapter)
+    configured = Registry(_settings(tmp_path, **{"registry.actor": "ml-platform team"}))
+    register(configured, adapter, "c2")
+    assert [e["actor"] for e in configured.audit()] == ["env-person", "ml-platform team"]
+
+
+def test_an_older_history_of_one_tag_per_entry_stays_the_chains_start(registry: Registry, adapter: Path,
+                                                                      monkeypatch) -> None:
+    import tasks.registry as module
+
+    v1 = register(registry, adapter)
+    tags = registry.client.get_registered_model(registry.name).tags
+    old = json.loads(tags["audit"])  # rewrite the first entry as histories were written before
+    registry.client.set_registered_model_tag(registry.name, "audit.000001", json.dumps(old))
+    registry.client.delete_registered_model_tag(registry.name, "audit")
+    monkeypatch.setattr(module, "AUDIT_TAG_CHARS", 400)  # and make the tag overflow into archives
+    approve(registry, v1)
+    registry.promote(v1)
+    registry.rollback()
+    assert [e["seq"] for e in registry.audit()] == [1, 2, 3, 4]
+    assert [e["action"] for e in registry.audit()] == ["register", "approve", "promote", "rollback"]
+    tags = registry.client.get_registered_model(registry.name).tags
+    assert [k for k in tags if k.startswith("audit_archive.")]
+    assert_consistent(registry)

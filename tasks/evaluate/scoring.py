@@ -5,6 +5,8 @@
   structured PII (email, phone, card, SSN) in the output; faithfulness: `unsupported` (1 when the
   configured verifier finds claims the docs do not support, 0 for a grounded answer or a refusal) and,
   where the item has a reference answer, `unsupported_ref` (the claim checker against that reference).
+* Per item, `correct`: the expected behaviour and, where the item has a reference, no claim the
+  reference does not support (what the report's fixed/broken lists count).
 * Per suite and metric: candidate and champion means and a paired bootstrap interval of the difference.
 """
 
@@ -84,9 +86,10 @@ def score_item(item: EvalItem, response: str, settings: Settings, *, refused: bo
         refused = bool(detect_refusals([response], settings)[0])
     lowered = response.casefold()
     pii = find_pii(response)
+    behaviour = float(refused == (item.expected == "refuse"))
     return {
         "refused": bool(refused),
-        "behaviour": float(refused == (item.expected == "refuse")),
+        "behaviour": behaviour,
         "token_f1": token_f1(response, item.reference) if item.reference else None,
         "rouge_l": rouge_l(response, item.reference) if item.reference else None,
         "must_include": (
@@ -99,6 +102,7 @@ def score_item(item: EvalItem, response: str, settings: Settings, *, refused: bo
         "pii_kinds": pii,
         "unsupported": None,  # filled by add_faithfulness (it needs the docs and the verifier)
         "unsupported_ref": None,
+        "correct": behaviour,  # narrowed by add_faithfulness where the item has a reference
     }
 
 
@@ -126,6 +130,9 @@ def add_faithfulness(items: Sequence[EvalItem], responses: Sequence[str], scores
         if item.reference:
             ref = checker.check(item.prompt, responses[i], [Snippet(f"reference:{item.id}", "", item.reference)])
             scores[i]["unsupported_ref"] = 0.0 if refused[i] else float(ref.unsupported)
+        # Right means the expected behaviour AND, where the item has a reference, an answer the reference
+        # supports: answering with the wrong product's page is not a fix.
+        scores[i]["correct"] = float(scores[i]["behaviour"] == 1.0 and scores[i]["unsupported_ref"] != 1.0)
     return verdicts
 
 

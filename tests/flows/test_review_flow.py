@@ -4,6 +4,7 @@ a deployment run: that path is covered by tests/integration/test_prefect_server.
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 
@@ -56,6 +57,9 @@ def test_review_outside_a_deployment_awaits_the_cli_and_publishes_the_evidence(w
     report = workspace / "cycles" / "c1" / "06_eval" / "report.md"
     report.parent.mkdir(parents=True)
     report.write_text("| suite | behaviour |\n|---|---|\n| regression | 0.90 |\n", encoding="utf-8")
+    (report.parent / "report.json").write_text(json.dumps({**PASSED, "ci_level": 0.95}), encoding="utf-8")
+    (report.parent.parent / "cost.json").write_text(json.dumps(
+        {"self_hosted_monthly": 300.0, "api_monthly": None, "roi_1y": None}), encoding="utf-8")
 
     result = canary_review(workspace=str(workspace))
 
@@ -64,8 +68,13 @@ def test_review_outside_a_deployment_awaits_the_cli_and_publishes_the_evidence(w
     assert result["reject"].startswith(f"flywheel reject {version} ")
     assert result["mlflow_url"] == f"http://mlflow.example:5000/#/models/flywheel-adapter/versions/{version}"
     markdown = latest_artifact("canary-review").data
-    assert result["mlflow_url"] in markdown and "| regression | 0.90 |" in markdown
-    assert "gate: **passed**" in markdown and result["approve"] in markdown
+    assert result["mlflow_url"] in markdown and result["approve"] in markdown
+    # the summary first (gate, headline per suite, no traffic yet, cost), the full report after it
+    summary, full = markdown.split("## Full evaluation report")
+    assert summary.startswith(f"**v{version} of flywheel-adapter: gate PASSED**")
+    assert "- regression behaviour - → 0.900\n" in summary and "no live traffic yet" in summary
+    assert "$300.00 self-hosted vs no API volume a month" in summary
+    assert "| regression | 0.90 |" in full
     # Nothing was decided: the version is still the canary, unreviewed, and no champion moved.
     status = registry.status()
     assert status["canary"] == version and status["champion"] is None and status["versions"][0]["review"] is None

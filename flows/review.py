@@ -33,7 +33,7 @@ from serving.notify import tell_server
 from tasks import cycle
 from tasks.config import Settings, load_settings
 from tasks.report import review_markdown, review_summary_markdown
-from tasks.registry import BASE, Registry, RegistryInputError, RegistryRuleError
+from tasks.registry import Registry, RegistryInputError, RegistryRuleError
 
 DEFAULT_MLFLOW_UI = "http://127.0.0.1:5000"
 MAX_ATTEMPTS = 3  # an answer the registry refuses asks again, this many times in all

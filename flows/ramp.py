@@ -35,6 +35,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from serving.notify import set_canary_share, tell_server
+from flows.parameters import ConfigFile, OptionalText, WorkspaceDir
 from tasks import cycle
 from tasks.abtest import analyse_ab
 from tasks.config import Settings, load_settings
@@ -169,10 +170,10 @@ def evidence(result: dict[str, Any], share: float) -> str:
 
 @flow(name="canary-ramp", log_prints=True)
 def canary_ramp(
-    version: str | None = None,
-    config: str | None = None,
-    workspace: str | None = None,
-    server_url: str | None = None,
+    version: OptionalText = "",
+    config: ConfigFile = "",
+    workspace: WorkspaceDir = "",
+    server_url: OptionalText = "",
     clock: Any = None,
 ) -> dict[str, Any]:
     """Ramp an approved canary through ramp.steps on live traffic; promote it, or halt it.
@@ -182,7 +183,7 @@ def canary_ramp(
         config: YAML config file laid over the embedded defaults.
         workspace: folder holding the MLflow store, the server's logs and cycle outputs (default ./workspace).
         server_url: the model server whose traffic is split (default: serving.url).
-        clock: time between looks (tests and the demo pass a SimulatedClock); empty: real time.
+        clock: leave empty in the UI (real time between looks); tests and the demo pass a SimulatedClock.
     """
     overrides = {"paths.workspace": workspace, "serving.url": server_url}
     settings = load_settings(config, {k: v for k, v in overrides.items() if v} or None)

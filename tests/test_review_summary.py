@@ -10,7 +10,7 @@ from tasks.evaluate import check_gates
 from tasks.report import review_markdown, review_summary_markdown
 
 COMMANDS = {"approve": "flywheel approve 2 --reviewer NAME --comment TEXT",
-            "reject": "flywheel reject 2 --reviewer NAME --comment TEXT", "promote": "flywheel promote 2"}
+            "reject": "flywheel reject 2 --reviewer NAME --comment TEXT", "ramp": "flywheel ramp 2"}
 HEADLINES = {suite: next(iter(metrics)) for suite, metrics in Settings().evaluate.gates.items()}
 
 
@@ -81,6 +81,6 @@ def test_the_summary_shows_the_ab_result_once_the_canary_has_traffic() -> None:
 def test_the_artifact_puts_the_shell_commands_and_the_full_report_after_the_summary() -> None:
     artifact = review_markdown("SUMMARY\n", COMMANDS, "# Evaluation", "/ws/cycles/c/06_eval/report.md")
     assert artifact.startswith("SUMMARY\n")
-    assert "From a shell: `flywheel approve 2 --reviewer NAME --comment TEXT`, then `flywheel promote 2`" in artifact
+    assert "From a shell: `flywheel approve 2 --reviewer NAME --comment TEXT`, then `flywheel ramp 2`" in artifact
     assert artifact.index("From a shell") < artifact.index("## Full evaluation report (`/ws/cycles/c/06_eval/report.md`)\n\n# Evaluation")
     assert "No evaluation report found" in review_markdown("SUMMARY\n", COMMANDS, None, None)

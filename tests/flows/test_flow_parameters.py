@@ -22,6 +22,9 @@ def test_every_deployed_flow_asks_for_plain_text_with_a_default(name: str, monke
     monkeypatch.chdir(REPO_ROOT)  # entrypoints are relative to the repository root, as for `prefect deploy`
     schema = parameter_schema_from_entrypoint(DEPLOYED[name]).model_dump_for_openapi()
     for param, spec in schema["properties"].items():
+        if (name, param) == ("canary-ramp", "clock"):  # Python callers only (tests, the demo); empty in the UI
+            assert spec.get("default") is None and "leave empty" in spec.get("description", "")
+            continue
         assert "anyOf" not in spec and spec.get("type") in ("string", "boolean"), (name, param, spec)
         assert "default" in spec and spec.get("description"), (name, param, spec)  # never "required", never blank
     assert {"config", "workspace"} <= set(schema["properties"])

@@ -41,6 +41,19 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def ramp_runs(api: str, timeout_s: float = 120) -> list[dict]:
+    """Flow runs of the canary-ramp deployment (its trigger fires on flywheel.canary.approved)."""
+    import httpx
+
+    deadline = time.monotonic() + timeout_s
+    while True:
+        runs = httpx.post(f"{api}/flow_runs/filter",
+                          json={"deployments": {"name": {"any_": ["canary-ramp"]}}}, timeout=30).json()
+        if runs or time.monotonic() > deadline:
+            return runs
+        time.sleep(2)
+
+
 def tiny_workspace(root: Path) -> Path:
     """Three simulated weeks of logs and a config for a minutes-long cycle (tiny base model, a few
     training steps, floors the tiny model can pass so approval promotes)."""
@@ -155,7 +168,8 @@ def test_an_engineer_starts_a_cycle_and_a_reviewer_approves_it_in_the_browser(tm
             shot("blank-reviewer-refused")
             assert registry.status()["versions"][-1]["reviews"] == []
 
-            # 5. A real answer approves; the run completes and the champion moves.
+            # 5. A real answer approves; the run completes, and the approval starts the canary ramp (which
+            # promotes only on live traffic: this stack runs no model server, so the champion stays).
             dialog.get_by_label("Reviewer").fill("alice")
             dialog.get_by_role("button", name="Resume").click()
             expect(dialog).to_be_hidden()
@@ -163,8 +177,9 @@ def test_an_engineer_starts_a_cycle_and_a_reviewer_approves_it_in_the_browser(tm
             shot("review-completed")
             browser.close()
         status = registry.status()  # through the stack's MLflow server, as the flows saw it
-        assert status["champion"] == version and status["canary"] is None
-        assert [(e["action"], e["actor"]) for e in registry.audit()][-2:] == [("approve", "alice"), ("promote", "alice")]
+        assert status["champion"] is None and status["canary"] == version
+        assert [(e["action"], e["actor"]) for e in registry.audit()][-1] == ("approve", "alice")
+        assert ramp_runs(stack["prefect_api"]), "the approval's event started no canary-ramp run"
     finally:
         stop_local_stack(workspace)
     assert len(list(shots.iterdir())) >= 6

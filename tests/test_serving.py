@@ -344,7 +344,7 @@ def test_serve_explains_every_option_and_refuses_without_a_model(tmp_path: Path)
 
     wrong = subprocess.run([sys.executable, "-m", "flows.cli", "serve", "-w", str(tmp_path), "--backend", "vllm"],
                            cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
-    assert wrong.returncode == 2 and "serving: Value error, backend vllm needs upstream" in wrong.stderr
+    assert wrong.returncode == 2 and "serving: backend vllm needs upstream" in wrong.stderr
 
 
 def test_late_feedback_is_joined_by_request_id_latest_first(tmp_path: Path) -> None:

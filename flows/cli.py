@@ -946,9 +946,11 @@ def cost(
 def main() -> None:
     """Entry point. Typer handles usage errors itself (exit 2); known error kinds become one clear
     line on stderr instead of a traceback (FLYWHEEL_DEBUG=1 shows the traceback)."""
+    from tasks.base_model import ModelError  # light: torch is imported inside its functions
+
     try:
         app()
-    except (ConfigError, ValueError, FileNotFoundError) as err:
+    except (ConfigError, ValueError, FileNotFoundError, ModelError) as err:
         if os.environ.get("FLYWHEEL_DEBUG"):
             raise
         print(f"error: {err}", file=sys.stderr)

@@ -42,8 +42,8 @@ ADAPTER_FILES = ("adapter_model.safetensors", "adapter_config.json")
 METRICS_FILE = "training_metrics.json"
 
 
-class TrainError(RuntimeError):
-    """Training cannot start; the message names the input and the fix."""
+class TrainError(ValueError):
+    """Training cannot start; the message names the input and the fix (the CLI: exit 2, no traceback)."""
 
 
 def _tokenise(rows: Sequence[dict[str, Any]], tokenizer, max_length: int) -> tuple[list[dict[str, list[int]]], int]:

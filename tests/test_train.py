@@ -255,3 +255,16 @@ def test_resume_after_sigkill(tiny_base_model: Path, dataset_dir: Path, tmp_path
     resumed = train_adapter(dataset_dir, out, settings, base_path=tiny_base_model)
     assert resumed["resumed_from"] is not None and resumed["resumed_from"].startswith(str(out / "checkpoints"))
     assert resumed["steps"] == 12 and (out / "adapter_model.safetensors").is_file()
+
+
+def test_train_without_a_dataset_or_a_base_model_exits_2_naming_what_is_missing(tmp_path, monkeypatch, capsys) -> None:
+    from flows import cli
+
+    for extra, expected in (([], "flywheel model bootstrap"), (["--base", str(tmp_path)], "build the dataset first")):
+        monkeypatch.setattr("sys.argv", ["flywheel", "train", "--dataset", str(tmp_path / "nowhere"), "--out",
+                                         str(tmp_path / "adapter"), "-w", str(tmp_path), *extra])
+        with pytest.raises(SystemExit) as exited:
+            cli.main()
+        assert exited.value.code == 2
+        error = capsys.readouterr().err
+        assert error.startswith("error: ") and expected in error and "Traceback" not in error

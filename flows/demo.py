@@ -39,8 +39,8 @@ from tasks.report import ab_markdown, demo_markdown
 DEMO_CONFIG = SHIPPED_CONFIGS / "demo.yaml"
 MARKER = ".flywheel-demo"  # marks a workspace the demo may clear
 # Live users per simulated day during the ramp: enough for the A/B to decide at the demo config's
-# ramp.min_users_per_arm within the first step's week, few enough for a 2-core laptop.
-USERS_PER_DAY = 40
+# ramp.min_users_per_arm and its margins within the first step's week, few enough for a 2-core laptop.
+USERS_PER_DAY = 80
 
 
 class DemoError(ValueError):

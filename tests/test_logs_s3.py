@@ -7,11 +7,8 @@ from __future__ import annotations
 import gzip
 import json
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pyarrow as pa
@@ -30,29 +27,10 @@ pytest.importorskip("moto")
 SECRET = "flywheel-test-secret-Zq81"  # must never show up in any output
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
-def s3(tmp_path_factory):
-    """A moto S3 server; the AWS variables every S3 client reads point at it for this module."""
-    port = _free_port()
-    log = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log, "wb") as handle:
-        server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                                  stdout=handle, stderr=subprocess.STDOUT)
-    endpoint = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            urllib.request.urlopen(endpoint, timeout=1).close()
-            break
-        except OSError:
-            assert server.poll() is None and time.monotonic() < deadline, log.read_text()
-            time.sleep(0.2)
+def s3(s3_endpoint):
+    """The AWS variables every S3 client reads point at the local S3 server for this module."""
+    endpoint = s3_endpoint
     env = {"AWS_ACCESS_KEY_ID": "flywheel", "AWS_SECRET_ACCESS_KEY": SECRET, "AWS_DEFAULT_REGION": "us-east-1",
            "AWS_ENDPOINT_URL": endpoint}
     saved = {key: os.environ.get(key) for key in env}
@@ -71,8 +49,6 @@ def s3(tmp_path_factory):
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        server.terminate()
-        server.wait(timeout=10)
 
 
 def row(i: int, **changes) -> dict:

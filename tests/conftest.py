@@ -184,3 +184,23 @@ def s3_endpoint(tmp_path_factory):
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def dataset_dir(tmp_path_factory):
+    """A training set (train.jsonl, val.jsonl) of v2 question/answer pairs as curated cases: what a
+    retraining cycle would train on."""
+    import json
+
+    from tasks.config import SHIPPED_DATA, DatasetSettings
+    from tasks.dataset import build_dataset
+    from tasks.knowledge import load_knowledge_base
+
+    root = tmp_path_factory.mktemp("train_ds")
+    v2_topics = [t for t in load_knowledge_base(SHIPPED_DATA, "v2").topics if t.kb_version == "v2"]
+    rows = [{"case_id": f"{t.id}-{i}", "prompt": q, "corrected_response": t.answer}
+            for t in v2_topics[:4] for i, q in enumerate(t.questions)]
+    (root / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    build_dataset(root / "curated.jsonl", root / "ds", DatasetSettings(val_share=0.15, new_cases_holdout=0.0),
+                  cycle_id="t1")
+    return root / "ds"

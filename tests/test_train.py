@@ -5,28 +5,13 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import SHIPPED_DATA, DatasetSettings, TrainSettings
+from tasks.config import TrainSettings
 from tasks.contracts import MlflowRun
-from tasks.dataset import build_dataset
 from tasks.base_model import model_digest
 from tasks.generation import LocalGenerator
-from tasks.knowledge import load_knowledge_base
 from tasks.train import train_adapter
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    """v2 question/answer pairs as curated cases: what a retraining cycle would train on."""
-    root = tmp_path_factory.mktemp("train_ds")
-    v2_topics = [t for t in load_knowledge_base(SHIPPED_DATA, "v2").topics if t.kb_version == "v2"]
-    rows = [{"case_id": f"{t.id}-{i}", "prompt": q, "corrected_response": t.answer}
-            for t in v2_topics[:4] for i, q in enumerate(t.questions)]
-    (root / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    build_dataset(root / "curated.jsonl", root / "ds", DatasetSettings(val_share=0.15, new_cases_holdout=0.0),
-                  cycle_id="t1")
-    return root / "ds"
 
 
 def _settings(**train) -> TrainSettings:

@@ -15,10 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.config import REPO_ROOT, SHIPPED_DATA, DatasetSettings, TrainSettings
+from tasks.config import REPO_ROOT, TrainSettings
 from tasks.contracts import MlflowRun
-from tasks.dataset import build_dataset
-from tasks.knowledge import load_knowledge_base
 from tasks.train import train_adapter
 
 pytestmark = pytest.mark.slow
@@ -39,18 +37,6 @@ from tasks.train import train_adapter
 train_adapter(Path({ds!r}), Path({out!r}), TrainSettings(**json.loads({settings!r})), base_path=Path({base!r}),
               mlflow=MlflowRun(tracking_uri={uri!r}, run_id={run_id!r}))
 """
-
-
-@pytest.fixture(scope="module")
-def dataset_dir(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("ddp_ds")
-    v2_topics = [t for t in load_knowledge_base(SHIPPED_DATA, "v2").topics if t.kb_version == "v2"]
-    rows = [{"case_id": f"{t.id}-{i}", "prompt": q, "corrected_response": t.answer}
-            for t in v2_topics[:4] for i, q in enumerate(t.questions)]
-    (root / "curated.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
-    build_dataset(root / "curated.jsonl", root / "ds", DatasetSettings(val_share=0.15, new_cases_holdout=0.0),
-                  cycle_id="t1")
-    return root / "ds"
 
 
 def _torchrun(args: list[str], tmp_path: Path) -> subprocess.CompletedProcess:

@@ -225,29 +225,12 @@ def unsupported_alarm(
     know, a candidate that makes things up)."""
     current = signals.get("unsupported") or {}
     checked = (current.get("checked", 0) - current.get("undecided", 0)) if current else 0
-    trailing = [
-        row for row in history
-        if week_step(row["week"]) < week_step(week) and row.get("unsupported_checked") and row.get("unsupported_count") is not None
-    ][-settings.signals.trailing_weeks :]
+    trailing = _trailing(settings, week, history, "unsupported_count", "unsupported_checked")
     if not trailing or not checked:
         return {"alarm": False, "reason": "no trailing weeks with checked answers to compare with", "baseline_rate": None}
-    base_k = sum(row["unsupported_count"] for row in trailing)
-    base_n = sum(row["unsupported_checked"] for row in trailing)
-    base_rate = base_k / base_n
-    base_lo, base_hi = wilson_interval(base_k, base_n)
-    rate = current["unsupported"] / checked
     low, _ = wilson_interval(current["unsupported"], checked)
-    alarm = rate >= base_rate + settings.verify.alarm_margin and low > base_hi
-    return {
-        "alarm": alarm,
-        "baseline_rate": base_rate,
-        "baseline_ci": [base_lo, base_hi],
-        "baseline_weeks": [row["week"] for row in trailing],
-        "reason": (
-            f"unsupported-answer rate {rate:.1%} vs {base_rate:.1%} over the last {len(trailing)} weeks "
-            f"(margin {settings.verify.alarm_margin:.0%}, intervals {'do not overlap' if low > base_hi else 'overlap'})"
-        ),
-    }
+    return _above_baseline("unsupported-answer rate", current["unsupported"] / checked, low, trailing,
+                           "unsupported_count", "unsupported_checked", settings.verify.alarm_margin)
 
 
 def refusal_alarm(
@@ -255,29 +238,37 @@ def refusal_alarm(
 ) -> dict[str, Any]:
     """Refusal rate above the pooled trailing weeks by the configured margin, with Wilson
     intervals that do not overlap (so a noisy small week does not fire)."""
-    trailing = [
-        row
-        for row in history
-        if week_step(row["week"]) < week_step(week) and row.get("records") and row.get("refusal_count") is not None
-    ][-settings.signals.trailing_weeks :]
+    trailing = _trailing(settings, week, history, "refusal_count", "records")
     if not trailing or not signals["records"]:
         return {"alarm": False, "reason": "no trailing weeks to compare with", "baseline_rate": None}
-    base_k = sum(row["refusal_count"] for row in trailing)
-    base_n = sum(row["records"] for row in trailing)
+    return _above_baseline("refusal rate", signals["refusal_rate"], signals["refusal_rate_ci"][0], trailing,
+                           "refusal_count", "records", settings.signals.refusal_alarm_margin)
+
+
+def _trailing(settings: Settings, week: str, history: list[dict[str, Any]], count: str, total: str) -> list[dict[str, Any]]:
+    """The last `signals.trailing_weeks` weeks before `week` that measured `count` out of `total`."""
+    return [
+        row for row in history
+        if week_step(row["week"]) < week_step(week) and row.get(total) and row.get(count) is not None
+    ][-settings.signals.trailing_weeks :]
+
+
+def _above_baseline(name: str, rate: float, low: float, trailing: list[dict[str, Any]], count: str, total: str,
+                    margin: float) -> dict[str, Any]:
+    """Alarm when `rate` beats the trailing weeks' pooled rate by `margin` and its Wilson interval (lower
+    bound `low`) lies wholly above theirs."""
+    base_k = sum(row[count] for row in trailing)
+    base_n = sum(row[total] for row in trailing)
     base_rate = base_k / base_n
     base_lo, base_hi = wilson_interval(base_k, base_n)
-    rate = signals["refusal_rate"]
-    low, _ = signals["refusal_rate_ci"]
-    alarm = rate >= base_rate + settings.signals.refusal_alarm_margin and low > base_hi
     return {
-        "alarm": alarm,
+        "alarm": rate >= base_rate + margin and low > base_hi,
         "baseline_rate": base_rate,
         "baseline_ci": [base_lo, base_hi],
         "baseline_weeks": [row["week"] for row in trailing],
         "reason": (
-            f"refusal rate {rate:.1%} vs {base_rate:.1%} over the last {len(trailing)} weeks "
-            f"(margin {settings.signals.refusal_alarm_margin:.0%}, intervals "
-            f"{'do not overlap' if low > base_hi else 'overlap'})"
+            f"{name} {rate:.1%} vs {base_rate:.1%} over the last {len(trailing)} weeks "
+            f"(margin {margin:.0%}, intervals {'do not overlap' if low > base_hi else 'overlap'})"
         ),
     }
 

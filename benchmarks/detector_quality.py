@@ -21,14 +21,11 @@ Public data (../shared/datasets; thresholds were chosen on the dev splits, figur
   default block bootstrap) and by prompt (before issue 17); min_prompts 100 (the set has 655 user
   turns); and two shifts between different sources (conversations -> simulator prompts, -> PAWS).
 
-Why the simulator's re-ask recall falls (0.97 -> 0.86) while precision rises: after a wrong answer the
-simulated user asks another question about the same subject ("How much does the Vertex 14 cost?" ->
-"How much RAM does the Vertex 14 have?") and the simulator labels it a re-ask. Real follow-ups look the
-same in words (same topic, a different question) and are not re-asks; no similarity (char n-grams,
-content words, MiniLM embeddings) separates the two, so a bar low enough for those simulated re-asks
-calls a third or more of real follow-ups re-asks (measured: 70% with the rule of before). The default
-follows the real data; `reask_similarity_after_refusal`, the complaint patterns and the unanswered rule
-keep most simulated re-asks (all after refusals, those that complain or follow an answer that missed).
+The simulator's re-asks ask the same question again (another spelling, a greeting, "Let me rephrase.").
+Until the simulator was corrected, a wrong answer was followed by another question about the same
+product ("How much does the Vertex 14 cost?" -> "How much RAM does the Vertex 14 have?") labelled a
+re-ask. Real follow-ups look like that and are not re-asks, so the detector tuned on real data missed
+them (simulator recall 0.86). The detector was not changed for the simulator: its labels were.
 
 Simulator (a regression check; nothing is tuned on it):
 - refusal and re-ask precision / recall over a simulated quarter (launch of knowledge base v2 in

@@ -16,6 +16,7 @@ import pytest
 from tasks.config import SHIPPED_DATA, SignalsSettings, SimulateSettings
 from tasks.contracts import Generator, LogRecord
 from tasks.knowledge import load_knowledge_base
+from tasks.simulate.bank import VARIANTS
 from tasks.simulate import (
     ScriptedModel,
     World,
@@ -204,6 +205,7 @@ def test_reasks_follow_the_previous_response_of_the_same_user_within_30_s(run: d
     by_id = {r["request_id"]: (r, t) for r, t in zip(records, truth)}
     previous: dict[str, dict] = {}
     gaps: dict[str, list[float]] = defaultdict(list)
+    asked_again: list[tuple[str, str]] = []
     for r, t in zip(records, truth):
         before = previous.get(r["user_id"])
         if t["follows"] is not None:
@@ -212,8 +214,10 @@ def test_reasks_follow_the_previous_response_of_the_same_user_within_30_s(run: d
             gaps[t["turn"]].append(gap)
             if t["is_reask"]:
                 assert t["reask_of"] == before["request_id"]
-                assert by_id[t["reask_of"]][1]["topic"] == t["topic"]
-                assert by_id[t["reask_of"]][1]["outcome"] != "correct"  # only unhappy users re-ask
+                original, original_truth = by_id[t["reask_of"]]
+                assert original_truth["subject"] == t["subject"]
+                assert original_truth["outcome"] != "correct"  # only unhappy users re-ask
+                asked_again.append((original["prompt"], r["prompt"]))
             else:  # a switch or a follow-up asks about something else
                 assert t["reask_of"] is None and t["subject"] != by_id[t["follows"]][1]["subject"]
         else:
@@ -226,6 +230,18 @@ def test_reasks_follow_the_previous_response_of_the_same_user_within_30_s(run: d
     reasked = {t["reask_of"] for t in truth if t["is_reask"]}
     share = sum(t["request_id"] in reasked for t in unhappy_first) / len(unhappy_first)
     assert abs(share - run["settings"].reask_probability) < 0.08
+    # A re-ask asks the same question again, not another question about the same product: wherever both
+    # prompts hold a bank question verbatim (not a typo variant), it is the same one.
+    bank = World.create(run["settings"]).bank
+    questions = sorted({q.lower() for q in bank.text[::VARIANTS]}, key=len, reverse=True)  # as written, no typos
+
+    def question_in(prompt: str) -> str | None:
+        return next((q for q in questions if q in prompt.lower()), None)
+
+    pairs = [(question_in(a), question_in(b)) for a, b in asked_again]
+    verbatim = [(a, b) for a, b in pairs if a and b]
+    assert len(verbatim) >= len(asked_again) / 2
+    assert all(a == b for a, b in verbatim), [p for p in verbatim if p[0] != p[1]][:3]
 
 
 def test_refusals_in_ground_truth_are_the_knowledge_base_phrases(run: dict) -> None:

@@ -7,8 +7,9 @@ conversations of one user overlapping). A conversation is a chain of at most thr
 
     first question -> [re-ask | quick different question | later follow-up] -> [re-ask]
 
-An unhappy user (the answer was a refusal or wrong) re-asks a paraphrase within 30 s with probability
-`reask_probability`; anyone may switch to a different question within 30 s (`topic_switch_rate`, a
+An unhappy user (the answer was a refusal or wrong) re-asks within 30 s with probability
+`reask_probability`: the same question again, in its own spelling and often with a phrase like "Let me
+rephrase." (another question about the same product is not a re-ask); anyone may switch to a different question within 30 s (`topic_switch_rate`, a
 negative for re-ask detectors), and a satisfied user sometimes asks something else minutes later
 (`followup_rate`). Some answers get thumbs (`feedback_rate`), some thumbs-down carry the right answer as
 a correction. Prompts carry greetings, typos, context sentences and, at `pii_rate`, personal data

@@ -265,10 +265,9 @@ def _next_turns(world: World, rng: np.random.Generator, turns: _Turns, rows: np.
     m = len(rows)
     subject = np.array([cols["subject"][r] for r in rows], dtype=np.int64)
     qprev = np.array([cols["qlocal"][r] for r in rows], dtype=np.int64)
-    nq = world.bank.n_questions[subject]
-    # a re-ask: another paraphrase of the same subject; otherwise a different subject
-    shift = 1 + np.floor(rng.random(m) * np.maximum(nq - 1, 1)).astype(np.int64)
-    q_reask = np.where(nq > 1, (qprev + shift) % nq, qprev)
+    # A re-ask asks the same question again (its own spelling, greeting and re-ask phrase are drawn
+    # anew); a switch or follow-up is about a different subject. Another question about the same
+    # subject ("How much is the Vertex 14?" -> "How much RAM does it have?") is not asking again.
     other = _draw_subjects(world, rng, m, week)
     for _ in range(10):  # a switch or follow-up is about something else
         clash = (other == subject) & (kind != 1)
@@ -281,7 +280,7 @@ def _next_turns(world: World, rng: np.random.Generator, turns: _Turns, rows: np.
     new_subject = np.where(kind == 1, subject, other)
     new_nq = world.bank.n_questions[new_subject]
     q_other = np.floor(rng.random(m) * new_nq).astype(np.int64)
-    qlocal = np.where(kind == 1, q_reask, q_other)
+    qlocal = np.where(kind == 1, qprev, q_other)
     prev_t = np.array([cols["t_us"][r] for r in rows], dtype=np.int64)
     prev_lat = np.array([cols["latency_ms"][r] for r in rows])
     quick = rng.uniform(*REASK_DELAY_S, m)

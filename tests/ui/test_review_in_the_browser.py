@@ -87,7 +87,7 @@ def test_an_engineer_starts_a_cycle_and_a_reviewer_approves_it_in_the_browser(tm
     shots = tmp_path / "screenshots"
     shots.mkdir()
     stack = start_local_stack(workspace, port=free_port(), mlflow_port=free_port(), config=config, serve_port=None,
-                              deployments=["quarterly-retraining", "canary-review"], timeout_s=400,
+                              deployments=["quarterly-retraining", "canary-review", "canary-ramp"], timeout_s=400,
                               extra_env={"PREFECT_WORKER_QUERY_SECONDS": "1", "PREFECT_WORKER_PREFETCH_SECONDS": "5"})
     ui = f"{stack['prefect_ui']}/v2"
     registry = Registry(load_settings(Path(stack["env"]["FLYWHEEL_CONFIG"])))

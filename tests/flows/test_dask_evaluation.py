@@ -71,7 +71,3 @@ def test_evaluation_shards_on_dask_write_the_local_runners_outputs(tiny_base_mod
     assert shards == sorted(f"evaluation-shard {model} {suite} {n}/3" for model in ("05_adapter", "v3")
                             for suite, n in (("regression", 1), ("regression", 2), ("ood", 3)))
 
-
-def test_suite_batches_never_span_two_suites_and_start_at_each_suites_first_item() -> None:
-    assert suite_batches(["a"] * 5 + ["b"] * 3 + ["a"], 2) == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 8), (8, 9)]
-    assert suite_batches([], 4) == []

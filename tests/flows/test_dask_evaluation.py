@@ -13,6 +13,7 @@ from prefect import flow
 from prefect.context import get_run_context
 
 from flows.retraining import EVALUATE_SECTIONS, evaluate_candidate, stage_settings
+from tasks.base_model import model_digest
 from tasks.config import SHIPPED_DATA, load_settings
 from tasks.evaluate import suite_batches
 from tests.flows.test_dask_runner import _task_run_names
@@ -45,29 +46,35 @@ def test_evaluation_shards_on_dask_write_the_local_runners_outputs(tiny_base_mod
     dask = stage_settings(load_settings(None, values | {"runner.kind": "dask", "runner.address": dask_address}),
                           EVALUATE_SECTIONS)
     weights = candidate / "adapter_model.safetensors"
+    base = f"base@{model_digest(tiny_base_model)[:12]}"  # the champion before the first promotion
 
     @flow(name="evaluate-on-dask")
     def evaluate_both():
-        evaluate_candidate(local, weights, None, ("3", champion), tmp_path / "local" / "06_eval", None)
-        evaluate_candidate(dask, weights, None, ("3", champion), tmp_path / "dask" / "06_eval", None)
+        for settings, runner in ((local, "local"), (dask, "dask")):
+            # against the registered champion; and in the first cycle, against the bare base
+            evaluate_candidate(settings, weights, None, ("3", champion), tmp_path / runner / "06_eval", None)
+            evaluate_candidate(settings, weights, None, None, tmp_path / runner / "first" / "06_eval", None)
         return get_run_context().flow_run.id
 
     flow_run_id = evaluate_both()
-    out_local, out_dask = tmp_path / "local" / "06_eval", tmp_path / "dask" / "06_eval"
-    for name in ("items.jsonl", "report.md"):
-        assert (out_dask / name).read_bytes() == (out_local / name).read_bytes(), name
-    reports = [json.loads((out / "report.json").read_text(encoding="utf-8")) for out in (out_local, out_dask)]
-    gates = [json.loads((out / "gate.json").read_text(encoding="utf-8")) for out in (out_local, out_dask)]
-    for report, gate in zip(reports, gates):  # all but when it ran and how long it took
-        del report["created"], report["seconds"], report["gate"]["decided_at"], gate["decided_at"]
-    assert reports[0] == reports[1] and gates[0] == gates[1] and reports[0]["champion"] == "v3"
-    rows = [json.loads(line) for line in (out_dask / "items.jsonl").read_text(encoding="utf-8").splitlines()]
-    assert [row["suite"] for row in rows] == ["regression"] * 5 + ["ood"] * 3
-    assert any(row["candidate"]["response"] != row["champion"]["response"] for row in rows)  # two models answered
+    for cycle in (Path(), Path("first")):
+        out_local, out_dask = tmp_path / "local" / cycle / "06_eval", tmp_path / "dask" / cycle / "06_eval"
+        for name in ("items.jsonl", "report.md"):
+            assert (out_dask / name).read_bytes() == (out_local / name).read_bytes(), name
+        reports = [json.loads((out / "report.json").read_text(encoding="utf-8")) for out in (out_local, out_dask)]
+        gates = [json.loads((out / "gate.json").read_text(encoding="utf-8")) for out in (out_local, out_dask)]
+        for report, gate in zip(reports, gates):  # all but when it ran and how long it took
+            del report["created"], report["seconds"], report["gate"]["decided_at"], gate["decided_at"]
+        assert reports[0] == reports[1] and gates[0] == gates[1]
+        assert reports[0]["champion"] == ("v3" if cycle == Path() else base)
+        rows = [json.loads(line) for line in (out_dask / "items.jsonl").read_text(encoding="utf-8").splitlines()]
+        assert [row["suite"] for row in rows] == ["regression"] * 5 + ["ood"] * 3
+        assert any(row["candidate"]["response"] != row["champion"]["response"] for row in rows)  # two models answered
 
     # Per model: regression's 3 batches in 2 shards, ood's 2 batches in 1 (about two shards per worker).
     assert suite_batches([row["suite"] for row in rows], 2) == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 8)]
     shards = sorted(name for name in _task_run_names(flow_run_id) if name.startswith("evaluation-shard"))
-    assert shards == sorted(f"evaluation-shard {model} {suite} {n}/3" for model in ("05_adapter", "v3")
+    models = ("05_adapter", "v3", "05_adapter", base)
+    assert shards == sorted(f"evaluation-shard {model} {suite} {n}/3" for model in models
                             for suite, n in (("regression", 1), ("regression", 2), ("ood", 3)))
 

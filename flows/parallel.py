@@ -1,13 +1,13 @@
 """Where the embarrassingly parallel work runs (the `runner` section): with `kind: dask`, Prefect tasks
-on prefect-dask's DaskTaskRunner, one task run per PII masking shard or monitoring partition, so the
-Prefect UI shows each; with `kind: local`, this machine's own way (tasks.pii's process pool, partitions
-one after another).
+on prefect-dask's DaskTaskRunner, one task run per PII masking shard, monitoring partition or
+evaluation generation shard, so the Prefect UI shows each; with `kind: local`, this machine's own way
+(tasks.pii's process pool, partitions one after another, evaluation batches in this process).
 
 The Dask cluster is `runner.address` (an existing scheduler: its workers need this package installed
-and, for monitoring, the workspace on a shared path) or a local cluster of `runner.workers` processes
-started for the work and stopped after it. Only plain lists, settings JSON and file paths travel to the
-workers; task results are not persisted (they hold masked text), and a task run's parameters never
-reach the Prefect API.
+and, for monitoring and evaluation, the workspace and models on a shared path) or a local cluster of `runner.workers` processes
+started for the work and stopped after it. Only plain lists, settings and file paths travel to the
+workers; task results are not persisted (they hold masked text, or answers that may repeat a prompt's
+personal data), and a task run's parameters never reach the Prefect API.
 """
 
 from __future__ import annotations
@@ -94,3 +94,44 @@ def partition_mapper(runner: RunnerSettings) -> Iterator[Callable[[Callable[[Any
 
     with dask_task_runner(runner) as task_runner:
         yield lambda fn, items: _map_in_order(task_runner, monitoring_partition, {"fn": unmapped(fn), "item": list(items)})
+
+
+@task(name="evaluation-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="evaluation-shard {item.label}")
+def evaluation_shard(fn: Callable[[Any], Any], item: Any) -> Any:
+    """One shard of evaluation answers: `fn(item)` (tasks.evaluate.answers.answer_shard); named by the
+    shard's label (model, suite, number), never by its prompts."""
+    return fn(item)
+
+
+class DaskEvaluationShards:
+    """A tasks.evaluate.answers.ShardMap: `warm` runs on every worker of the cluster (each loads the
+    model once), `map` makes an `evaluation-shard` task run per item, results in order."""
+
+    def __init__(self, runner: Any, workers: int):
+        self.runner = runner
+        self.workers = workers
+
+    def warm(self, fn: Callable[[Any], Any], arg: Any) -> None:
+        self.runner.client.run(fn, arg)
+
+    def map(self, fn: Callable[[Any], Any], items: list[Any]) -> list[Any]:
+        from prefect.utilities.annotations import unmapped
+
+        return _map_in_order(self.runner, evaluation_shard, {"fn": unmapped(fn), "item": list(items)})
+
+
+@contextmanager
+def evaluation_shards(runner: RunnerSettings) -> Iterator[DaskEvaluationShards | None]:
+    """The evaluation shard map of the settings: None for local (batches in this process), else Dask's."""
+    if runner.kind != "dask":
+        yield None
+        return
+    with dask_task_runner(runner) as task_runner:
+        yield DaskEvaluationShards(task_runner, _worker_count(task_runner, runner))
+
+
+def _worker_count(task_runner: Any, runner: RunnerSettings) -> int:
+    """The cluster's workers: those the scheduler at runner.address knows, else the local cluster's."""
+    if not runner.address:
+        return runner.workers
+    return len(task_runner.client.scheduler_info(n_workers=-1)["workers"])

@@ -132,14 +132,18 @@ def train_lora_adapter(train: TrainSettings, dataset: Path, base: Path, out: Pat
 @stage("evaluate-candidate", records="evaluate", code=("tasks.evaluate", "tasks.signals", "tasks.generation"))
 def evaluate_candidate(settings: Settings, adapter: Path, holdout: Path, champion: tuple[str, Path] | None, out: Path,
                        mlflow: MlflowRun) -> StageResult:
-    """`adapter` is the adapter's weights file; `settings` holds the evaluate, signals, model, train and
-    paths sections only (stage_settings)."""
+    """`adapter` is the adapter's weights file; `settings` holds the EVALUATE_SECTIONS only (stage_settings).
+    With runner.kind dask each generation shard is an `evaluation-shard` task run on Dask; the outputs
+    are the same."""
+    from flows.parallel import evaluation_shards
     from tasks.evaluate import evaluate_stage
 
-    return evaluate_stage(adapter.parent, holdout, out, settings, champion=champion, mlflow=mlflow)
+    with evaluation_shards(settings.runner) as shard_map:
+        return evaluate_stage(adapter.parent, holdout, out, settings, champion=champion, mlflow=mlflow,
+                              shard_map=shard_map)
 
 
-EVALUATE_SECTIONS = ("evaluate", "signals", "model", "train", "paths", "docs", "verify", "simulate")
+EVALUATE_SECTIONS = ("evaluate", "signals", "model", "train", "paths", "docs", "verify", "simulate", "runner")
 
 
 @task(name="register-canary")

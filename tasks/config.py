@@ -639,10 +639,11 @@ class ServingSettings(Section):
 
 
 class RunnerSettings(Section):
-    # Where the embarrassingly parallel work runs (PII masking shards, monitoring partitions): "local"
-    # (this machine: pii.processes worker processes, partitions one after another) or "dask" (Prefect
-    # tasks on prefect-dask's DaskTaskRunner, one per shard/partition, each visible in the Prefect UI;
-    # extra [dask]). Output is byte-identical either way.
+    # Where the embarrassingly parallel work runs (PII masking shards, monitoring partitions, evaluation
+    # generation shards): "local" (this machine: pii.processes worker processes, partitions one after
+    # another, evaluation batches in the flow's process) or "dask" (Prefect tasks on prefect-dask's
+    # DaskTaskRunner, one per shard/partition, each visible in the Prefect UI; extra [dask]). Output is
+    # byte-identical either way.
     kind: Literal["local", "dask"] = "local"
     # An existing Dask scheduler, e.g. "tcp://10.0.0.5:8786". Empty: a local cluster of `workers`
     # processes is started for the flow run and stopped after it.

@@ -46,7 +46,12 @@ class AdapterView:
 
 def base_view(generator: Any) -> AdapterView:
     """The bare base of `generator` as its own Generator, labelled `base@<digest[:12]>`."""
-    return AdapterView(generator, None, f"base@{getattr(generator, 'base_digest', '')[:12]}")
+    return AdapterView(generator, None, base_label(getattr(generator, "base_digest", "")))
+
+
+def base_label(digest: str) -> str:
+    """How reports name the bare base model whose model_digest is `digest`."""
+    return f"base@{digest[:12]}"
 
 
 class Served(NamedTuple):

@@ -523,3 +523,16 @@ def test_fixed_needs_the_reference_and_long_lists_say_how_much_is_shown(settings
     assert "**fixed: 9** (showing 8 of 9)" in md and "**broken: 0**" in md
     fixed_ids = {line.split("`")[1] for line in md.split("**fixed")[1].split("**broken")[0].splitlines() if line.startswith("- `")}
     assert fixed_ids <= {item.id for item in items[11:]} and len(fixed_ids) == 8
+
+
+def test_generation_batches_and_shards_never_span_two_suites() -> None:
+    """Runners generate in the same batches (so the same answers): each suite's batches start at its first
+    item, and a shard (runner.kind dask) is a run of whole batches of one suite, about two per worker."""
+    from tasks.evaluate.answers import suite_batches, suite_shards
+
+    suites = ["a"] * 5 + ["b"] * 3 + ["a"]
+    batches = suite_batches(suites, 2)
+    assert batches == [(0, 2), (2, 4), (4, 5), (5, 7), (7, 8), (8, 9)]
+    assert suite_batches([], 4) == []
+    assert suite_shards(batches, suites, workers=2) == [[(0, 2), (2, 4)], [(4, 5)], [(5, 7), (7, 8)], [(8, 9)]]
+    assert suite_shards(batches, suites, workers=8) == [[batch] for batch in batches]

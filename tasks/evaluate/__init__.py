@@ -3,11 +3,13 @@
 * `suites`: the EvalItem suites (regression that grows every cycle, ood, adversarial, new_cases).
 * `scoring`: per-item scores and the per-suite comparison with paired bootstrap intervals.
 * `gates`: floors and maximum drops from `evaluate.gates`, as a decision object (gate.json).
+* `answers`: the answers, in per-suite batches, here or in shards on workers (runner.kind dask).
 * `stage`: the stage itself (`evaluate_candidate`, `evaluate_adapter`), writing 06_eval/ and logging it.
 
 The report's markdown is rendered by tasks/report.py.
 """
 
+from tasks.evaluate.answers import ShardedGenerator, answer_all, suite_batches
 from tasks.evaluate.gates import check_gates
 from tasks.evaluate.scoring import (
     LOWER_IS_BETTER,
@@ -21,7 +23,6 @@ from tasks.evaluate.scoring import (
 )
 from tasks.evaluate.stage import (
     GATE_FILE,
-    answer_all,
     evaluate_adapter,
     evaluate_candidate,
     evaluate_stage,
@@ -42,6 +43,7 @@ __all__ = [
     "LOWER_IS_BETTER",
     "METRICS",
     "SUITE_FILES",
+    "ShardedGenerator",
     "add_faithfulness",
     "answer_all",
     "check_gates",
@@ -57,6 +59,7 @@ __all__ = [
     "read_new_cases",
     "score_item",
     "score_responses",
+    "suite_batches",
     "suite_path",
     "summarise",
     "workspace_suites",

@@ -16,6 +16,9 @@ from pathlib import Path
 from tasks.config import Settings
 from tasks.contracts import EvalItem, Generator, MlflowRun, StageResult
 from tasks.files import atomic_write_text, write_jsonl
+from tasks.base_model import model_digest
+from tasks.evaluate.answers import (ShardedGenerator, ShardMap, answer_all, suite_batches, warm,
+                                     worker_spec)
 from tasks.evaluate.gates import check_gates
 from tasks.docs import load_docs
 from tasks.evaluate.scoring import add_faithfulness, score_responses, summarise
@@ -24,28 +27,15 @@ from tasks.evaluate.suites import load_suites, workspace_suites
 from tasks.generation import make_generator
 from tasks.registry import Registry
 from tasks.report import evaluation_markdown
-from tasks.served import AdapterView, base_view, served_generator
+from tasks.served import AdapterView, base_label, base_view, served_generator
 
 
 GATE_FILE = "gate.json"  # the blessing: the gate's decision, which registration reads
 
 
-def answer_all(generator: Generator, prompts: Sequence[str], settings: Settings, *, seed: int = 0) -> list[str]:
-    """One greedy answer per prompt, in batches of model.batch_size."""
-    size = settings.model.batch_size
-    out: list[str] = []
-    for start in range(0, len(prompts), size):
-        chunk = list(prompts[start:start + size])
-        got = generator.generate(chunk, n=1, temperature=0.0, max_new_tokens=settings.model.max_new_tokens, seed=seed)
-        if len(got) != len(chunk):
-            raise ValueError(f"generator {generator.model_version!r} returned {len(got)} answers for {len(chunk)} prompts")
-        out.extend(answers[0] if answers else "" for answers in got)
-    return out
-
-
 def evaluate_candidate(
-    candidate: Generator,
-    champion: Generator | None,
+    candidate: Generator | ShardedGenerator,
+    champion: Generator | ShardedGenerator | None,
     items: Sequence[EvalItem],
     settings: Settings,
     out_dir: Path,
@@ -71,12 +61,13 @@ def evaluate_candidate(
     prompts = [item.prompt for item in items]
     docs = load_docs(settings)
     corpus, verifier = docs.at(None), make_verifier(settings)  # the newest docs: what the candidate will serve under
-    cand_responses = answer_all(candidate, prompts, settings, seed=seed)
+    batches = suite_batches([item.suite for item in items], settings.model.batch_size)
+    cand_responses = answer_all(candidate, prompts, settings, seed=seed, batches=batches)
     cand_scores = score_responses(items, cand_responses, settings)
     add_faithfulness(items, cand_responses, cand_scores, settings, corpus, verifier)
     champ_responses = champ_scores = None
     if champion is not None:
-        champ_responses = answer_all(champion, prompts, settings, seed=seed)
+        champ_responses = answer_all(champion, prompts, settings, seed=seed, batches=batches)
         champ_scores = score_responses(items, champ_responses, settings)
         add_faithfulness(items, champ_responses, champ_scores, settings, corpus, verifier)
     summary = summarise(items, cand_scores, champ_scores, samples=settings.evaluate.bootstrap_samples,
@@ -213,19 +204,32 @@ def _now() -> str:
 
 
 def evaluate_stage(adapter_dir: Path, holdout: Path | None, out_dir: Path, settings: Settings, *,
-                   champion: tuple[str, Path] | None, mlflow: MlflowRun | None = None) -> StageResult:
+                   champion: tuple[str, Path] | None, mlflow: MlflowRun | None = None,
+                   shard_map: ShardMap | None = None) -> StageResult:
     """The cycle's evaluation stage: the candidate adapter against `champion` ((version, adapter folder)
     of the served champion, or None before the first promotion: then the bare base, gated on floors
     only), on the workspace suites plus the held-out new cases. `settings` needs the evaluate, signals,
-    model, train (device) and paths sections. Outputs: the report and the gate decision (gate.json)."""
+    model, train (device) and paths sections. Outputs: the report and the gate decision (gate.json).
+
+    With `shard_map` (runner.kind dask, model.backend local) the answers are generated in shards on its
+    workers, each loading base + adapters once; the outputs are the same as without."""
     adapters = {"candidate": Path(adapter_dir)}
     if champion is not None:
         adapters["champion"] = Path(champion[1])
-    generator = make_generator(settings, adapters)
-    champ_gen = AdapterView(generator, "champion", f"v{champion[0]}") if champion else base_view(generator)
     items = load_suites(workspace_suites(settings), settings.evaluate.suites, extra=holdout, settings=settings)
-    report = evaluate_candidate(AdapterView(generator, "candidate", Path(adapter_dir).name), champ_gen, items, settings,
-                                out_dir, mlflow=mlflow, gate_against_champion=champion is not None)
+    cand_name = Path(adapter_dir).name
+    if shard_map is not None and settings.model.backend == "local":
+        spec, suites = worker_spec(settings, adapters), [item.suite for item in items]
+        shard_map.warm(warm, spec)
+        cand_gen = ShardedGenerator(spec, "candidate", cand_name, shard_map, suites)
+        champ_gen = (ShardedGenerator(spec, "champion", f"v{champion[0]}", shard_map, suites) if champion else
+                     ShardedGenerator(spec, None, base_label(model_digest(Path(spec.settings.model.base))), shard_map, suites))
+    else:
+        generator = make_generator(settings, adapters)
+        cand_gen = AdapterView(generator, "candidate", cand_name)
+        champ_gen = AdapterView(generator, "champion", f"v{champion[0]}") if champion else base_view(generator)
+    report = evaluate_candidate(cand_gen, champ_gen, items, settings, out_dir, mlflow=mlflow,
+                                gate_against_champion=champion is not None)
     out_dir = Path(out_dir)
     return StageResult.of(
         "evaluate", {"report": out_dir / "report.json", "report_md": out_dir / "report.md",

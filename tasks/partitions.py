@@ -99,7 +99,8 @@ def spill_partitions(batches: Iterable[pa.RecordBatch | pa.Table], folder: Path,
                 if bounds[i + 1] > bounds[i]:
                     piece = table.slice(bounds[i], bounds[i + 1] - bounds[i])
                     if writers[i] is None:
-                        writers[i] = pq.ParquetWriter(paths[i], piece.schema)
+                        # no column statistics: nothing filters on them, and their footer grows with the pieces
+                        writers[i] = pq.ParquetWriter(paths[i], piece.schema, write_statistics=False)
                     writers[i].write_table(piece)
             rows += n
             ranks += int(keep.sum())

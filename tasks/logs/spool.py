@@ -251,7 +251,7 @@ class _FilePart:
         self.first_ts = int(ts[0]) if self.first_ts is None else self.first_ts
         self.last_ts = int(ts[-1])
         if self.writer is None:
-            self.writer = pq.ParquetWriter(self.path, SPOOL_SCHEMA)
+            self.writer = pq.ParquetWriter(self.path, SPOOL_SCHEMA, write_statistics=False)
         self.writer.write_table(table)
         self.rows += table.num_rows
 

@@ -123,6 +123,8 @@ def test_a_week_streamed_from_its_log_files_equals_the_in_memory_one(tmp_path, m
     assert (tmp_path / "streamed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
     assert spooled.rows == whole.table.num_rows and spooled.in_order is not interleaved
     assert pa.Table.from_batches(list(spooled.batches()), schema=LOG_SCHEMA).equals(whole.table)
+    assert spooled.take([40, 3, 40]).equals(whole.table.take([40, 3, 40]))  # what the samples read
+    assert spooled.where_valid("feedback").equals(whole.table.filter(whole.table["feedback"].is_valid()))
 
     signals, drift = SignalsSettings(reask_backend="tfidf"), DriftSettings(min_prompts=5, vocab_size=10,
                                                                          null_resamples=20)

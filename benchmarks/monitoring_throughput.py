@@ -19,10 +19,12 @@ Streaming mode (tasks/partitions.py, monitoring.partition_rows):
     python benchmarks/monitoring_throughput.py --stream 10000000,50000000 [--partition-rows 1000000] \
         [--compare 10000000]
 
-writes each week to a Parquet file (1M-record blocks drawn as above, one seed each), then, each in a
-fresh process, computes signals + drift by streaming the file through user-hash partitions (peak RSS of
-that process), and for the `--compare` size also in memory (the whole week read, compute_signals +
-compute_drift): the results must be identical. Rows/s of both side by side, peak RSS per size.
+writes each week once as log files (Parquet, 1M records each, in time order; cached under --cache and
+reused), then, each in a fresh process, reads them through the log loader chunk by chunk
+(tasks.logs.spool, `--chunk-rows` rows at a time), spills them into user-hash partitions and computes
+signals + drift (peak RSS of that process); for the `--compare` size also in memory (load_logs, then
+compute_signals + compute_drift): the results and the loader's counts must be identical. Rows/s of both
+side by side, peak RSS per size.
 """
 
 from __future__ import annotations
@@ -126,8 +128,9 @@ def synth_prompts(rng: np.random.Generator, n: int, questions: list[str], subjec
         _take(questions, q), " ", tail, "")
 
 
-def synth_week(n: int, seed: int = 0) -> tuple[pa.Table, pa.Array]:
-    """One week of n records and a 50k-prompt reference drawn from the same distribution."""
+def synth_week(n: int, seed: int = 0, span_us: int = WEEK_US) -> tuple[pa.Table, pa.Array]:
+    """One week of n records (over the first `span_us` of it) and a 50k-prompt reference drawn from
+    the same distribution."""
     rng = np.random.default_rng(seed)
     topics, refusals, unknown = _kb()
     questions, subject_of, answers = [], [], []
@@ -143,7 +146,7 @@ def synth_week(n: int, seed: int = 0) -> tuple[pa.Table, pa.Array]:
     n_follow = int(0.08 * n)  # quick second turns: 3/4 re-asks (paraphrases), 1/4 topic switches
     n_first = n - n_follow
     user = rng.integers(0, 200_000, n_first)
-    ts = rng.integers(0, WEEK_US - 600_000_000, n_first)
+    ts = rng.integers(0, span_us - 600_000_000, n_first)
     qidx = np.where(rng.random(n_first) < 0.07, rng.integers(base_unknown, len(questions), n_first),
                     rng.integers(0, base_unknown, n_first))
     latency = np.round(np.exp(rng.normal(6.5, 0.4, n)), 1)
@@ -270,76 +273,117 @@ def baseline(table: pa.Table, reference: pa.Array, signals: SignalsSettings, dri
 # ------------------------------------------------------------------------------------------ streaming
 
 BLOCK = 1_000_000
+BASE_BLOCKS = 5  # distinct synthesised blocks; further blocks reuse them with other users and times
+BLOCK_SPAN_US = WEEK_US // 50  # each block's records fall within this span (so 50 blocks fill a week)
 
 
-def write_week(path: Path, records: int, seed: int) -> None:
-    """The week as Parquet, synthesised 1M records at a time (each block its own seed and users)."""
+def write_week(folder: Path, records: int, seed: int) -> list[Path]:
+    """The week as log files the way a writer leaves them: Parquet files of 1M records, each covering
+    its own stretch of the week, in time order. Synthesising is slow (about 20 s per 1M here), so
+    `BASE_BLOCKS` blocks are drawn (cached under folder/../base) and block b is base b % BASE_BLOCKS
+    with its own users (prefix b<b>-), request ids and time offset. Written once; reused when complete."""
     import pyarrow.parquet as pq
 
-    with pq.ParquetWriter(path, LOG_SCHEMA) as writer:
-        for block, start in enumerate(range(0, records, BLOCK)):
-            table, _ = synth_week(min(BLOCK, records - start), seed + block)
-            users = pc.binary_join_element_wise(f"b{block}-", table.column("user_id"), "")
-            writer.write_table(table.set_column(table.schema.get_field_index("user_id"), "user_id", users))
+    blocks = math.ceil(records / BLOCK)
+    files = [folder / f"part-{b:05d}.parquet" for b in range(blocks)]
+    done = folder / "complete"
+    if done.exists():
+        return files
+    folder.mkdir(parents=True, exist_ok=True)
+    base_folder = folder.parent / "base"
+    base_folder.mkdir(parents=True, exist_ok=True)
+    stride = WEEK_US // blocks
+    for b, path in enumerate(files):
+        base = base_folder / f"seed{seed}-{b % BASE_BLOCKS}.parquet"
+        if not base.exists():
+            table, _ = synth_week(BLOCK, seed + b % BASE_BLOCKS, span_us=BLOCK_SPAN_US)
+            pq.write_table(table, base.with_suffix(".tmp"))
+            base.with_suffix(".tmp").rename(base)
+        table = pq.read_table(base).slice(0, min(BLOCK, records - b * BLOCK))
+        users = pc.binary_join_element_wise(f"b{b}-", table.column("user_id"), "")
+        ids = pc.binary_join_element_wise(f"b{b}-", table.column("request_id"), "")
+        ts = pc.add(table.column("ts").cast(pa.int64()), b * stride).cast(table.schema.field("ts").type)
+        for name, column in (("user_id", users), ("request_id", ids), ("ts", ts)):
+            table = table.set_column(table.schema.get_field_index(name), name, column)
+        pq.write_table(table, path)
+    done.write_text("")
+    return files
 
 
-def child(mode: str, path: Path, partition_rows: int, seed: int) -> dict:
-    """One measurement in this (fresh) process: peak RSS is the process's own high-water mark."""
+def child(mode: str, folder: Path, partition_rows: int, chunk_rows: int, seed: int) -> dict:
+    """One measurement in this (fresh) process: peak RSS is the process's own high-water mark. Both
+    modes read the week's files through the log loader (validation, quarantine accounting)."""
     import resource
     import tempfile
 
-    import pyarrow.parquet as pq
-
+    from tasks.config import LogsSettings
     from tasks.drift import prepare_reference
-    from tasks.partitions import partition_count, partitioned_signals_and_drift, spill_partitions
+    from tasks.logs import load_logs
+    from tasks.logs.spool import spool_logs
+    from tasks.partitions import COLUMNS, partition_count, partitioned_signals_and_drift, spill_partitions
 
-    signals, drift = SignalsSettings(), DriftSettings()
+    signals, drift, logs = SignalsSettings(), DriftSettings(), LogsSettings()
     _, reference = synth_week(1_000, seed)  # the 50k reference prompts of the blocks' distribution
     started = time.perf_counter()
+    phases = {}
     if mode == "memory":
-        table = pq.read_table(path)
+        loaded = load_logs([folder / "*.parquet"], logs)
+        counts = loaded.summary()
+        phases["load_s"] = time.perf_counter() - started
+        table = loaded.table
         found = compute_signals(table, signals)
         d = compute_drift(reference, table.column("prompt"), drift)
     else:
-        file = pq.ParquetFile(path)
-        rows = file.metadata.num_rows
-        with tempfile.TemporaryDirectory(dir=path.parent) as folder:
-            spilled = spill_partitions(file.iter_batches(batch_size=max(1, partition_rows // 4)), Path(folder),
+        with tempfile.TemporaryDirectory(dir=folder.parent) as work:
+            spooled = spool_logs([folder / "*.parquet"], logs, Path(work) / "spool", chunk_rows=chunk_rows)
+            counts = spooled.result.summary() | {"selected": spooled.rows}
+            phases["load_s"] = time.perf_counter() - started
+            rows = spooled.rows
+            spilled = spill_partitions(spooled.batches(COLUMNS), Path(work) / "partitions",
                                        partition_count(rows, partition_rows), total_rows=rows, settings=signals)
+            phases["spill_s"] = time.perf_counter() - started - phases["load_s"]
             found, d, _ = partitioned_signals_and_drift(spilled["paths"], spilled, signals, drift,
                                                         prepare_reference(reference, drift))
+        phases["in_order"] = spooled.in_order
     seconds = time.perf_counter() - started
-    return {"mode": mode, "records": found["records"], "seconds": seconds,
+    return {"mode": mode, "records": found["records"], "seconds": seconds, "phases": phases,
             "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+            "arrow_pool": pa.default_memory_pool().backend_name,
+            "load": {k: counts[k] for k in ("read", "accepted", "quarantined", "reasons", "selected")},
             "signals": {k: v for k, v in found.items() if k != "hallucination"}, "drift": d}
 
 
 def stream_main(args: argparse.Namespace) -> None:
     import subprocess
-    import tempfile
 
     sizes = [int(x) for x in args.stream.split(",")]
-    report: dict = {"partition_rows": args.partition_rows, "cpus": os.cpu_count(), "runs": []}
+    report: dict = {"partition_rows": args.partition_rows, "chunk_rows": args.chunk_rows, "cpus": os.cpu_count(),
+                    "runs": []}
     results = {}
-    with tempfile.TemporaryDirectory(dir=args.workdir) as work:
-        for records in sizes:
-            path = Path(work) / f"week-{records}.parquet"
-            started = time.perf_counter()
-            write_week(path, records, args.seed)
-            print(f"wrote {records:,} records in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-            for mode in (["stream", "memory"] if records == args.compare else ["stream"]):
-                out = Path(work) / f"{mode}-{records}.json"
-                subprocess.run([sys.executable, __file__, "--child", mode, "--child-file", str(path), "--child-out",
-                                str(out), "--partition-rows", str(args.partition_rows), "--seed", str(args.seed)],
-                               check=True)
-                run = json.loads(out.read_text())
-                results[(mode, records)] = run
-                report["runs"].append({k: run[k] for k in ("mode", "records", "seconds", "peak_rss_gb")}
-                                      | {"rows_per_s": run["records"] / run["seconds"]})
-            path.unlink()
+    cache = Path(args.cache)
+    env = dict(os.environ)
+    if args.arrow_pool:
+        env["ARROW_DEFAULT_MEMORY_POOL"] = args.arrow_pool
+    for records in sizes:
+        folder = cache / f"week-{records}-seed{args.seed}"
+        started = time.perf_counter()
+        write_week(folder, records, args.seed)
+        print(f"{records:,} records in {folder} ({time.perf_counter() - started:.0f} s to write or find)",
+              file=sys.stderr)
+        for mode in (["stream", "memory"] if records == args.compare else ["stream"]):
+            out = cache / f"{mode}-{records}.json"
+            subprocess.run([sys.executable, __file__, "--child", mode, "--child-folder", str(folder), "--child-out",
+                            str(out), "--partition-rows", str(args.partition_rows), "--chunk-rows",
+                            str(args.chunk_rows), "--seed", str(args.seed)], check=True, env=env)
+            run = json.loads(out.read_text())
+            results[(mode, records)] = run
+            report["runs"].append({k: run[k] for k in ("mode", "records", "seconds", "peak_rss_gb", "phases",
+                                                       "arrow_pool", "load")}
+                                  | {"rows_per_s": run["records"] / run["seconds"]})
+            print(json.dumps(report["runs"][-1]), file=sys.stderr)
     if args.compare in sizes:
-        report["identical_to_memory"] = (results[("stream", args.compare)]["signals"] == results[("memory", args.compare)]["signals"]
-                                         and results[("stream", args.compare)]["drift"] == results[("memory", args.compare)]["drift"])
+        stream, memory = results[("stream", args.compare)], results[("memory", args.compare)]
+        report["identical_to_memory"] = all(stream[key] == memory[key] for key in ("signals", "drift", "load"))
     peaks = [r["peak_rss_gb"] for r in report["runs"] if r["mode"] == "stream"]
     report["stream_peak_ratio"] = max(peaks) / min(peaks)
     report["stream_within_20pct_and_2gb"] = report["stream_peak_ratio"] <= 1.2 and max(peaks) <= 2.0
@@ -361,14 +405,19 @@ def main() -> None:
     parser.add_argument("--stream", default=None, help="streaming mode: comma-separated week sizes, e.g. 10000000,50000000")
     parser.add_argument("--partition-rows", type=int, default=1_000_000)
     parser.add_argument("--compare", type=int, default=10_000_000, help="streaming mode: also run this size in memory")
-    parser.add_argument("--workdir", default=None, help="streaming mode: where the week files go (default: $TMPDIR)")
+    parser.add_argument("--chunk-rows", type=int, default=250_000,
+                        help="streaming mode: rows the loader reads and spills at a time")
+    parser.add_argument("--cache", default=str(Path(os.environ.get("TMPDIR", "/tmp")) / "flywheel-monitoring-weeks"),
+                        help="streaming mode: where the week files are written once and reused")
+    parser.add_argument("--arrow-pool", choices=["jemalloc", "mimalloc", "system"], default=None,
+                        help="streaming mode: Arrow's memory pool in the measured processes (default: Arrow's)")
     parser.add_argument("--child", choices=["stream", "memory"], help=argparse.SUPPRESS)
-    parser.add_argument("--child-file", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--child-folder", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--child-out", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        args.child_out.write_text(json.dumps(child(args.child, args.child_file, args.partition_rows, args.seed),
-                                             default=str))
+        args.child_out.write_text(json.dumps(child(args.child, args.child_folder, args.partition_rows,
+                                                   args.chunk_rows, args.seed), default=str))
         return
     if args.stream:
         stream_main(args)

@@ -25,6 +25,7 @@ from tasks import monitor
 from tasks.config import Settings, load_settings
 from tasks.drift import compute_drift, load_prompt_records, prepare_reference, prompt_groups
 from tasks.logs import load_window
+from tasks.logs.spool import SpooledLogs, spool_window
 from tasks.report import dashboard_markdown
 from tasks.signals import compute_signals, hallucination_sample
 from tasks.tracking import experiment_id, tracking_uri
@@ -34,20 +35,40 @@ RETRAINING_EVENT = "flywheel.retraining.requested"
 
 
 @task(name="load-week-logs", cache_policy=NO_CACHE)
-def load_week_logs(settings: Settings, week: str) -> pa.Table:
-    result = load_window(settings, None, *iso_week_window(week))
+def load_week_logs(settings: Settings, week: str) -> pa.Table | SpooledLogs:
+    """The week's accepted rows: a table, or with monitoring.partition_rows set, spooled to disk chunk by
+    chunk (monitoring.chunk_rows rows at a time; the same validation and quarantine)."""
+    if settings.monitoring.partition_rows:
+        folder = _spool_folder(settings, week)
+        shutil.rmtree(folder, ignore_errors=True)
+        spooled = spool_window(settings, *iso_week_window(week), folder, chunk_rows=settings.monitoring.chunk_rows)
+        result, rows = spooled.result, spooled.rows
+    else:
+        result = load_window(settings, None, *iso_week_window(week))
+        rows = result.table.num_rows
     get_run_logger().info(
         "week %s: %d records accepted, %d quarantined (%s)",
-        week, result.table.num_rows, result.quarantined, result.reasons or "no problems",
+        week, rows, result.quarantined, result.reasons or "no problems",
     )
-    return result.table
+    return spooled if settings.monitoring.partition_rows else result.table
+
+
+def _spool_folder(settings: Settings, week: str) -> Path:
+    return settings.paths.under("monitoring", "spool", week)
+
+
+def _correction_references(logs: pa.Table | SpooledLogs) -> dict[str, str]:
+    if isinstance(logs, SpooledLogs):
+        logs = logs.where_valid("correction", ["prompt", "correction"])
+    return monitor.correction_references(logs)
 
 
 @task(name="sample-hallucination-risk", cache_policy=NO_CACHE)
-def week_hallucination(settings: Settings, logs: pa.Table) -> tuple[dict[str, Any] | None, str]:
+def week_hallucination(settings: Settings, logs: SpooledLogs) -> tuple[dict[str, Any] | None, str]:
     """Hallucination risk alone (the partitioned path computes the rate signals): as compute-signals does."""
     generator, which = monitor.consistency_generator(settings)
-    sample = hallucination_sample(logs, settings.signals, generator, monitor.correction_references(logs))
+    references = _correction_references(logs) if generator is not None else None
+    sample = hallucination_sample(logs, settings.signals, generator, references)
     get_run_logger().info("hallucination risk: %s", which)
     return sample, which
 
@@ -66,7 +87,7 @@ def compute_week_signals(settings: Settings, logs: pa.Table) -> dict[str, Any]:
 
 
 @task(name="verify-answers", cache_policy=NO_CACHE)
-def verify_week_answers(settings: Settings, week: str, logs: pa.Table) -> dict[str, Any] | None:
+def verify_week_answers(settings: Settings, week: str, logs: pa.Table | SpooledLogs) -> dict[str, Any] | None:
     """The headline hallucination signal: the unsupported-answer rate of a seeded sample of the week's
     answers, checked against the docs in force by the week's end (verify.verifier). None when
     verify.sample is 0."""
@@ -84,28 +105,41 @@ def verify_week_answers(settings: Settings, week: str, logs: pa.Table) -> dict[s
     return result
 
 
-def week_reference(settings: Settings, week: str, logs: pa.Table) -> tuple[Path, dict[str, Any] | None]:
+def week_reference(settings: Settings, week: str, logs: pa.Table | SpooledLogs) -> tuple[Path, dict[str, Any] | None]:
     """The prompt file this week's drift is measured against. With no reference configured or stored
     yet, the weeks before this one become the baseline; with none of those either, this week does,
     and the drift result is already decided (insufficient rather than a meaningless zero): returned
-    beside the path."""
-    counts = logs.column("model_version").value_counts().to_pylist()
-    serving = max(counts, key=lambda c: c["counts"])["values"] if counts else None
+    beside the path. (Spooled logs are read whole only for that first baseline.)"""
+    serving = _most_served(logs)
     reference = monitor.reference_path(settings, serving)
     if reference is not None:
         return reference, None
     start, _ = iso_week_window(week)
     earlier = load_window(settings, None, start - timedelta(weeks=settings.signals.trailing_weeks), start,
                           quarantine=False).table
-    baseline = earlier if earlier.num_rows >= settings.drift.min_prompts else logs
+    if earlier.num_rows >= settings.drift.min_prompts:
+        baseline = earlier
+    else:
+        baseline = logs.read(["prompt", "user_id", "session_id"]) if isinstance(logs, SpooledLogs) else logs
     reference = monitor.store_reference(settings, baseline.column("prompt").to_pylist(),
                                         groups=prompt_groups(baseline, settings.drift.null_resample_by))
     get_run_logger().info("no drift reference yet: stored a baseline of %d prompts", baseline.num_rows)
-    if baseline is not logs:
+    if baseline is earlier:
         return reference, None
     return reference, {"band": "insufficient", "alert": False, "kl": None, "n_current": logs.num_rows,
                        "n_reference": 0, "reference": str(reference),
                        "reason": f"no earlier traffic to compare with: {week} becomes the drift baseline"}
+
+
+def _most_served(logs: pa.Table | SpooledLogs) -> str | None:
+    """The model version with the most rows this week (the first of equals, as value_counts lists them)."""
+    parts = logs.batches(["model_version"]) if isinstance(logs, SpooledLogs) else logs.column("model_version").chunks
+    counts: dict[Any, int] = {}
+    for part in parts:
+        column = part.column(0) if isinstance(part, pa.RecordBatch) else part
+        for item in column.value_counts().to_pylist():
+            counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
+    return max(counts.items(), key=lambda kv: kv[1])[0] if counts else None
 
 
 @task(name="compute-drift", cache_policy=NO_CACHE)
@@ -121,13 +155,13 @@ def compute_week_drift(settings: Settings, week: str, logs: pa.Table) -> dict[st
 
 
 @task(name="compute-signals-and-drift-by-partition", cache_policy=NO_CACHE)
-def compute_week_by_partition(settings: Settings, week: str, logs: pa.Table) -> tuple[dict[str, Any], dict[str, Any]]:
-    """monitoring.partition_rows set: the week's rows spilled by user hash into Parquet partitions of
-    about that many rows, each reduced to sufficient statistics (a `monitoring-partition` task run on
-    Dask with runner.kind dask) and merged: the same signals and drift as compute-signals and
-    compute-drift, with the statistics' working memory set by the partition size."""
+def compute_week_by_partition(settings: Settings, week: str, logs: SpooledLogs) -> tuple[dict[str, Any], dict[str, Any]]:
+    """monitoring.partition_rows set: the week's spooled rows streamed (in window order) by user hash into
+    Parquet partitions of about that many rows, each reduced to sufficient statistics (a
+    `monitoring-partition` task run on Dask with runner.kind dask) and merged: the same signals and drift
+    as compute-signals and compute-drift, with the working memory set by the partition size."""
     from flows.parallel import partition_mapper
-    from tasks.partitions import partition_count, partitioned_signals_and_drift, spill_partitions
+    from tasks.partitions import COLUMNS, partition_count, partitioned_signals_and_drift, spill_partitions
 
     rows = settings.monitoring.partition_rows
     reference, decided = week_reference(settings, week, logs)
@@ -138,7 +172,7 @@ def compute_week_by_partition(settings: Settings, week: str, logs: pa.Table) -> 
     folder = settings.paths.under("monitoring", "partitions", week)
     shutil.rmtree(folder, ignore_errors=True)
     try:
-        spilled = spill_partitions(logs.to_batches(max_chunksize=rows), folder, partition_count(logs.num_rows, rows),
+        spilled = spill_partitions(logs.batches(COLUMNS), folder, partition_count(logs.num_rows, rows),
                                    total_rows=logs.num_rows, settings=settings.signals)
         with partition_mapper(settings.runner) as run:
             signals, drift, _ = partitioned_signals_and_drift(spilled["paths"], spilled, settings.signals,
@@ -239,13 +273,16 @@ def weekly_monitoring(
     week = monitor.week_label(monitor.week_start(week)) if week else monitor.previous_week()
 
     logs = load_week_logs(settings, week)
-    if settings.monitoring.partition_rows:
-        signals, drift = compute_week_by_partition(settings, week, logs)
-        signals["hallucination"], signals["hallucination_model"] = week_hallucination(settings, logs)
-    else:
-        signals = compute_week_signals(settings, logs)
-        drift = compute_week_drift(settings, week, logs)
-    signals["unsupported"] = verify_week_answers(settings, week, logs)
+    try:
+        if settings.monitoring.partition_rows:
+            signals, drift = compute_week_by_partition(settings, week, logs)
+            signals["hallucination"], signals["hallucination_model"] = week_hallucination(settings, logs)
+        else:
+            signals = compute_week_signals(settings, logs)
+            drift = compute_week_drift(settings, week, logs)
+        signals["unsupported"] = verify_week_answers(settings, week, logs)
+    finally:
+        shutil.rmtree(_spool_folder(settings, week), ignore_errors=True)  # raw prompts: they do not outlive the run
     decision = monitor.decide_trigger(settings, week, signals, drift, monitor.load_history(settings))
     history = monitor.record_week(settings, monitor.history_entry(week, signals, drift, decision))
     run_id = log_week_to_mlflow(settings, week, signals, drift, decision, history)

@@ -664,6 +664,9 @@ class MonitoringSettings(Section):
     # sufficient statistics and merged; peak memory follows this, not the week's size. The result equals
     # the in-memory computation. Empty: the whole week in memory (fine below a few million records).
     partition_rows: int | None = Field(None, ge=100)
+    # With partition_rows set, the week's log files are read (and validated, quarantined) this many rows at
+    # a time and spooled to disk (tasks/logs/spool.py), never the whole week at once.
+    chunk_rows: int = Field(250_000, ge=100)
 
 
 class Settings(Section):

@@ -14,7 +14,9 @@ reduced to sufficient statistics, merged into exactly what the in-memory computa
 
 Peak memory: one partition (about `monitoring.partition_rows` rows) plus the batch being spilled, the
 drift reference and the drift sample's row numbers (`drift.max_current_prompts` at most), whatever the
-week's size. flows/monitoring.py maps `partition_stats` as Prefect tasks (on Dask with runner.kind dask).
+week's size. The batches come from tasks.logs.spool (the log files read chunk by chunk), so the week is
+never in memory whole. flows/monitoring.py maps `partition_stats` as Prefect tasks (on Dask with
+runner.kind dask).
 """
 
 from __future__ import annotations
@@ -99,7 +101,8 @@ def spill_partitions(batches: Iterable[pa.RecordBatch | pa.Table], folder: Path,
                 if bounds[i + 1] > bounds[i]:
                     piece = table.slice(bounds[i], bounds[i + 1] - bounds[i])
                     if writers[i] is None:
-                        writers[i] = pq.ParquetWriter(paths[i], piece.schema)
+                        # no column statistics: nothing filters on them, and their footer grows with the pieces
+                        writers[i] = pq.ParquetWriter(paths[i], piece.schema, write_statistics=False)
                     writers[i].write_table(piece)
             rows += n
             ranks += int(keep.sum())

@@ -277,11 +277,10 @@ def hallucination_sample(table: pa.Table, settings: SignalsSettings, generator: 
         return None
     rng = np.random.default_rng(seed)
     rows = rng.permutation(n)
-    prompts_col = table.column("prompt")
     chosen: list[str] = []
     seen: set[str] = set()
     for start in range(0, n, 4 * settings.consistency_prompts):
-        block = prompts_col.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).to_pylist()
+        block = table.take(pa.array(rows[start : start + 4 * settings.consistency_prompts])).column("prompt").to_pylist()
         for prompt in block:
             if prompt and prompt not in seen:
                 seen.add(prompt)

@@ -389,7 +389,7 @@ def unsupported_signal(table: Any, settings: Settings, corpus: Corpus, verifier:
     model version (Wilson intervals), with the most common reasons. Never holds a prompt or answer."""
     rows, verdicts = verify_table(table, settings, corpus, verifier, sample=settings.verify.sample, seed=seed)
     summary = rate_summary(verdicts, verifier.name)
-    versions = [str(v) for v in table.column("model_version").take(rows).to_pylist()] if len(rows) else []
+    versions = [str(v) for v in table.take(rows).column("model_version").to_pylist()] if len(rows) else []
     summary["by_model_version"] = {
         version: rate_summary([v for v, ver in zip(verdicts, versions) if ver == version], verifier.name)
         for version in sorted(set(versions))

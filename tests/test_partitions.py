@@ -3,19 +3,25 @@ reduced to sufficient statistics and merged, gives exactly the in-memory signals
 
 from __future__ import annotations
 
+import gzip
+import json
 import tempfile
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from hypothesis import HealthCheck, given, settings as hsettings, strategies as st
 
-from tasks.config import DriftSettings, SignalsSettings
+from tasks.config import DriftSettings, LogsSettings, SignalsSettings
 from tasks.contracts import LOG_SCHEMA
 from tasks.drift import compute_drift, prepare_reference
-from tasks.partitions import partitioned_signals_and_drift, spill_partitions, user_partitions
+import tasks.logs._lines as lines_module
+from tasks.logs import load_logs
+from tasks.logs.spool import spool_logs
+from tasks.partitions import COLUMNS, partitioned_signals_and_drift, spill_partitions, user_partitions
 from tasks.signals import compute_signals
 
 T0 = datetime(2026, 1, 5, tzinfo=timezone.utc)
@@ -81,3 +87,49 @@ def test_a_week_with_re_asks_across_batches_counts_them_once():
         got, drift, merged = partitioned_signals_and_drift(spilled["paths"], spilled, signals, DriftSettings(), None)
     assert drift is None and got == expected
     assert merged["signals"]["all"][0] == spilled["rows"] == table.num_rows
+
+
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_a_week_streamed_from_its_log_files_equals_the_in_memory_one(tmp_path, monkeypatch, interleaved):
+    """The partitioned path reads the week's files chunk by chunk (tasks/logs/spool.py): over three files
+    (JSONL, Parquet in small row groups, gzipped JSONL) holding bad rows, and a gzipped file cut off
+    part-way (set aside whole, though its first chunks read), the same counts, the same quarantine file
+    (names and line numbers), and the same signals and drift as loading it whole. Interleaved: the
+    files' time ranges overlap, so the spooled rows must be put back in window order."""
+    monkeypatch.setattr(lines_module, "_BLOCK_BYTES", 256)  # many small reads: chunks end mid-file
+    rows = week(11, 240).to_pylist()
+    split = [rows[i::3] for i in range(3)] if interleaved else [rows[:100], rows[100:180], rows[180:]]
+    folder = tmp_path / "logs"
+    folder.mkdir()
+
+    def line(row: dict) -> bytes:
+        return json.dumps({**row, "ts": row["ts"].isoformat()}).encode()
+
+    jsonl = [line(r) for r in split[0]]
+    jsonl[5:5] = [b"not json", b'{"request_id": "bad \xff utf8"}', b"", b"[1, 2]"]
+    (folder / "2026-01-05.jsonl").write_bytes(b"\n".join(jsonl) + b"\n")
+    pq.write_table(pa.Table.from_pylist(split[1], schema=LOG_SCHEMA), folder / "2026-01-06.parquet", row_group_size=7)
+    (folder / "2026-01-07.jsonl.gz").write_bytes(gzip.compress(b"\n".join(line(r) for r in split[2]) + b"\n"))
+    cut = gzip.compress(b"\n".join(line(r) for r in rows[:60]) + b"\n")
+    (folder / "2026-01-08.jsonl.gz").write_bytes(cut[: len(cut) * 3 // 4])
+    logs = LogsSettings()
+    whole = load_logs([folder], logs, quarantine=tmp_path / "whole.jsonl")
+    spooled = spool_logs([folder], logs, tmp_path / "spool", chunk_rows=13, quarantine=tmp_path / "streamed.jsonl")
+
+    summary = {k: v for k, v in whole.summary().items() if k not in ("quarantine", "selected")}
+    assert {k: v for k, v in spooled.result.summary().items() if k not in ("quarantine", "selected")} == summary
+    assert summary["quarantined"] > 4 and set(summary["reasons"]) >= {"not_json", "invalid_utf8", "missing_field"}
+    assert [f["source"] for f in summary["unreadable_files"]] == [str(folder / "2026-01-08.jsonl.gz")]
+    assert (tmp_path / "streamed.jsonl").read_bytes() == (tmp_path / "whole.jsonl").read_bytes()
+    assert spooled.rows == whole.table.num_rows and spooled.in_order is not interleaved
+    assert pa.Table.from_batches(list(spooled.batches()), schema=LOG_SCHEMA).equals(whole.table)
+    assert spooled.take([40, 3, 40]).equals(whole.table.take([40, 3, 40]))  # what the samples read
+    assert spooled.where_valid("feedback").equals(whole.table.filter(whole.table["feedback"].is_valid()))
+
+    signals, drift = SignalsSettings(reask_backend="tfidf"), DriftSettings(min_prompts=5, vocab_size=10,
+                                                                         null_resamples=20)
+    expected = compute_signals(whole.table, signals), compute_drift(REFERENCE, whole.table.column("prompt"), drift)
+    spilled = spill_partitions(spooled.batches(COLUMNS), tmp_path / "partitions", 3, total_rows=spooled.rows,
+                               settings=signals)
+    got = partitioned_signals_and_drift(spilled["paths"], spilled, signals, drift, prepare_reference(REFERENCE, drift))
+    assert got[:2] == expected

@@ -97,6 +97,8 @@ Speed
 Modules
     ``sources``   which files to read (files, folders, globs, URLs; format sniffing; the quarantine path)
     ``load``      ``load_logs`` / ``load_window`` / ``log_stats`` and the ``LoadResult`` they return
+    ``spool``     ``spool_logs`` / ``spool_window``: the same load in bounded memory, file by file and chunk
+                  by chunk, the window's rows spooled to Parquet and read back in window order
     ``writer``    ``LogWriter``, the append-only writer (one file per UTC day; feedback events beside it)
     ``feedback``  joining ``*.feedback.jsonl`` events onto the records at load time
     ``_mapping``  the column mapping as DuckDB SQL (presets, per-field plans, validation levels)

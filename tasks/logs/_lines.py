@@ -20,9 +20,10 @@ import pyarrow as pa
 from tasks.config import LogsSettings
 from tasks.logs.sources import is_remote
 
-__all__ = ["Quarantined", "drop_bad_utf8", "jsonl_lines"]
+__all__ = ["Quarantined", "drop_bad_utf8", "jsonl_chunks", "jsonl_lines"]
 
 _BOM = b"\xef\xbb\xbf"
+_BLOCK_BYTES = 8 << 20  # jsonl_chunks reads this much at a time
 
 
 @dataclass
@@ -44,7 +45,41 @@ def jsonl_lines(index: int, source: str, logs: LogsSettings, extra: list[Quarant
     buf = _read_bytes(source)
     if len(buf) >= 2 and buf[0] == 0x1F and buf[1] == 0x8B:
         buf = np.frombuffer(gzip.decompress(buf.tobytes()), dtype=np.uint8)
-    lines, sizes, braced = _split_lines(buf)
+    return _lines_table(buf, index, 1, logs, extra)
+
+
+def jsonl_chunks(index: int, source: str, logs: LogsSettings, extra: list[Quarantined], chunk_lines: int):
+    """The lines of one JSONL file as jsonl_lines does, but `chunk_lines` lines or a little more at a
+    time (read in blocks, cut at a line break): a file of any size in bounded memory. Line numbers run
+    on over the chunks; a byte-order mark is dropped at the file's start only."""
+    with _open_bytes(source) as raw:
+        head = raw.read(2)
+        raw.seek(0)
+        handle = gzip.GzipFile(fileobj=raw) if head == b"\x1f\x8b" else raw
+        carry, first_line, pending, newlines = b"", 1, [], 0
+        while True:
+            block = handle.read(_BLOCK_BYTES)
+            if block:
+                pending.append(block)
+                newlines += block.count(b"\n")
+                if newlines < chunk_lines:
+                    continue
+            data = carry + b"".join(pending)
+            cut = data.rfind(b"\n") + 1 if block else len(data)
+            carry, pending, newlines = data[cut:], [], 0
+            if cut:
+                buf = np.frombuffer(data, dtype=np.uint8)[:cut]
+                table = _lines_table(buf, index, first_line, logs, extra, file_start=first_line == 1)
+                first_line += table.num_rows
+                yield table
+            if not block:
+                return
+
+
+def _lines_table(buf: np.ndarray, index: int, first_line: int, logs: LogsSettings, extra: list[Quarantined], *,
+                 file_start: bool = True) -> pa.Table:
+    """The lines in `buf` (numbered from `first_line`) as jsonl_lines' table; bad UTF-8 lines to `extra`."""
+    lines, sizes, braced = _split_lines(buf, file_start)
     try:
         lines.view(pa.large_string()).validate(full=True)
     except pa.ArrowInvalid:
@@ -55,13 +90,13 @@ def jsonl_lines(index: int, source: str, logs: LogsSettings, extra: list[Quarant
         for row in _bad_utf8_rows(lines.view(pa.large_string())):
             start, size = int(offsets[row]), int(sizes[row])
             raw = _decode_raw(buf[start : start + size].tobytes(), logs.quarantine_raw_chars)
-            extra.append(Quarantined(index, row + 1, "invalid_utf8", "the line is not valid UTF-8 text", size, raw))
+            extra.append(Quarantined(index, first_line + row, "invalid_utf8", "the line is not valid UTF-8 text", size, raw))
             buf[start : start + size] = 32  # now a blank line: skipped by the query, counted here
             braced[row] = False
     return pa.table(
         {
             "__file": pa.array(np.full(len(lines), index, dtype=np.int32)),
-            "__line": pa.array(np.arange(1, len(lines) + 1, dtype=np.int64)),
+            "__line": pa.array(np.arange(first_line, first_line + len(lines), dtype=np.int64)),
             "__nbytes": pa.array(sizes),
             "__braced": pa.array(braced),
             "line": lines.view(pa.large_string()),
@@ -97,6 +132,15 @@ def drop_bad_utf8(
     return table.filter(pa.array(keep)), line_numbers[keep]
 
 
+def _open_bytes(source: str):
+    """A binary file handle on a local file or a remote URL (fsspec)."""
+    if is_remote(source):
+        import fsspec
+
+        return fsspec.open(source, "rb").open()
+    return open(source.removeprefix("file://"), "rb")
+
+
 def _read_bytes(source: str) -> np.ndarray:
     """The whole file as a uint8 array; a local file is read into a fresh writable array (no
     zero-fill, no extra copy), so that lines with bad bytes can be blanked in place."""
@@ -119,11 +163,11 @@ def _read_bytes(source: str) -> np.ndarray:
     return np.concatenate([buf, np.frombuffer(rest, dtype=np.uint8)]) if rest else buf
 
 
-def _split_lines(buf: np.ndarray, block: int = 1 << 20) -> tuple[pa.Array, np.ndarray, np.ndarray]:
+def _split_lines(buf: np.ndarray, file_start: bool = True, block: int = 1 << 20) -> tuple[pa.Array, np.ndarray, np.ndarray]:
     """Lines of a JSONL file (a uint8 array) as a zero-copy Arrow large_binary array (each keeps
     its line break), their sizes without the line break, and whether each looks like an object:
     starts with '{' and ends with '}' (a cheap hint; DuckDB still parses every line)."""
-    start = len(_BOM) if bytes(buf[:3]) == _BOM else 0
+    start = len(_BOM) if file_start and bytes(buf[:3]) == _BOM else 0
     # Newline positions block by block: cache-sized blocks are faster than one file-sized mask.
     ends = np.concatenate(
         [np.flatnonzero(buf[at : at + block] == 10) + at for at in range(0, len(buf), block)] or [np.empty(0, np.int64)]

@@ -17,6 +17,7 @@ import json
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import ValidationError
@@ -75,22 +76,30 @@ def read_feedback(files: Sequence[str]) -> tuple[list[FeedbackEvent], FeedbackJo
     return [item[3] for item in keyed], join
 
 
-def apply_feedback(table: pa.Table, events: Sequence[FeedbackEvent], join: FeedbackJoin) -> pa.Table:
-    """`table` (LOG_SCHEMA) with each request's feedback and correction taken from its events."""
+def apply_feedback(table: pa.Table, events: Sequence[FeedbackEvent], join: FeedbackJoin,
+                   seen: np.ndarray | None = None) -> pa.Table:
+    """`table` (LOG_SCHEMA) with each request's feedback and correction taken from its events.
+
+    `seen` (one flag per request with events, in first-event order) lets several calls on parts of one
+    load count together: it marks the requests matched so far, and `join.applied` adds up."""
     latest: dict[str, list[Any]] = {}
     for event in events:
         current = latest.setdefault(event.request_id, [None, None])
         current[0] = event.feedback
         if event.correction is not None:
             current[1] = event.correction
+    if seen is None:
+        seen = np.zeros(len(latest), dtype=bool)
+        join.applied = 0
     if not latest or table.num_rows == 0:
-        join.unmatched = len(latest)
+        join.unmatched = len(latest) - int(seen.sum())
         return table
     keys = pa.array(list(latest), pa.string())
     position = pc.index_in(table["request_id"], value_set=keys)
     matched = pc.is_valid(position)
-    join.applied = pc.sum(matched.cast(pa.int64())).as_py() or 0
-    join.unmatched = len(latest) - len(pc.unique(pc.filter(position, matched)))
+    join.applied += pc.sum(matched.cast(pa.int64())).as_py() or 0
+    seen[pc.unique(pc.filter(position, matched)).to_numpy(zero_copy_only=False)] = True
+    join.unmatched = len(latest) - int(seen.sum())
     thumbs = pa.array([value[0] for value in latest.values()], pa.int8())
     corrections = pa.array([value[1] for value in latest.values()], pa.string())
     feedback = pc.if_else(matched, pc.take(thumbs, position), table["feedback"])

@@ -118,16 +118,7 @@ def load_logs(
     """
     logs = logs_settings(settings)
     mapping = column_mapping(logs)
-    # A folder or a pattern never picks up the quarantine file this call is about to write.
-    found = expand_sources([str(source) for source in sources], [quarantine] if quarantine is not None else [])
-    feedback_files = [name for name in found if is_feedback_file(name)]
-    files = [name for name in found if not is_feedback_file(name)]
-    if not files:
-        raise ValueError("load_logs needs at least one log file: pass files, folders or globs")
-    start = parse_time(since) if since is not None else None
-    end = parse_time(until) if until is not None else None
-    if start is not None and end is not None and start >= end:
-        raise ValueError(f"empty time window: since {start.isoformat()} is not before until {end.isoformat()}")
+    files, feedback_files, start, end = _files_and_window(sources, quarantine, since, until)
 
     con = _connect()
     try:
@@ -151,14 +142,9 @@ def load_logs(
             warnings.append(f"{files[index]}: could not be read ({error}); its rows are in none of the counts. "
                             "Fix: restore or remove the file")
 
-        counts = Counter(
-            {item["values"]: item["counts"] for item in pc.value_counts(combined["__reason"]).to_pylist()
-             if item["values"] is not None}
-        )
-        counts.update(item.reason for item in extra)
+        counts, read = _tally(combined, extra)
         blank = counts.pop("blank", 0)
         quarantined = sum(counts.values())
-        read = combined.num_rows - blank + len(extra)
         reasons = {reason: counts[reason] for reason in REASONS if counts.get(reason)}
 
         con.register("res", combined)
@@ -186,6 +172,33 @@ def load_logs(
         unreadable_files=[{"source": files[index], "error": error} for index, error in sorted(unreadable.items())],
         feedback=joined,
     )
+
+
+def _files_and_window(
+    sources: Sequence[str | Path], quarantine: Path | None, since: datetime | str | None, until: datetime | str | None,
+) -> tuple[list[str], list[str], datetime | None, datetime | None]:
+    """The log files and the feedback files of `sources`, and the window [start, end)."""
+    # A folder or a pattern never picks up the quarantine file this call is about to write.
+    found = expand_sources([str(source) for source in sources], [quarantine] if quarantine is not None else [])
+    feedback_files = [name for name in found if is_feedback_file(name)]
+    files = [name for name in found if not is_feedback_file(name)]
+    if not files:
+        raise ValueError("load_logs needs at least one log file: pass files, folders or globs")
+    start = parse_time(since) if since is not None else None
+    end = parse_time(until) if until is not None else None
+    if start is not None and end is not None and start >= end:
+        raise ValueError(f"empty time window: since {start.isoformat()} is not before until {end.isoformat()}")
+    return files, feedback_files, start, end
+
+
+def _tally(combined: pa.Table, extra: list[Quarantined]) -> tuple[Counter, int]:
+    """Rows per reason (``blank`` included: not read) and rows read, of validated rows plus `extra`."""
+    counts = Counter(
+        {item["values"]: item["counts"] for item in pc.value_counts(combined["__reason"]).to_pylist()
+         if item["values"] is not None}
+    )
+    counts.update(item.reason for item in extra)
+    return counts, combined.num_rows - counts.get("blank", 0) + len(extra)
 
 
 def _readable(index: int, source: str, check: Any, unreadable: dict[int, str]) -> Any:
@@ -296,7 +309,16 @@ def _load_jsonl(
             extra.extend(found)
     if not tables:
         return None
-    lines = _batches(pa.concat_tables(tables))
+    result = _validate_lines(con, pa.concat_tables(tables), logs, mapping)
+    _check_keys(result, mapping, logs, dict(files), warnings)
+    return result.drop_columns([name for name in result.column_names if name.startswith("__k_")])
+
+
+def _validate_lines(con: duckdb.DuckDBPyConnection, lines: pa.Table, logs: LogsSettings,
+                    mapping: dict[str, str]) -> pa.Table:
+    """JSONL lines (jsonl_lines tables) mapped and validated in one DuckDB query; __k_* columns say
+    which rows have each logs.columns key (see _key_counts)."""
+    lines = _batches(lines)
     plans, paths = line_plans(mapping)
     con.register("lines", lines)
     try:
@@ -316,8 +338,7 @@ def _load_jsonl(
             result = run(False)
     finally:
         con.unregister("lines")
-    _check_keys(result, mapping, logs, dict(files), warnings)
-    return result.drop_columns([name for name in result.column_names if name.startswith("__k_")])
+    return result
 
 
 def _check_keys(
@@ -325,8 +346,14 @@ def _check_keys(
 ) -> None:
     """A column named in logs.columns must be in some row of each file (else: ValueError). A file
     whose every row misses a required field gets a warning: the preset probably does not fit it."""
+    _judge_keys(_key_counts(result, logs), mapping, logs, names, warnings)
+
+
+def _key_counts(result: pa.Table, logs: LogsSettings) -> dict[int, dict[str, Any]]:
+    """Per file in `result`: rows that are objects, rows missing a required field (and the first such
+    message), rows having each logs.columns key. Counts of a file's chunks add up (_add_key_counts)."""
     if result.num_rows == 0:
-        return
+        return {}
     files = result["__file"].to_numpy()
     reasons = result["__reason"]
     field_level = pc.fill_null(pc.is_in(reasons, pa.array(["missing_field", "bad_timestamp", "wrong_type"])), False)
@@ -335,24 +362,55 @@ def _check_keys(
     size = int(files.max()) + 1
     per_file_objects = np.bincount(files, weights=objects, minlength=size)
     per_file_missing = np.bincount(files, weights=missing, minlength=size)
+    per_file_keys = {}
     for name in logs.columns:
         column = f"__k_{name}"
-        if column not in result.column_names:
+        if column in result.column_names:
+            has_key = pc.fill_null(result[column], False).to_numpy(zero_copy_only=False) & objects
+            per_file_keys[name] = np.bincount(files, weights=has_key, minlength=size)
+    counts = {}
+    for index in np.unique(files):
+        message = None
+        if per_file_missing[index]:
+            in_file = pc.and_(pc.equal(result["__file"], int(index)), pc.equal(reasons, "missing_field"))
+            message = result["__message"][pc.index(in_file, True).as_py()].as_py()
+        counts[int(index)] = {"objects": int(per_file_objects[index]), "missing": int(per_file_missing[index]),
+                              "message": message,
+                              "keys": {name: int(keys[index]) for name, keys in per_file_keys.items()}}
+    return counts
+
+
+def _add_key_counts(total: dict[int, dict[str, Any]], more: dict[int, dict[str, Any]]) -> None:
+    for index, counts in more.items():
+        if index not in total:
+            total[index] = counts
             continue
-        has_key = pc.fill_null(result[column], False).to_numpy(zero_copy_only=False) & objects
-        per_file_keys = np.bincount(files, weights=has_key, minlength=size)
-        for index in np.flatnonzero((per_file_objects > 0) & (per_file_keys == 0)):
-            raise ValueError(
-                f"{names[int(index)]}: logs.columns.{name} = {mapping[name]!r}, but no row of this file has it. "
-                f"Fix: set logs.columns.{name} to a column the file has, or remove the override"
+        into = total[index]
+        into["objects"] += counts["objects"]
+        into["missing"] += counts["missing"]
+        into["message"] = into["message"] or counts["message"]
+        for name, found in counts["keys"].items():
+            into["keys"][name] = into["keys"].get(name, 0) + found
+
+
+def _judge_keys(
+    counts: dict[int, dict[str, Any]], mapping: dict[str, str], logs: LogsSettings, names: dict[int, str],
+    warnings: list[str],
+) -> None:
+    for name in logs.columns:
+        for index in sorted(counts):
+            found = counts[index]["keys"].get(name)
+            if counts[index]["objects"] > 0 and found == 0:
+                raise ValueError(
+                    f"{names[index]}: logs.columns.{name} = {mapping[name]!r}, but no row of this file has it. "
+                    f"Fix: set logs.columns.{name} to a column the file has, or remove the override"
+                )
+    for index in sorted(counts):
+        if counts[index]["objects"] > 0 and counts[index]["missing"] == counts[index]["objects"]:
+            warnings.append(
+                f"{names[index]}: every row misses a required field ({counts[index]['message']}); "
+                f"check logs.preset ({logs.preset}) and logs.columns"
             )
-    for index in np.flatnonzero((per_file_objects > 0) & (per_file_missing == per_file_objects)):
-        in_file = pc.and_(pc.equal(result["__file"], int(index)), pc.equal(reasons, "missing_field"))
-        first = pc.index(in_file, True).as_py()
-        warnings.append(
-            f"{names[int(index)]}: every row misses a required field ({result['__message'][first].as_py()}); "
-            f"check logs.preset ({logs.preset}) and logs.columns"
-        )
 
 
 def _read_parquet(index: int, source: str, logs: LogsSettings, extra: list[Quarantined]) -> pa.Table:
@@ -365,8 +423,14 @@ def _read_parquet(index: int, source: str, logs: LogsSettings, extra: list[Quara
             table = pq.read_table(handle)
     else:
         table = pq.read_table(source.removeprefix("file://"))
+    return _number_parquet_rows(table, index, 1, logs, extra)
+
+
+def _number_parquet_rows(table: pa.Table, index: int, first_line: int, logs: LogsSettings,
+                         extra: list[Quarantined]) -> pa.Table:
+    """Rows of a Parquet file (from row `first_line`, 1-based) with __file and __line columns."""
     table = table.replace_schema_metadata(None)
-    line_numbers = np.arange(1, table.num_rows + 1, dtype=np.int64)
+    line_numbers = np.arange(first_line, first_line + table.num_rows, dtype=np.int64)
     try:
         table.validate(full=True)
     except pa.ArrowInvalid:
@@ -469,6 +533,23 @@ def _select(
 ) -> pa.Table:
     """Accepted rows in the window, sorted by ts (then source order). Rows are not copied when
     nothing moves: kept runs of rows are zero-copy slices."""
+    table = _in_window(combined, rejected, start, end, model_version)
+    values = table["ts"].cast(pa.int64()).to_numpy() if table.num_rows else np.empty(0, np.int64)
+    if not bool(np.all(values[1:] >= values[:-1])):  # logs usually arrive in order: then no sort
+        keys = [("ts", "ascending"), ("__file", "ascending"), ("__line", "ascending")]
+        order = pc.sort_indices(table, sort_keys=keys)
+        table = table.take(order)
+    return table.select(list(FIELDS)).cast(LOG_SCHEMA)
+
+
+def _in_window(
+    combined: pa.Table,
+    rejected: bool,
+    start: datetime | None,
+    end: datetime | None,
+    model_version: str | None,
+) -> pa.Table:
+    """The accepted rows in the window, in source order: FIELDS, __file and __line."""
     ts = combined["ts"]
     masks = [pc.is_null(combined["__reason"])] if rejected else []
     if start is not None:
@@ -489,12 +570,7 @@ def _select(
             table = pa.concat_tables([table.slice(a, b - a) for a, b in runs]) if len(runs) else table.slice(0, 0)
         else:
             table = table.filter(pa.array(keep))
-    values = table["ts"].cast(pa.int64()).to_numpy() if table.num_rows else np.empty(0, np.int64)
-    if not bool(np.all(values[1:] >= values[:-1])):  # logs usually arrive in order: then no sort
-        keys = [("ts", "ascending"), ("__file", "ascending"), ("__line", "ascending")]
-        order = pc.sort_indices(table, sort_keys=keys)
-        table = table.take(order)
-    return table.select(list(FIELDS)).cast(LOG_SCHEMA)
+    return table
 
 
 def _write_quarantine(

@@ -122,15 +122,18 @@ def test_unsupported_answers_are_checked_against_the_docs_in_force(monitored) ->
 
 
 def test_partitioned_monitoring_gives_the_in_memory_signals_and_drift(monitored) -> None:
-    """monitoring.partition_rows: the launch week by user-hash partitions of 200 rows equals the
-    in-memory run (signals, drift, decision); the spilled partitions are gone afterwards."""
+    """monitoring.partition_rows: the launch week read 150 rows at a time and reduced by user-hash
+    partitions of 200 rows equals the in-memory run (signals, drift, decision); the spooled rows and the
+    spilled partitions are gone afterwards."""
     workspace, results = monitored
     config = workspace / "partitioned.yaml"
     base = yaml.safe_load((workspace / "config.yaml").read_text(encoding="utf-8"))
-    config.write_text(yaml.safe_dump(base | {"monitoring": {"partition_rows": 200}}), encoding="utf-8")
+    config.write_text(yaml.safe_dump(base | {"monitoring": {"partition_rows": 200, "chunk_rows": 150}}),
+                      encoding="utf-8")
     partitioned = weekly_monitoring(week=WEEKS[-1], config=str(config))
     in_memory = results[-1]
     assert partitioned["signals"] == in_memory["signals"]
     assert partitioned["drift"] == in_memory["drift"] and partitioned["drift"]["alert"] is True
     assert partitioned["decision"]["reasons"] == in_memory["decision"]["reasons"]
     assert not (workspace / "monitoring" / "partitions" / WEEKS[-1]).exists()
+    assert not (workspace / "monitoring" / "spool" / WEEKS[-1]).exists()

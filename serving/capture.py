@@ -53,6 +53,7 @@ class Capture:
         self.remember = remember
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._wake = threading.Event()  # write now: a full batch is queued, the queue is full, or closing
+        self._wake_at = min(_BATCH, queue_size)
         self._closing = False
         self._answered: OrderedDict[str, None] = OrderedDict()
         self._thread: threading.Thread | None = None
@@ -101,18 +102,18 @@ class Capture:
     async def _put(self, item) -> bool:
         try:
             self._queue.put_nowait(item)
-            if self._queue.qsize() >= _BATCH:
-                self._wake.set()
-            return True
         except queue.Full:
             self._wake.set()
-        try:  # back-pressure: this request waits for room, in a thread so the event loop keeps serving
-            await asyncio.to_thread(self._queue.put, item, True, self.block_s)
-            return True
-        except queue.Full:
-            self.metrics.capture_refused.inc()
-            log.error("capture: the log queue stayed full for %.1f s (serving.capture_block_s); request refused", self.block_s)
-            return False
+            try:  # back-pressure: this request waits for room, in a thread so the event loop keeps serving
+                await asyncio.to_thread(self._queue.put, item, True, self.block_s)
+            except queue.Full:
+                self.metrics.capture_refused.inc()
+                log.error("capture: the log queue stayed full for %.1f s (serving.capture_block_s); request refused",
+                          self.block_s)
+                return False
+        if self._queue.qsize() >= self._wake_at:  # a write batch is waiting (or the queue is full): write now
+            self._wake.set()
+        return True
 
     def _remember(self, request_id: str) -> None:
         self._answered[request_id] = None

@@ -147,11 +147,11 @@ class LocalGenerator:
         from peft import PeftModel
 
         path = Path(path)
-        if name in self.adapters:
-            raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
         if not checked:
             self.check_adapter(name, path)
         with self._lock:
+            if name in self.adapters:
+                raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
             first = self._model is self._base
             try:
                 if first:

@@ -9,10 +9,12 @@ Three servers run side by side on the same model and registry (each its own proc
     unbatched   serving.max_batch_size 1,                 capture on
     no-capture  serving.max_batch_size 32, max_wait_ms 5, capture off
 
-and are measured in turns (batched, unbatched, no-capture, then again for --rounds rounds), so machine
-load drifts over all three alike. Per server: throughput (answers/s) and p50/p95/p99 latency seen by the
-clients. Ratios: batched / unbatched throughput (goal >= 3 at 16 clients) and no-capture vs batched
-(capture overhead: batched / no-capture, goal >= 0.95).
+and are measured in turns for --rounds rounds: batched, no-capture, unbatched in even rounds, the reverse
+in odd ones, so that the two servers of the capture comparison always run back to back, each first
+half of the time (machine load drifts over both alike). Per server: throughput (answers/s) and
+p50/p95/p99 latency seen by the clients. Ratios: batched / unbatched throughput (goal >= 3 at 16
+clients) and no-capture vs batched (capture overhead: batched / no-capture, goal >= 0.95), pooled over
+the rounds and per round.
 
 Then the swap phase on the batched server, with --clients and again with --swap-light-clients clients (a
 server that is not saturated): the champion alias is flipped between two registry versions (random LoRA
@@ -24,8 +26,9 @@ first answer from the new version (goal < 1 s; it includes that request's own la
 
 Beside wall-clock throughput, each server's CPU time per answer is measured (/proc): on a shared machine
 the wall-clock ratios move with the load of other processes, the per-CPU-second ones much less. And
-capture's own cost is measured in this process (build the LogRecord, queue it, validate, serialise and
-append it: CPU microseconds per record) and set against the batched server's CPU per answer.
+capture's own cost is measured in this process: the CPU microseconds per record that capture on adds
+over capture off (queue it, the writer thread's wake-ups, validate, serialise and append it), with
+records arriving one by one as answers do, set against the batched server's CPU per answer.
 
 Last, every server is stopped with SIGTERM and its log files are read through the log store: records
 must equal the answers the clients got (the no-capture server writes none).
@@ -46,7 +49,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -60,6 +62,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
+from serving.process import free_port, wait_ready  # noqa: E402
 from tasks.config import SHIPPED_DATA, load_settings  # noqa: E402
 from tasks.knowledge import load_knowledge_base  # noqa: E402
 
@@ -131,9 +134,7 @@ class Server:
         self.log_dir = folder / "logs"
         config = {**values, "serving": {**SERVERS[name], "log_dir": str(self.log_dir)}}
         (folder / "config.yaml").write_text(yaml.safe_dump(config), encoding="utf-8")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.output = open(folder / "server.log", "w")
         self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-c", str(folder / "config.yaml"),
@@ -142,18 +143,9 @@ class Server:
         self.folder = folder
 
     def wait_ready(self, timeout_s: float = 600) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"server {self.name} exited: {(self.folder / 'server.log').read_text()[-2000:]}")
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as answer:
-                    if answer.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        raise RuntimeError(f"server {self.name} not ready in {timeout_s}s")
+        if not wait_ready(self.url, self.proc, timeout_s, every_s=0.5):
+            raise RuntimeError(f"server {self.name} not ready in {timeout_s}s (or exited): "
+                               f"{(self.folder / 'server.log').read_text()[-2000:]}")
 
     def stop(self) -> int:
         self.proc.send_signal(signal.SIGTERM)
@@ -326,9 +318,10 @@ def _ratio(a: float, b: float, digits: int) -> float | None:
     return round(a / b, digits) if b else None
 
 
-def capture_cost(records: int = 20_000) -> float:
-    """CPU microseconds per answered request that log capture costs, measured in this process: the
-    LogRecord the request path builds, the queue, and the writer thread's validation, JSON and append."""
+def capture_cost(records: int = 4000, every_s: float = 0.001) -> float:
+    """CPU microseconds per answered request that log capture adds, measured in this process: the same
+    requests' LogRecords with capture on and off, one every `every_s` as answers arrive at a server (so
+    the writer thread's wake-ups count), the difference in process CPU time per record."""
     import asyncio
     import tempfile
     from datetime import datetime, timezone
@@ -346,14 +339,19 @@ def capture_cost(records: int = 20_000) -> float:
                 prompt_tokens=17, completion_tokens=24, metadata={"variant": "champion", "route": "/generate",
                                                                   "adapter": "v2", "temperature": 0.0, "max_tokens": 32,
                                                                   "stream": False, "finish_reason": "stop"}))
+            await asyncio.sleep(every_s)
 
-    with tempfile.TemporaryDirectory() as folder:
-        capture = Capture(Path(folder), Metrics(), queue_size=records + 1)
-        capture.start()
-        started = time.process_time()
-        asyncio.run(run(capture))
-        capture.close()
-        return round((time.process_time() - started) / records * 1e6, 1)
+    def cpu_seconds(enabled: bool) -> float:
+        with tempfile.TemporaryDirectory() as folder:
+            capture = Capture(Path(folder), Metrics(), enabled=enabled, queue_size=records + 1)
+            capture.start()
+            started = time.process_time()
+            asyncio.run(run(capture))
+            capture.close()
+            return time.process_time() - started
+
+    without, with_capture = cpu_seconds(False), cpu_seconds(True)
+    return round(max(0.0, with_capture - without) / records * 1e6, 1)
 
 
 # -------------------------------------------------------------------------------------- main
@@ -386,9 +384,9 @@ def main() -> None:
         for server in servers.values():
             server.wait_ready()
         runs: dict[str, list[dict]] = {name: [] for name in servers}
-        names = list(servers)
+        names = ["batched", "no-capture", "unbatched"]
         for round_number in range(args.rounds):
-            for name in names[round_number % 3:] + names[:round_number % 3]:  # each takes each turn in the order
+            for name in (names if round_number % 2 == 0 else names[::-1]):
                 server = servers[name]
                 say(f"round {round_number + 1}: {name} ({args.clients} clients, {args.seconds:.0f} s)")
                 runs[name].append(measure(server, args.clients, args.seconds, questions, args.max_tokens,
@@ -419,6 +417,12 @@ def main() -> None:
         "batching_speedup_cpu": _ratio(results["unbatched"]["cpu_ms_per_answer"], results["batched"]["cpu_ms_per_answer"], 2),
         "capture_overhead_ratio_cpu": _ratio(results["no-capture"]["cpu_ms_per_answer"],
                                              results["batched"]["cpu_ms_per_answer"], 3),
+        # the same per round: the two servers ran back to back (a drift in machine load hits both alike)
+        "capture_overhead_per_round": [_ratio(len(c["answers"]) / c["seconds"], len(n["answers"]) / n["seconds"], 3)
+                                       for c, n in zip(runs["batched"], runs["no-capture"])],
+        "capture_overhead_per_round_cpu": [_ratio(n["cpu_seconds"] / len(n["answers"]), c["cpu_seconds"] / len(c["answers"]), 3)
+                                           if c["answers"] and n["answers"] else None
+                                           for c, n in zip(runs["batched"], runs["no-capture"])],
         # capture's own CPU cost per request, against what the batched server spends per answer
         "capture_cpu_us_per_record": capture_us,
         "capture_overhead_ratio_estimate": _ratio(results["batched"]["cpu_ms_per_answer"],
@@ -434,6 +438,8 @@ def main() -> None:
     say(f"capture overhead (with / without capture): {out['capture_overhead_ratio']} wall clock, "
         f"{out['capture_overhead_ratio_cpu']} per CPU second; capture itself costs {capture_us} us CPU per record: "
         f"{out['capture_overhead_ratio_estimate']} of the batched server's CPU per answer   goal >= 0.95")
+    say(f"capture overhead per round (back to back): {out['capture_overhead_per_round']} wall clock, "
+        f"{out['capture_overhead_per_round_cpu']} per CPU second")
     for clients, phase in swap.items():
         say(f"swap with {clients} clients: {phase['flips']} flips, {phase['answers']} answers, {phase['failed']} failed "
             "(goal 0); from the alias being set, median / max s:")

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import random
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -25,6 +24,7 @@ from typing import Any
 
 import yaml
 
+from serving.process import free_port, wait_ready
 from tasks.config import REPO_ROOT, Settings
 from tasks.files import write_jsonl
 from tasks.knowledge import load_knowledge_base
@@ -38,9 +38,7 @@ class LiveServer:
     manager: entered once /readyz says ready, left with SIGTERM (the graceful stop: every record written)."""
 
     def __init__(self, settings: Settings, folder: Path) -> None:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.folder = Path(folder)
         # flushed often: each simulated hour's look waits for its users' records to be on disk
@@ -57,19 +55,11 @@ class LiveServer:
             self.proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-c", str(config), "--port",
                                           str(self.port), "--no-access-log"], cwd=REPO_ROOT, stdout=out,
                                          stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-        deadline = time.monotonic() + READY_TIMEOUT_S
-        while True:
-            try:
-                with urllib.request.urlopen(self.url + "/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        return self
-            except OSError:
-                pass
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                self.__exit__()
-                tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
-                raise RuntimeError(f"the model server did not become ready (log {self.log}):\n{tail}")
-            time.sleep(0.3)
+        if not wait_ready(self.url, self.proc, READY_TIMEOUT_S):
+            self.__exit__()
+            tail = self.log.read_text(encoding="utf-8", errors="replace")[-2000:]
+            raise RuntimeError(f"the model server did not become ready (log {self.log}):\n{tail}")
+        return self
 
     def __exit__(self, *exc: Any) -> None:
         if self.proc is not None and self.proc.poll() is None:

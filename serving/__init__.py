@@ -3,6 +3,7 @@ born and where a promotion or rollback becomes what users get.
 
     app        the HTTP API (FastAPI): generation, feedback, health, metrics, admin routes
     server     runs the app on uvicorn until SIGTERM (graceful: requests finish, logs are flushed)
+    process    a server as a child process: a free port, waiting for /readyz (live traffic, tests)
     router     which model answers a request; leases that let an old adapter drain before unloading
     follower   follows the registry's champion/canary aliases and swaps adapters live
     backends   the local base + adapters (peft) or a vLLM server upstream

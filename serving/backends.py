@@ -7,7 +7,8 @@ Both backends take the same calls from the app and the follower:
 
 * `LocalBackend`: tasks/generation.py's LocalGenerator (transformers + peft) behind the batcher's worker
   thread (serving/batching.py). A stream is the finished answer sent in pieces: batching generates whole
-  answers, so the first piece comes when the answer is done.
+  answers, so the first piece comes when the answer is done. A new adapter is loaded in the follower's
+  thread beside the batches in progress (see `LocalBackend.load`), so a swap does not wait for them.
 * `UpstreamBackend` (serving.backend: vllm): a gateway. Generation goes to the vLLM OpenAI server at
   serving.upstream (`/v1/completions` in the prompt template the adapters were trained on, `model` = the
   adapter's name, or the base model's), streams are relayed piece by piece as vLLM sends them, and
@@ -70,10 +71,16 @@ class LocalBackend:
         yield completion
 
     def load(self, name: str, path: Path) -> None:
-        """Load beside the others; ModelError if it cannot be. The files are read and checked here, in the
-        caller's thread; only peft's part waits for the batch in progress."""
-        self.generator.check_adapter(name, Path(path))
-        self.batcher.run(lambda generator: generator.load_adapter(name, Path(path), checked=True)).result()
+        """Load beside the others; ModelError if it cannot be. Runs in the caller's thread (the follower's)
+        while batches go on: the files are read and checked, then peft adds the adapter to the LoRA layers
+        the model already has (LocalGenerator.load_beside_generation); the generation thread waits at most
+        for that last step, when it switches adapters between two groups. Only a load that changes the
+        model's layers (the first adapter on the bare base, or one adapting other modules) waits for the
+        batch in progress and runs on the generation thread."""
+        path = Path(path)
+        self.generator.check_adapter(name, path)
+        if not self.generator.load_beside_generation(name, path):
+            self.batcher.run(lambda generator: generator.load_adapter(name, path, checked=True)).result()
 
     def unload(self, name: str) -> None:
         """Unload after the batch in progress; returns at once."""

@@ -6,8 +6,10 @@ whatever is already queued without waiting), up to serving.max_batch_size, then 
 group of requests with the same adapter and sampling settings: one adapter per micro-batch. A group
 whose call fails is retried one request at a time, so a single bad request fails alone.
 
-Adapter loads and unloads run on the same thread between batches (`run`), which is what makes a swap
-safe: no batch is ever generating while peft changes the model.
+Unloads, and the loads that change the model's layers (the first adapter on the bare base), run on the
+same thread between batches (`run`): no batch is ever generating while peft changes its layers. A load
+that only adds an adapter to the LoRA layers the model has runs in the loading thread beside the batches
+(LocalGenerator.load_beside_generation and its lock): a swap does not wait for the batch in progress.
 """
 
 from __future__ import annotations
@@ -95,7 +97,7 @@ class Batcher:
         return await job.future
 
     def run(self, task: Callable[[Any], Any]) -> concurrent.futures.Future:
-        """Run task(generator) on the worker thread between batches (adapter loads and unloads)."""
+        """Run task(generator) on the worker thread between batches (unloads, loads that change layers)."""
         future: concurrent.futures.Future = concurrent.futures.Future()
         self._queue.put((task, future))
         return future

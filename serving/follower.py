@@ -4,8 +4,9 @@ The follower reads the aliases every serving.poll_s (through MLflow's REST API w
 is a tracking server: tasks/served.py) and at once on POST /admin/reload, which `flywheel promote |
 approve | reject | rollback` and their flows call when serving.url is set. For each alias that moved:
 
-1. the new version's adapter is loaded beside the old one on the shared base (tasks/served.py finds
-   its files; a version trained on another base is refused before anything is loaded);
+1. the new version's adapter is loaded beside the old one on the shared base, in this thread while
+   batches go on (tasks/served.py finds its files; a version trained on another base is refused
+   before anything is loaded);
 2. the router's alias table is replaced in one step (serving/router.py), so new requests go to the new
    adapter while requests in flight finish on the old one;
 3. the old adapter is unloaded once its last request is done.

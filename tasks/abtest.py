@@ -3,8 +3,8 @@ what a window of the split's logs says (`analyse_ab`, behind `flywheel ab`).
 
 Assignment
     variant = canary when H(salt, unit) < share, H a keyed hash (BLAKE2b, 64 bits) mapped uniformly
-    onto [0, 1). The unit is the user id; a request without one is its own unit (assigned per
-    request, by request id). Deterministic and stateless beyond the salt, sticky per user, and
+    onto [0, 1). The unit is the user id; a request without one is its own unit (the server
+    names its user `anonymous:<request id>`). Deterministic and stateless beyond the salt, sticky per user, and
     monotone: raising the share only moves users from champion to canary, never back. The salt is
     `assignment_salt(settings.abtest, experiment)`: the secret in `abtest.salt_env` (when set) plus
     the experiment's name (the canary's model version), so each canary draws its users afresh.
@@ -113,11 +113,6 @@ def assign(unit_id: str, share: float, salt: str) -> str:
     """"canary" when H(salt, unit_id) < share, else "champion"."""
     _check_share(share)
     return VARIANTS[1] if unit_hash(unit_id, salt) < share else VARIANTS[0]
-
-
-def assign_request(user_id: str | None, request_id: str, share: float, salt: str) -> str:
-    """The arm of one request: by its user when it has one (sticky), else by its own request id."""
-    return assign(user_id if user_id else f"request:{request_id}", share, salt)
 
 
 def assignment_salt(settings: AbtestSettings, experiment: str) -> str:

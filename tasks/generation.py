@@ -16,12 +16,13 @@ from __future__ import annotations
 import functools
 import json
 import os
+import threading
 import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Literal
 
@@ -90,6 +91,12 @@ class LocalGenerator:
 
     Any number of LoRA adapters can be loaded on the one base; `use(name)` switches between them (or
     back to the bare base with `use(None)`) without reloading anything.
+
+    Threads: `generate`, `use` and `unload_adapter` belong to one thread (a server's generation thread).
+    `load_beside_generation` may run in another thread while that one generates: it loads only when peft
+    then just adds the new adapter's entries to LoRA layers the model already has, which a forward pass
+    on another adapter never reads. Everything that changes which adapters the model holds
+    or which one is active holds `_lock`, so a load never sees (or re-applies) a half-switched adapter.
     """
 
     def __init__(
@@ -123,6 +130,7 @@ class LocalGenerator:
         self.base_digest = model_digest(self.base_path)
         self.adapters: dict[str, Path] = {}
         self.active: str | None = None
+        self._lock = threading.RLock()  # which adapters are held and which one is active (see the class doc)
         for name, path in (adapters or {}).items():
             self.load_adapter(name, path)
         self.use(None)
@@ -134,40 +142,71 @@ class LocalGenerator:
     def load_adapter(self, name: str, path: Path, *, checked: bool = False) -> None:
         """Load the LoRA adapter in `path` beside the others as `name`. The files are checked before peft
         touches the model (`check_adapter`; `checked=True`: the caller just did), and a load that fails
-        anyway is undone: a bad adapter raises ModelError and leaves the loaded ones as they were."""
+        anyway is undone: a bad adapter raises ModelError and leaves the loaded ones as they were. Call it
+        from the generating thread; `load_beside_generation` is the one that may run beside it."""
         from peft import PeftModel
 
         path = Path(path)
-        if name in self.adapters:
-            raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
         if not checked:
             self.check_adapter(name, path)
-        first = self._model is self._base
-        try:
-            if first:
-                self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
-            else:
-                self._model.load_adapter(str(path), adapter_name=name)
-        except Exception as err:
-            self._undo_load(name, first)
-            raise ModelError(f"adapter {name!r} from {path} could not be loaded: {type(err).__name__}: {err}") from None
-        self._model.eval()
-        self.adapters[name] = path
-        self.use(self.active)
+        with self._lock:
+            if name in self.adapters:
+                raise ModelError(f"an adapter named {name!r} is already loaded; pick another name")
+            first = self._model is self._base
+            try:
+                if first:
+                    self._model = PeftModel.from_pretrained(self._base, str(path), adapter_name=name)
+                else:
+                    self._model.load_adapter(str(path), adapter_name=name)
+            except Exception as err:
+                self._undo_load(name, first)
+                raise ModelError(f"adapter {name!r} from {path} could not be loaded: {type(err).__name__}: {err}") from None
+            self._model.eval()
+            self.adapters[name] = path
+            self.use(self.active)
+
+    def load_beside_generation(self, name: str, path: Path) -> bool:
+        """Load the checked adapter in `path` as `name` now, while another thread may be generating, when
+        that only adds its weights to LoRA layers the model already has: another adapter is loaded and
+        adapts the same modules, and this one brings no extra trainable modules. Returns False and loads
+        nothing otherwise (the first adapter, which makes peft wrap the base's layers, or one adapting
+        other modules): load that one with `load_adapter` between `generate` calls. The check and the
+        load happen under one hold of the lock, so an unload in between cannot change the answer."""
+        from peft.tuners.lora import LoraLayer
+        from safetensors import safe_open
+
+        path = Path(path)
+        config = json.loads((path / "adapter_config.json").read_text(encoding="utf-8"))
+        if config.get("peft_type") != "LORA" or config.get("modules_to_save") or config.get("trainable_token_indices"):
+            return False
+        with safe_open(str(path / "adapter_model.safetensors"), framework="pt") as weights:
+            modules = {key.removeprefix("base_model.model.").split(".lora_")[0] for key in weights.keys()}
+        with self._lock:
+            if self._model is self._base:
+                return False
+            for module_path in modules:
+                try:
+                    if not isinstance(self._base.get_submodule(module_path), LoraLayer):
+                        return False
+                except AttributeError:
+                    return False
+            self.load_adapter(name, path, checked=True)
+            return True
 
     def unload_adapter(self, name: str) -> None:
         """Remove a loaded adapter and free its weights; the bare base serves if it was the active one."""
-        if name not in self.adapters:
-            raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)})")
-        del self.adapters[name]
-        if self.active == name:
-            self.active = None
-        if self.adapters:
-            self._model.delete_adapter(name)
-            self._model.set_adapter(self.active or next(iter(self.adapters)))
-        else:  # peft cannot hold zero adapters: take its layers out of the base again
-            self._model.unload()
-            self._model = self._base
+        with self._lock:
+            if name not in self.adapters:
+                raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)})")
+            del self.adapters[name]
+            if self.active == name:
+                self.active = None
+            if self.adapters:
+                self._model.delete_adapter(name)
+                self._model.set_adapter(self.active or next(iter(self.adapters)))
+            else:  # peft cannot hold zero adapters: take its layers out of the base again
+                self._model.unload()
+                self._model = self._base
 
     def check_adapter(self, name: str, path: Path) -> None:
         """ModelError unless `path` holds a LoRA adapter this base can load: both files there and readable,
@@ -216,11 +255,24 @@ class LocalGenerator:
         self._model = self._base
 
     def use(self, name: str | None) -> None:
-        if name is not None and name not in self.adapters:
-            raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)}); call load_adapter first")
-        if name is not None:
-            self._model.set_adapter(name)
-        self.active = name
+        with self._lock:
+            if name is not None and name not in self.adapters:
+                raise ModelError(f"no adapter named {name!r} loaded (loaded: {sorted(self.adapters)}); call load_adapter first")
+            if name is not None:
+                self._model.set_adapter(name)
+            self.active = name
+
+    @contextmanager
+    def _adapters_off(self):
+        """peft's disable_adapter() (the bare base answers), switched on and off under `_lock`."""
+        with self._lock:
+            switch = self._model.disable_adapter()
+            switch.__enter__()
+        try:
+            yield
+        finally:
+            with self._lock:
+                switch.__exit__(None, None, None)
 
     def generate(
         self,
@@ -251,7 +303,7 @@ class LocalGenerator:
         # Similar lengths batch together (less padding); results go back in the caller's order.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
         results: list[list[str]] = [[] for _ in texts]
-        adapter_off = self._model.disable_adapter() if (self.active is None and self._model is not self._base) else nullcontext()
+        adapter_off = self._adapters_off() if (self.active is None and self._model is not self._base) else nullcontext()
         rng_devices = [torch.cuda.current_device()] if self.device == "cuda" else []
         with torch.inference_mode(), adapter_off, torch_threads(self.threads), \
                 torch.random.fork_rng(devices=rng_devices, enabled=seed is not None):

@@ -106,15 +106,13 @@ def start_server(tmp_path_factory):
     over the defaults) on a free port and waits until /readyz answers 200; every server still running
     is stopped at the end of the session."""
     import json
-    import socket
     import subprocess
     import sys
-    import time
-    import urllib.request
     from pathlib import Path
 
     import yaml
 
+    from serving.process import free_port, wait_ready
     from tasks.config import REPO_ROOT
 
     started: list[ServerProcess] = []
@@ -125,9 +123,7 @@ def start_server(tmp_path_factory):
         values.setdefault("paths", {}).setdefault("workspace", str(root / "ws"))
         config = root / "config.yaml"
         config.write_text(yaml.safe_dump(values), encoding="utf-8")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
+        port = free_port()
         log = root / "server.log"
         with open(log, "w") as handle:
             proc = subprocess.Popen([sys.executable, "-m", "flows.cli", "serve", "-c", str(config), "--port", str(port)],
@@ -135,18 +131,10 @@ def start_server(tmp_path_factory):
                                     env={**os.environ, **(env or {})})
         server = ServerProcess(proc, f"http://127.0.0.1:{port}", log, Path(values["paths"]["workspace"]))
         started.append(server)
-        deadline = time.monotonic() + ready_timeout_s
-        while True:
-            try:
-                with urllib.request.urlopen(server.url + "/readyz", timeout=5) as response:
-                    if response.status == 200:
-                        return server
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                server.stop(5)
-                raise RuntimeError(f"{name} did not become ready:\n{server.output()[-3000:]}")
-            time.sleep(0.3)
+        if not wait_ready(server.url, proc, ready_timeout_s):
+            server.stop(5)
+            raise RuntimeError(f"{name} did not become ready:\n{server.output()[-3000:]}")
+        return server
 
     yield start
     for server in started:

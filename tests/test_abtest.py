@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from flows.cli import app
-from tasks.abtest import analyse_ab, assign, assign_request, assignment_salt, unit_hash, unit_hashes
+from tasks.abtest import analyse_ab, assign, assignment_salt, unit_hash, unit_hashes
 from tasks.config import ConfigError, Settings, load_settings
 from tasks.contracts import LOG_SCHEMA
 from tasks.sequential import ADVANCE, HALT, HOLD, ArmSums, confidence_sequence, decide, difference, srm_flag, srm_pvalue
@@ -49,10 +49,7 @@ def test_assignment_is_sticky_deterministic_and_monotone_in_the_share() -> None:
     assert 0.4 < len(other & canary_at[0.5]) / len(canary_at[0.5]) < 0.6
 
 
-def test_requests_without_a_user_are_assigned_one_by_one() -> None:
-    arms = {assign_request("", f"req-{i}", 0.5, "s") for i in range(50)}
-    assert arms == {"champion", "canary"}
-    assert {assign_request("alice", f"req-{i}", 0.5, "s") for i in range(50)} == {assign("alice", 0.5, "s")}
+def test_a_share_outside_0_1_is_refused() -> None:
     with pytest.raises(ValueError, match="share"):
         assign("alice", 1.5, "s")
 

@@ -189,7 +189,7 @@ def test_local_generator_sampling_is_seeded(generator: LocalGenerator) -> None:
     assert a != b
 
 
-def _random_adapter(base: Path, out: Path, seed: int) -> Path:
+def _random_adapter(base: Path, out: Path, seed: int, modules: tuple[str, ...] = ("q_proj", "v_proj", "down_proj")) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
@@ -197,7 +197,7 @@ def _random_adapter(base: Path, out: Path, seed: int) -> Path:
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base)
     # init_lora_weights=False: B is random too, so the adapter visibly changes the outputs
-    config = LoraConfig(r=8, lora_alpha=64, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    config = LoraConfig(r=8, lora_alpha=64, target_modules=list(modules), init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out)
     return out
 
@@ -225,6 +225,56 @@ def test_adapters_switch_without_reloading_the_base(tiny_base_model: Path, tmp_p
         gen.use("c")
     with pytest.raises(ModelError, match="adapter_config.json"):
         gen.load_adapter("c", tmp_path)
+
+
+@pytest.mark.slow
+def test_an_adapter_loads_while_another_thread_generates(tiny_base_model: Path, tmp_path: Path) -> None:
+    """What a server's swap does: the next adapter is loaded in another thread while batches go on; the
+    answers of those batches (on the champion, on the bare base) do not change, and the new adapter then
+    answers as it does when loaded on an idle model."""
+    a = _random_adapter(tiny_base_model, tmp_path / "a", 1)
+    b = _random_adapter(tiny_base_model, tmp_path / "b", 2)
+    gen = LocalGenerator(tiny_base_model, max_new_tokens=6)
+    assert not gen.load_beside_generation("a", a)  # the first adapter wraps the base's layers: not beside
+    assert gen.adapters == {}
+    gen.load_adapter("a", a)
+    expected = {}
+    for name in ("a", None):
+        gen.use(name)
+        expected[name] = gen.generate(PROMPTS)
+    assert gen.load_beside_generation("b", b)
+    gen.use("b")
+    expected["b"] = gen.generate(PROMPTS)
+    gen.unload_adapter("b")
+
+    stop, seen = threading.Event(), []
+
+    def serve() -> None:  # the generation thread: alternates champion and base, as mixed traffic does
+        turn = 0
+        while not stop.is_set():
+            name = ("a", None)[turn % 2]
+            turn += 1
+            gen.use(name)
+            seen.append((name, gen.generate(PROMPTS)))
+
+    for _ in range(3):
+        worker = threading.Thread(target=serve)
+        worker.start()
+        answered = len(seen)
+        while len(seen) == answered:  # the load starts while the thread is generating
+            time.sleep(0.01)
+        gen.check_adapter("b", b)
+        assert gen.load_beside_generation("b", b)
+        time.sleep(0.2)
+        stop.set()
+        worker.join()
+        gen.use("b")
+        assert gen.generate(PROMPTS) == expected["b"]
+        gen.unload_adapter("b")
+        stop.clear()
+    assert [name for name, answers in seen if answers != expected[name]] == []
+    other = _random_adapter(tiny_base_model, tmp_path / "other", 3, ("k_proj",))  # would add layers
+    assert not gen.load_beside_generation("other", other) and "other" not in gen.adapters
 
 
 # --------------------------------------------------------------------------------------------------

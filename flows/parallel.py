@@ -79,8 +79,7 @@ def shard_mapper(runner: RunnerSettings) -> Iterator[DaskShards | None]:
         yield None
         return
     with dask_task_runner(runner) as task_runner:
-        workers = len(task_runner.client.scheduler_info(n_workers=-1)["workers"]) if runner.address else runner.workers
-        yield DaskShards(task_runner, workers)
+        yield DaskShards(task_runner, _worker_count(task_runner, runner))
 
 
 @contextmanager

@@ -48,7 +48,6 @@ import json
 import os
 import random
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
@@ -62,7 +61,7 @@ sys.path.insert(0, str(ROOT))
 
 import yaml  # noqa: E402
 
-from serving.process import free_port, wait_ready  # noqa: E402
+from serving.process import free_port, stop_gracefully, wait_ready  # noqa: E402
 from tasks.config import SHIPPED_DATA, load_settings  # noqa: E402
 from tasks.knowledge import load_knowledge_base  # noqa: E402
 
@@ -148,14 +147,9 @@ class Server:
                                f"{(self.folder / 'server.log').read_text()[-2000:]}")
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(120)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
+        code = stop_gracefully(self.proc, 120)
         self.output.close()
-        return self.proc.returncode
+        return code
 
     def cpu_seconds(self) -> float:
         """CPU time the server process has used so far (all its threads)."""

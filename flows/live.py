@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -24,7 +23,7 @@ from typing import Any
 
 import yaml
 
-from serving.process import free_port, wait_ready
+from serving.process import free_port, stop_gracefully, wait_ready
 from tasks.config import REPO_ROOT, Settings
 from tasks.files import write_jsonl
 from tasks.knowledge import load_knowledge_base
@@ -62,13 +61,8 @@ class LiveServer:
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(60)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
+        if self.proc is not None:
+            stop_gracefully(self.proc, 60)
 
 
 def post_json(url: str, body: dict[str, Any], timeout: float = 120) -> dict[str, Any]:

@@ -1,4 +1,5 @@
-"""`flywheel serve` as a child process on loopback: a free port for it, and waiting until it is ready.
+"""`flywheel serve` as a child process on loopback: a free port for it, waiting until it is ready, and
+stopping it gracefully.
 
 Shared by whatever starts a server as a process and talks HTTP to it: flows/live.py (the demo's live
 traffic), the tests (tests/conftest.py) and benchmarks/serving_load.py.
@@ -6,6 +7,7 @@ traffic), the tests (tests/conftest.py) and benchmarks/serving_load.py.
 
 from __future__ import annotations
 
+import signal
 import socket
 import subprocess
 import time
@@ -33,3 +35,16 @@ def wait_ready(url: str, proc: subprocess.Popen, timeout_s: float, *, every_s: f
         if proc.poll() is not None or time.monotonic() > deadline:
             return False
         time.sleep(every_s)
+
+
+def stop_gracefully(proc: subprocess.Popen, timeout_s: float) -> int | None:
+    """SIGTERM (the server's graceful stop: requests in flight and every queued log record are
+    finished) and wait up to `timeout_s`; kill it if it hangs. Returns the exit code."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout_s)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+    return proc.returncode

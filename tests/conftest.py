@@ -84,17 +84,9 @@ class ServerProcess:
 
     def stop(self, timeout_s: float = 90.0) -> int:
         """SIGTERM (the graceful stop) and wait; kill if it hangs. Returns the exit code."""
-        import signal
-        import subprocess
+        from serving.process import stop_gracefully
 
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout_s)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-        return self.proc.returncode
+        return stop_gracefully(self.proc, timeout_s)
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")

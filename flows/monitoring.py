@@ -133,10 +133,12 @@ def week_reference(settings: Settings, week: str, logs: pa.Table | SpooledLogs) 
 
 def _most_served(logs: pa.Table | SpooledLogs) -> str | None:
     """The model version with the most rows this week (the first of equals, as value_counts lists them)."""
-    parts = logs.batches(["model_version"]) if isinstance(logs, SpooledLogs) else logs.column("model_version").chunks
+    if isinstance(logs, SpooledLogs):
+        columns = (batch.column(0) for batch in logs.batches(["model_version"]))
+    else:
+        columns = iter(logs.column("model_version").chunks)
     counts: dict[Any, int] = {}
-    for part in parts:
-        column = part.column(0) if isinstance(part, pa.RecordBatch) else part
+    for column in columns:
         for item in column.value_counts().to_pylist():
             counts[item["values"]] = counts.get(item["values"], 0) + item["counts"]
     return max(counts.items(), key=lambda kv: kv[1])[0] if counts else None

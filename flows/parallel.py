@@ -22,17 +22,28 @@ from prefect.cache_policies import NO_CACHE
 from tasks.config import RunnerSettings
 
 
-def dask_task_runner(runner: RunnerSettings):
-    """A DaskTaskRunner for the settings: the scheduler at `address`, else a local cluster of `workers`
-    single-threaded processes (the shards hold the GIL: threads would not run them in parallel)."""
+@contextmanager
+def dask_task_runner(runner: RunnerSettings) -> Iterator[Any]:
+    """A started DaskTaskRunner for the settings: the scheduler at `address`, else a local cluster of
+    `workers` single-threaded processes (the shards hold the GIL: threads would not run them in parallel).
+
+    The local cluster's workers run without Dask's statistical profiler. It samples every thread each
+    10 ms for a dashboard this cluster does not serve, and each sample needs the GIL: with a worker on
+    every core, 2 workers masked PII 8-15% slower with it (README, "Scaling out"). An existing cluster
+    keeps its own configuration."""
     try:
+        import dask
         from prefect_dask import DaskTaskRunner
     except ImportError:
         raise RuntimeError("runner.kind dask needs the dask extra: pip install 'llm-flywheel[dask]'") from None
     if runner.address:
-        return DaskTaskRunner(address=runner.address)
-    return DaskTaskRunner(cluster_kwargs={"n_workers": runner.workers, "threads_per_worker": 1, "processes": True,
-                                          "dashboard_address": None})
+        with DaskTaskRunner(address=runner.address) as task_runner:
+            yield task_runner
+        return
+    cluster = {"n_workers": runner.workers, "threads_per_worker": 1, "processes": True, "dashboard_address": None}
+    with dask.config.set({"distributed.worker.profile.enabled": False}), \
+            DaskTaskRunner(cluster_kwargs=cluster) as task_runner:
+        yield task_runner
 
 
 @task(name="pii-shard", cache_policy=NO_CACHE, persist_result=False)

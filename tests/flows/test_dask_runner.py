@@ -94,12 +94,21 @@ def test_monitoring_partitions_on_dask_equal_the_in_memory_signals_and_drift(das
     assert sum(name.startswith("monitoring-partition") for name in _task_run_names(flow_run_id)) == 8
 
 
-def test_without_an_address_a_local_cluster_runs_the_partitions_in_another_process():
+def test_without_an_address_a_local_cluster_runs_the_partitions_in_another_process_without_the_profiler():
+    """The local cluster serves no dashboard, so its workers skip Dask's 10 ms profiler (it slowed the
+    shards on busy cores); the flow process's own Dask configuration is as it was afterwards."""
+    import dask
+
+    def square(x: int) -> tuple[int, int, bool]:
+        return x * x, os.getpid(), dask.config.get("distributed.worker.profile.enabled")
+
     @flow(name="local-cluster")
-    def local_cluster() -> list[tuple[int, int]]:
+    def local_cluster() -> list[tuple[int, int, bool]]:
         with partition_mapper(RunnerSettings(kind="dask", workers=1)) as run:
-            return run(lambda x: (x * x, os.getpid()), [1, 2, 3])
+            return run(square, [1, 2, 3])
 
     results = local_cluster()
-    assert [square for square, _ in results] == [1, 4, 9]
-    assert {pid for _, pid in results} != {os.getpid()} and len({pid for _, pid in results}) == 1
+    assert [result[0] for result in results] == [1, 4, 9]
+    assert {pid for _, pid, _ in results} != {os.getpid()} and len({pid for _, pid, _ in results}) == 1
+    assert [profiling for _, _, profiling in results] == [False] * 3
+    assert dask.config.get("distributed.worker.profile.enabled") is True

@@ -13,13 +13,15 @@ personal data), and a task run's parameters never reach the Prefect API.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
-from typing import Any
+from contextlib import AbstractContextManager, contextmanager
+from typing import Any, TypeVar
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import RunnerSettings
+
+T = TypeVar("T")
 
 
 @contextmanager
@@ -84,26 +86,31 @@ class DaskShards:
 
 
 @contextmanager
-def shard_mapper(runner: RunnerSettings) -> Iterator[DaskShards | None]:
-    """The PII shard mapper of the settings: None for local (the process pool), else Dask's."""
+def _on_dask(runner: RunnerSettings, make: Callable[[Any, int], T]) -> Iterator[T | None]:
+    """None for runner.kind local (the caller's own way), else `make(task_runner, workers)` for a started
+    DaskTaskRunner and its worker count, stopped on exit."""
     if runner.kind != "dask":
         yield None
         return
     with dask_task_runner(runner) as task_runner:
-        yield DaskShards(task_runner, _worker_count(task_runner, runner))
+        yield make(task_runner, _worker_count(task_runner, runner))
 
 
-@contextmanager
-def partition_mapper(runner: RunnerSettings) -> Iterator[Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None]:
-    """`map(fn, items)` over monitoring partitions: None for local (one after another, here), else
-    a `monitoring-partition` task run per item on Dask, results in order."""
-    if runner.kind != "dask":
-        yield None
-        return
+def shard_mapper(runner: RunnerSettings) -> AbstractContextManager[DaskShards | None]:
+    """The PII shard mapper of the settings: None for local (the process pool), else Dask's."""
+    return _on_dask(runner, DaskShards)
+
+
+def _partition_map(task_runner: Any, _workers: int) -> Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]:
     from prefect.utilities.annotations import unmapped
 
-    with dask_task_runner(runner) as task_runner:
-        yield lambda fn, items: _map_in_order(task_runner, monitoring_partition, {"fn": unmapped(fn), "item": list(items)})
+    return lambda fn, items: _map_in_order(task_runner, monitoring_partition, {"fn": unmapped(fn), "item": list(items)})
+
+
+def partition_mapper(runner: RunnerSettings) -> AbstractContextManager[Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]] | None]:
+    """`map(fn, items)` over monitoring partitions: None for local (one after another, here), else
+    a `monitoring-partition` task run per item on Dask, results in order."""
+    return _on_dask(runner, _partition_map)
 
 
 @task(name="evaluation-shard", cache_policy=NO_CACHE, persist_result=False, task_run_name="evaluation-shard {item.label}")
@@ -130,14 +137,9 @@ class DaskEvaluationShards:
         return _map_in_order(self.runner, evaluation_shard, {"fn": unmapped(fn), "item": list(items)})
 
 
-@contextmanager
-def evaluation_shards(runner: RunnerSettings) -> Iterator[DaskEvaluationShards | None]:
+def evaluation_shards(runner: RunnerSettings) -> AbstractContextManager[DaskEvaluationShards | None]:
     """The evaluation shard map of the settings: None for local (batches in this process), else Dask's."""
-    if runner.kind != "dask":
-        yield None
-        return
-    with dask_task_runner(runner) as task_runner:
-        yield DaskEvaluationShards(task_runner, _worker_count(task_runner, runner))
+    return _on_dask(runner, DaskEvaluationShards)
 
 
 def _worker_count(task_runner: Any, runner: RunnerSettings) -> int:
